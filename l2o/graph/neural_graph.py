@@ -1,0 +1,340 @@
+"""The neural graph of a network: neurons are nodes, weights (or conv kernels) are edges.
+
+A :class:`NeuralGraph` is the static structure of one architecture (or a batch of several). It is built once
+(:meth:`NeuralGraph.from_module`) and then used every step through index operations on cached tensors:
+
+* ``scatter``: per-parameter features ``{name: [*param.shape, F]}`` -> ``(node_feats [N, F], edge_feats [E, K, F])``
+  with ``K = kmax * kmax``: biases sit on nodes, every weight of a linear layer sits at the centre of its edge's
+  kernel, every entry of a conv kernel at its (centred, zero-padded) kernel position.
+* ``gather``: node and edge embeddings ``[N, D]``, ``[E, D]`` -> ``{name: [*param.shape, D]}``: every element gets
+  the embedding of the edge or node it sits on (all entries of a kernel share their edge's embedding).
+* ``unscatter``: the exact inverse of ``scatter`` (for per-weight outputs such as weight edits).
+
+Each has a ``*_flat`` twin working on all parameters concatenated into one ``[P, F]`` tensor (``P`` = number of
+represented parameter elements, in ``param_names`` order), which is what the hot path of the optimizer uses.
+
+Layout guarantees (encoders rely on them): nodes are sorted by ``node_layer`` and edges by ``edge_layer`` (the
+layer of the edge's *target*), so layer ``t`` is the contiguous range ``layer_node_ptr[t]:layer_node_ptr[t+1]``
+(and likewise for edges); every edge goes from a lower to a higher layer, i.e. layer order is a topological
+order of the graph (what the dynamic neural graph encoder traverses). Layer 0 holds the input nodes.
+
+Edge kinds: ``EDGE_WEIGHT`` (a linear/conv weight), ``EDGE_NORM`` (the diagonal ``gamma`` of a normalisation
+layer) and ``EDGE_IDENTITY`` (no parameter: residual connections, copies of channels per spatial position at a
+flatten, copies made so that an activation can be recorded exactly). ``edge_constant [E, K]`` holds the fixed
+kernel of identity edges (1 at the kernel centre) and zeros elsewhere, so ``scatter(weights)[1] + edge_constant``
+is the full linear map of the graph. Attention layers can later use the kernel axis to stack the Q, K and V
+projections of an edge (K >= 3), without changing this layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+EDGE_WEIGHT, EDGE_NORM, EDGE_IDENTITY = 0, 1, 2
+EDGE_KINDS = ("weight", "norm", "identity")
+ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = 0, 1, 2
+ROLES = ("input", "hidden", "output")
+
+
+def _max0(t: torch.Tensor) -> int:
+    return int(t.max()) if t.numel() else 0
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One node set of the graph (one layer of neurons)."""
+
+    index: int  # layer position (0 = inputs)
+    kind: str  # "input", "linear", "conv", "norm", "residual", "flatten", "copy"
+    name: str  # module path (or traced node name) that created it
+    num_nodes: int
+    activation: str = "identity"
+
+
+_TENSOR_FIELDS = (
+    "edge_index", "edge_kind", "edge_layer", "edge_constant", "edge_graph", "node_layer", "node_role",
+    "node_activation", "node_index", "node_position", "node_graph", "slot", "elem_owner", "param_offsets",
+    "layer_node_ptr", "layer_edge_ptr", "graph_param_ptr",
+)
+
+
+@dataclass
+class NeuralGraph:
+    """Static neural graph of one architecture, or a batch of several (see :meth:`batch`).
+
+    Shapes (N nodes, E edges, K = kmax**2 kernel slots, P represented parameter elements, L layers, G graphs):
+        edge_index [2, E] (source, target); edge_kind, edge_layer, edge_graph [E]; edge_constant [E, K]
+        node_layer, node_role, node_activation, node_index (index within its layer), node_position
+        (spatial position for per-position copies made at a flatten, else -1), node_graph [N]
+        slot [P]: where each parameter element sits in the buffer ``cat([nodes [N], edges [E*K]])``
+        elem_owner [P]: the node (< N) or N + edge that owns each element (for ``gather``)
+        layer_node_ptr, layer_edge_ptr [L+1]; graph_param_ptr [G+1] (flat-vector offsets of each graph)
+        param_offsets [len(param_names) + 1]: element offsets of each tensor inside the flat vector
+    """
+
+    kmax: int
+    edge_index: torch.Tensor
+    edge_kind: torch.Tensor
+    edge_layer: torch.Tensor
+    edge_constant: torch.Tensor
+    edge_graph: torch.Tensor
+    node_layer: torch.Tensor
+    node_role: torch.Tensor
+    node_activation: torch.Tensor
+    node_index: torch.Tensor
+    node_position: torch.Tensor
+    node_graph: torch.Tensor
+    slot: torch.Tensor
+    elem_owner: torch.Tensor
+    param_offsets: torch.Tensor
+    layer_node_ptr: torch.Tensor
+    layer_edge_ptr: torch.Tensor
+    graph_param_ptr: torch.Tensor
+    param_names: list[str]
+    param_shapes: list[torch.Size]
+    layers: list[list[LayerInfo]] = field(default_factory=list)  # per graph
+    unmapped_params: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def from_module(model: torch.nn.Module, example_input: torch.Tensor | None = None,
+                    kmax: int | None = None) -> "NeuralGraph":
+        """Trace ``model`` with torch.fx and build its neural graph.
+
+        Args:
+            model: the network. Its ``forward`` must be traceable by ``torch.fx`` (no data-dependent control flow).
+            example_input: optional batch; when given, the graph's linear map is checked against nothing but the
+                trace is validated by running ``model(example_input)`` once (shapes must agree).
+            kmax: kernel side of the edge features (``K = kmax**2`` slots per edge). Default: the largest kernel
+                side in the model. Kernels larger than ``kmax`` raise ``UnsupportedModuleError``.
+        Raises:
+            UnsupportedModuleError: a layer or operation the graph cannot represent (named in the message).
+        """
+        from .builder import build_graph  # local import: builder imports this module
+
+        return build_graph(model, example_input=example_input, kmax=kmax)
+
+    @staticmethod
+    def assemble(*, kmax: int, node_layer, node_role, node_activation, node_index, node_position,
+                 edge_index, edge_kind, edge_constant, slot, param_names, param_shapes,
+                 layers=None, unmapped_params=(), node_graph=None, edge_graph=None,
+                 graph_param_ptr=None) -> "NeuralGraph":
+        """Sort nodes and edges by layer (stable), remap every index, and derive the cached tensors.
+
+        Inputs may be in any order; ``slot`` indexes the buffer ``cat([nodes, edges * K])`` of that order.
+        """
+        K = kmax * kmax
+        N, E = node_layer.numel(), edge_index.shape[1]
+        node_graph = torch.zeros(N, dtype=torch.long) if node_graph is None else node_graph
+        edge_graph = torch.zeros(E, dtype=torch.long) if edge_graph is None else edge_graph
+        # Stable sort keeps creation order inside a layer (and graph order inside a batch layer).
+        node_perm = torch.sort(node_layer * (_max0(node_graph) + 1) + node_graph, stable=True).indices
+        new_node_id = torch.empty_like(node_perm)
+        new_node_id[node_perm] = torch.arange(N)
+        edge_layer = node_layer[edge_index[1]] if E else torch.zeros(0, dtype=torch.long)
+        edge_index = new_node_id[edge_index]
+        node_layer, node_role, node_activation = node_layer[node_perm], node_role[node_perm], node_activation[node_perm]
+        node_index, node_position, node_graph = node_index[node_perm], node_position[node_perm], node_graph[node_perm]
+        if E and bool((node_layer[edge_index[0]] >= edge_layer).any()):
+            raise AssertionError("neural graph has an edge that does not go to a later layer")
+        G = _max0(node_graph) + 1
+        edge_perm = torch.sort(edge_layer * G + edge_graph[: E], stable=True).indices if E else torch.zeros(0, dtype=torch.long)
+        new_edge_id = torch.empty_like(edge_perm)
+        new_edge_id[edge_perm] = torch.arange(E)
+        edge_index, edge_kind, edge_layer = edge_index[:, edge_perm], edge_kind[edge_perm], edge_layer[edge_perm]
+        edge_constant, edge_graph = edge_constant[edge_perm], edge_graph[edge_perm]
+        # Remap the parameter slots into the new node/edge numbering.
+        is_node = slot < N
+        new_slot = torch.empty_like(slot)
+        new_slot[is_node] = new_node_id[slot[is_node]]
+        e_old, k = (slot[~is_node] - N) // K, (slot[~is_node] - N) % K
+        new_slot[~is_node] = N + new_edge_id[e_old] * K + k
+        elem_owner = torch.where(new_slot < N, new_slot, N + (new_slot - N) // K)
+        L = _max0(node_layer) + 1
+        ar = torch.arange(L + 1)
+        sizes = [int(torch.Size(s).numel()) for s in param_shapes]
+        param_offsets = torch.tensor([0] + sizes).cumsum(0)
+        if graph_param_ptr is None:
+            graph_param_ptr = torch.tensor([0, int(param_offsets[-1])])
+        return NeuralGraph(
+            kmax=kmax, edge_index=edge_index, edge_kind=edge_kind, edge_layer=edge_layer,
+            edge_constant=edge_constant, edge_graph=edge_graph, node_layer=node_layer, node_role=node_role,
+            node_activation=node_activation, node_index=node_index, node_position=node_position,
+            node_graph=node_graph, slot=new_slot, elem_owner=elem_owner, param_offsets=param_offsets,
+            layer_node_ptr=torch.searchsorted(node_layer, ar), layer_edge_ptr=torch.searchsorted(edge_layer, ar),
+            graph_param_ptr=graph_param_ptr, param_names=list(param_names),
+            param_shapes=[torch.Size(s) for s in param_shapes], layers=list(layers or []),
+            unmapped_params=list(unmapped_params),
+        )
+
+    @staticmethod
+    def batch(graphs: Sequence["NeuralGraph"]) -> "NeuralGraph":
+        """Merge graphs (of different architectures) into one disjoint graph, PyG-style.
+
+        Layer ``t`` of the batch holds layer ``t`` of every graph, so a layer-by-layer encoder processes all
+        graphs at once. ``node_graph`` / ``edge_graph`` say which graph each node / edge came from; the flat
+        parameter vector of the batch is the concatenation of the graphs' flat vectors (``graph_param_ptr``).
+        Parameter names are prefixed ``"{g}."``. All graphs must share ``kmax``.
+        """
+        if not graphs:
+            raise ValueError("NeuralGraph.batch needs at least one graph")
+        kmax = graphs[0].kmax
+        if any(g.kmax != kmax for g in graphs):
+            raise ValueError(f"all graphs in a batch must share kmax, got {[g.kmax for g in graphs]}")
+        K = kmax * kmax
+        graphs = [g.to("cpu") for g in graphs]
+        N_tot = sum(g.num_nodes for g in graphs)
+        cols = {k: [] for k in ("nl", "nr", "na", "ni", "np", "ng", "ei", "ek", "ec", "eg", "slot")}
+        names, shapes, layers, unmapped, pptr = [], [], [], [], [0]
+        n_off = e_off = 0
+        for gi, g in enumerate(graphs):
+            if g.num_graphs != 1:
+                raise ValueError("NeuralGraph.batch takes single graphs, not batches")
+            cols["nl"].append(g.node_layer); cols["nr"].append(g.node_role); cols["na"].append(g.node_activation)
+            cols["ni"].append(g.node_index); cols["np"].append(g.node_position)
+            cols["ng"].append(torch.full((g.num_nodes,), gi, dtype=torch.long))
+            cols["ei"].append(g.edge_index + n_off); cols["ek"].append(g.edge_kind); cols["ec"].append(g.edge_constant)
+            cols["eg"].append(torch.full((g.num_edges,), gi, dtype=torch.long))
+            is_node = g.slot < g.num_nodes
+            cols["slot"].append(torch.where(is_node, g.slot + n_off, N_tot + e_off * K + (g.slot - g.num_nodes)))
+            names += [f"{gi}.{n}" for n in g.param_names]
+            shapes += g.param_shapes
+            layers += g.layers
+            unmapped += [f"{gi}.{n}" for n in g.unmapped_params]
+            pptr.append(pptr[-1] + g.num_param_elements)
+            n_off += g.num_nodes
+            e_off += g.num_edges
+        cat = {k: torch.cat(v, dim=1 if k == "ei" else 0) for k, v in cols.items()}
+        return NeuralGraph.assemble(
+            kmax=kmax, node_layer=cat["nl"], node_role=cat["nr"], node_activation=cat["na"], node_index=cat["ni"],
+            node_position=cat["np"], edge_index=cat["ei"], edge_kind=cat["ek"], edge_constant=cat["ec"],
+            slot=cat["slot"], param_names=names, param_shapes=shapes, layers=layers, unmapped_params=unmapped,
+            node_graph=cat["ng"], edge_graph=cat["eg"], graph_param_ptr=torch.tensor(pptr),
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_nodes(self) -> int:
+        return self.node_layer.numel()
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_node_ptr.numel() - 1
+
+    @property
+    def num_graphs(self) -> int:
+        return self.graph_param_ptr.numel() - 1
+
+    @property
+    def kernel_slots(self) -> int:
+        return self.kmax * self.kmax
+
+    @property
+    def num_param_elements(self) -> int:
+        return self.slot.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.edge_index.device
+
+    def to(self, device) -> "NeuralGraph":
+        """A copy with every index tensor on ``device`` (float tensors keep their dtype)."""
+        kw = {f: getattr(self, f).to(device) for f in _TENSOR_FIELDS}
+        return NeuralGraph(kmax=self.kmax, param_names=list(self.param_names), param_shapes=list(self.param_shapes),
+                           layers=self.layers, unmapped_params=list(self.unmapped_params), **kw)
+
+    def __repr__(self) -> str:
+        kinds = {EDGE_KINDS[k]: int((self.edge_kind == k).sum()) for k in range(3)}
+        return (f"NeuralGraph(graphs={self.num_graphs}, nodes={self.num_nodes}, edges={self.num_edges} {kinds}, "
+                f"layers={self.num_layers}, kmax={self.kmax}, params={len(self.param_names)} tensors / "
+                f"{self.num_param_elements} elements)")
+
+    # ------------------------------------------------------------------ flat <-> per-parameter
+    def flatten(self, per_param: Mapping[str, torch.Tensor] | Iterable[torch.Tensor], feature_dim: bool = True
+                ) -> torch.Tensor:
+        """Concatenate per-parameter tensors into ``[P, F]`` in ``param_names`` order.
+
+        ``per_param`` maps names to ``[*param.shape, F]`` tensors (or ``[*param.shape]`` with ``feature_dim=False``),
+        or is a sequence of such tensors in ``param_names`` order.
+        """
+        tensors = self._ordered(per_param)
+        parts = []
+        for name, shape, t in zip(self.param_names, self.param_shapes, tensors):
+            lead = t.shape[: len(shape)] if feature_dim else t.shape
+            if lead != shape or (feature_dim and t.dim() != len(shape) + 1):
+                want = f"[{', '.join(map(str, shape))}{', F' if feature_dim else ''}]"
+                raise ValueError(f"features for parameter '{name}' have shape {list(t.shape)}, expected {want}")
+            parts.append(t.reshape(shape.numel(), -1) if feature_dim else t.reshape(-1, 1))
+        return torch.cat(parts, 0)
+
+    def unflatten(self, flat: torch.Tensor, feature_dim: bool = True) -> dict[str, torch.Tensor]:
+        """Split ``[P, D]`` back into ``{name: [*param.shape, D]}`` (``[*param.shape]`` with ``feature_dim=False``)."""
+        if flat.shape[0] != self.num_param_elements:
+            raise ValueError(f"expected {self.num_param_elements} rows, got {flat.shape[0]}")
+        sizes = [s.numel() for s in self.param_shapes]
+        out = {}
+        for name, shape, chunk in zip(self.param_names, self.param_shapes, torch.split(flat, sizes, 0)):
+            out[name] = chunk.reshape(*shape, -1) if feature_dim else chunk.reshape(shape)
+        return out
+
+    def _ordered(self, per_param) -> list[torch.Tensor]:
+        if isinstance(per_param, Mapping):
+            missing = [n for n in self.param_names if n not in per_param]
+            if missing:
+                raise KeyError(f"missing features for parameters {missing}; the graph represents {self.param_names}")
+            return [per_param[n] for n in self.param_names]
+        tensors = list(per_param)
+        if len(tensors) != len(self.param_names):
+            raise ValueError(f"expected {len(self.param_names)} tensors ({self.param_names}), got {len(tensors)}")
+        return tensors
+
+    # ------------------------------------------------------------------ scatter / gather / unscatter
+    def scatter_flat(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[P, F]`` -> ``(node_feats [N, F], edge_feats [E, K, F])``; empty slots are zero. Differentiable."""
+        if flat.dim() != 2 or flat.shape[0] != self.num_param_elements:
+            raise ValueError(f"scatter_flat expects [P={self.num_param_elements}, F], got {list(flat.shape)}")
+        N, E, K = self.num_nodes, self.num_edges, self.kernel_slots
+        buf = flat.new_zeros(N + E * K, flat.shape[1]).index_copy(0, self.slot, flat)
+        return buf[:N], buf[N:].view(E, K, flat.shape[1])
+
+    def unscatter_flat(self, node_feats: torch.Tensor, edge_feats: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`scatter_flat`: ``([N, F], [E, K, F])`` -> ``[P, F]``."""
+        E, K = self.num_edges, self.kernel_slots
+        if node_feats.shape[0] != self.num_nodes or edge_feats.shape[:2] != (E, K):
+            raise ValueError(f"unscatter expects node [{self.num_nodes}, F] and edge [{E}, {K}, F], got "
+                             f"{list(node_feats.shape)} and {list(edge_feats.shape)}")
+        buf = torch.cat([node_feats, edge_feats.reshape(E * K, -1)], 0)
+        return buf.index_select(0, self.slot)
+
+    def gather_flat(self, node_emb: torch.Tensor, edge_emb: torch.Tensor) -> torch.Tensor:
+        """``(node_emb [N, D], edge_emb [E, D])`` -> ``[P, D]``: each element gets its node's / edge's embedding."""
+        if node_emb.shape[0] != self.num_nodes or edge_emb.shape[0] != self.num_edges:
+            raise ValueError(f"gather expects node [{self.num_nodes}, D] and edge [{self.num_edges}, D], got "
+                             f"{list(node_emb.shape)} and {list(edge_emb.shape)}")
+        return torch.cat([node_emb, edge_emb], 0).index_select(0, self.elem_owner)
+
+    def scatter(self, per_param) -> tuple[torch.Tensor, torch.Tensor]:
+        """``{name: [*param.shape, F]}`` -> ``(node_feats [N, F], edge_feats [E, K, F])``."""
+        return self.scatter_flat(self.flatten(per_param))
+
+    def unscatter(self, node_feats: torch.Tensor, edge_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Exact inverse of :meth:`scatter`: -> ``{name: [*param.shape, F]}``."""
+        return self.unflatten(self.unscatter_flat(node_feats, edge_feats))
+
+    def gather(self, node_emb: torch.Tensor, edge_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(node_emb [N, D], edge_emb [E, D])`` -> ``{name: [*param.shape, D]}``."""
+        return self.unflatten(self.gather_flat(node_emb, edge_emb))
+
+    def scatter_params(self, params: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights and biases themselves on the graph: ``(node [N, 1], edge [E, K, 1])``."""
+        return self.scatter_flat(self.flatten(self._ordered(params), feature_dim=False))
+
+    def reverse_edge_index(self) -> torch.Tensor:
+        """``[2, E]`` with source and target swapped (for messages from later to earlier layers)."""
+        return self.edge_index.flip(0)

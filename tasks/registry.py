@@ -1,0 +1,178 @@
+"""Named optimizee tasks: a model factory, a data stream and a loss, looked up by name.
+
+Registered tasks:
+
+- ``fmnist-conv``: Fashion-MNIST, conv 1->16 (stride 2), 16->32, 32->32, ReLU, GAP, linear 32->10
+  (the meta-training task of Kofinas et al.).
+- ``cifar10-conv``: CIFAR-10, the same CNN with channels 32, 64, 64 (their transfer task).
+- ``cifar10-conv-w{16,32,64,128}``: width sweep; channels (w, 2w, 2w), so ``-w32`` has the same layout
+  as ``cifar10-conv``.
+- ``cifar10-conv-d{1..5}``: depth sweep; the first d of channels (32, 64, 64, 64, 64), so ``-d3`` has the same
+  layout as ``cifar10-conv``.
+- ``mnist-mlp``, ``fmnist-mlp``: 784-100-100-10 ReLU MLPs (a classic small learned-optimizer test bed).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import BatchStream, ImageDataset, dataset_info, load_dataset
+from .models import MLP, ConvNet
+
+CIFAR_DEPTH_CHANNELS = (32, 64, 64, 64, 64)
+
+
+@dataclass
+class Task:
+    """One optimizee problem: which network, which data, which loss.
+
+    `build` makes an (unseeded) model; `make_model(seed)` is the reproducible entry point.
+    """
+
+    name: str
+    dataset: str  # a name accepted by tasks.data.load_dataset
+    build: Callable[[], nn.Module]  # picklable (a functools.partial), so tasks can cross process boundaries
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int = 10
+    batch_size: int = 128
+    description: str = ""
+
+    def make_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model; the same seed gives the same weights, and the global RNG is untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.build()
+
+    def data(self, split: str = "train", root: str | Path | None = None) -> ImageDataset:
+        """The task's data set split (cached; see tasks.data.load_dataset)."""
+        return load_dataset(self.dataset, split, root)
+
+    def batches(self, split: str = "train", batch_size: int | None = None, seed: int = 0,
+                device: str | torch.device = "cpu", root: str | Path | None = None,
+                data: ImageDataset | None = None) -> BatchStream:
+        """Seeded stream of `(x [B, C, H, W], y [B])` batches; `batch_size` defaults to the task's.
+
+        `data` replaces the task's data set (e.g. a synthetic one in tests).
+        """
+        dataset = self.data(split, root) if data is None else data
+        return BatchStream(dataset, batch_size or self.batch_size, seed, device)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross entropy: logits `[B, K]`, y int64 `[B]` -> scalar."""
+        return F.cross_entropy(logits, y)
+
+    def evaluate(self, model: nn.Module, split: str = "test", batch_size: int = 1000,
+                 device: str | torch.device | None = None, root: str | Path | None = None,
+                 data: ImageDataset | None = None) -> dict[str, float]:
+        """Accuracy and mean loss of `model` over the FULL split: {"acc": float in [0, 1], "loss": float}.
+
+        Runs in eval mode under no_grad and restores the model's previous mode afterwards. `device` defaults to
+        the device of the model's parameters; `data` replaces the task's data set.
+        """
+        dataset = self.data(split, root) if data is None else data
+        return evaluate_model(model, dataset, batch_size, device)
+
+
+def evaluate_model(model: nn.Module, dataset: ImageDataset, batch_size: int = 1000,
+                   device: str | torch.device | None = None) -> dict[str, float]:
+    """Classification accuracy and mean cross entropy of `model` over every example of `dataset`."""
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    stream = BatchStream(dataset, batch_size, seed=0, device=device)
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    try:
+        with torch.no_grad():
+            for x, y in stream.full(batch_size):
+                logits = model(x)
+                # Summed, not averaged, so a smaller last batch is weighted correctly.
+                total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += int((logits.argmax(dim=1) == y).sum())
+    finally:
+        model.train(was_training)
+    return {"acc": correct / len(dataset), "loss": total_loss / len(dataset)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building tasks
+
+
+def conv_task(dataset: str, channels: Sequence[int], name: str | None = None, batch_size: int = 128,
+              activation: str = "relu", description: str = "") -> Task:
+    """A ConvNet task (3x3 convs, first stride 2, GAP, linear head) on `dataset`.
+
+    The default name is "<short>-conv-<c1>-<c2>-...", e.g. "fmnist-conv-16-32-32".
+    """
+    info = dataset_info(dataset)
+    channels = tuple(int(c) for c in channels)
+    build = functools.partial(ConvNet, info.shape[0], channels, info.num_classes, activation=activation)
+    return Task(
+        name=name or f"{info.short}-conv-{'-'.join(map(str, channels))}",
+        dataset=info.name, build=build, input_shape=info.shape, num_classes=info.num_classes,
+        batch_size=batch_size,
+        description=description or f"{info.name}: conv {info.shape[0]}->{'->'.join(map(str, channels))} "
+                                   f"(3x3, first stride 2), {activation}, GAP, linear {channels[-1]}->{info.num_classes}",
+    )
+
+
+def mlp_task(dataset: str, hidden: Sequence[int], name: str | None = None, batch_size: int = 128,
+             activation: str = "relu", description: str = "") -> Task:
+    """An MLP task on flattened images of `dataset`; default name "<short>-mlp-<h1>-<h2>-..."."""
+    info = dataset_info(dataset)
+    hidden = tuple(int(h) for h in hidden)
+    in_features = info.shape[0] * info.shape[1] * info.shape[2]
+    build = functools.partial(MLP, in_features, hidden, info.num_classes, activation=activation)
+    widths = "-".join(map(str, (in_features, *hidden, info.num_classes)))
+    return Task(
+        name=name or f"{info.short}-mlp-{'-'.join(map(str, hidden))}",
+        dataset=info.name, build=build, input_shape=info.shape, num_classes=info.num_classes,
+        batch_size=batch_size, description=description or f"{info.name}: MLP {widths}, {activation}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task, overwrite: bool = False) -> Task:
+    """Make `task` available to `get_task(task.name)`; refuses to replace an existing name unless asked."""
+    if task.name in _TASKS and not overwrite:
+        raise ValueError(f"a task named {task.name!r} is already registered (pass overwrite=True to replace it)")
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name`; KeyError listing the valid names otherwise."""
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {', '.join(list_tasks())}")
+    return _TASKS[name]
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks, sorted."""
+    return sorted(_TASKS)
+
+
+def _register_defaults() -> None:
+    register_task(conv_task("fashion-mnist", (16, 32, 32), name="fmnist-conv"))
+    register_task(conv_task("cifar10", (32, 64, 64), name="cifar10-conv"))
+    for w in (16, 32, 64, 128):
+        register_task(conv_task("cifar10", (w, 2 * w, 2 * w), name=f"cifar10-conv-w{w}"))
+    for d in range(1, 6):
+        register_task(conv_task("cifar10", CIFAR_DEPTH_CHANNELS[:d], name=f"cifar10-conv-d{d}"))
+    register_task(mlp_task("mnist", (100, 100), name="mnist-mlp"))
+    register_task(mlp_task("fashion-mnist", (100, 100), name="fmnist-mlp"))
+
+
+_register_defaults()
