@@ -308,3 +308,17 @@ def test_to_device_keeps_everything():
     g = NeuralGraph.from_module(ResidualCNN(0)).to("cpu")
     assert g.device.type == "cpu" and g.num_graphs == 1 and len(g.param_names) == 8
     assert "NeuralGraph(" in repr(g)
+
+
+def test_permutation_maps_match_permuted_model():
+    gen = torch.Generator().manual_seed(3)
+    model = ResidualCNN(0)
+    ps, pi = torch.randperm(4, generator=gen), torch.randperm(4, generator=gen)
+    permuted = permute_residual_cnn(model, ps, pi)
+    g = NeuralGraph.from_module(model)
+    node_map, edge_map = g.permutation({"stem": ps, "conv1": pi, "conv2": ps})
+    n0, e0 = g.scatter(_feats(model))
+    n1, e1 = g.scatter(_feats(permuted))
+    assert torch.equal(n1, n0[node_map]) and torch.equal(e1, e0[edge_map])
+    with pytest.raises(ValueError, match="not a symmetry"):
+        g.permutation({"stem": ps})  # half of the residual stream alone is not a symmetry

@@ -335,6 +335,36 @@ class NeuralGraph:
         """Weights and biases themselves on the graph: ``(node [N, 1], edge [E, K, 1])``."""
         return self.scatter_flat(self.flatten(self._ordered(params), feature_dim=False))
 
+    def permutation(self, layer_perms: Mapping[object, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node and edge index maps of a permutation of neurons within layers.
+
+        ``layer_perms`` maps a layer (its index, or its module path in ``layers[0]``) to ``perm [n_layer]``:
+        new neuron ``k`` of that layer is old neuron ``perm[k]``. Returns ``(node_map [N], edge_map [E])`` with
+        ``new_node_feats = node_feats[node_map]`` and ``new_edge_feats = edge_feats[edge_map]``.
+        Raises ``ValueError`` if the permuted graph is not the same graph (e.g. only half of a residual stream
+        was permuted): such a permutation is not a symmetry of the network.
+        """
+        if self.num_graphs != 1:
+            raise ValueError("permutation() works on single graphs")
+        by_name = {info.name: info.index for info in (self.layers[0] if self.layers else [])}
+        node_map = torch.arange(self.num_nodes, device=self.device)
+        for key, perm in layer_perms.items():
+            t = by_name[key] if isinstance(key, str) else int(key)
+            n0, n1 = int(self.layer_node_ptr[t]), int(self.layer_node_ptr[t + 1])
+            perm = torch.as_tensor(perm, device=self.device)
+            if perm.numel() != n1 - n0 or not torch.equal(perm.sort().values, torch.arange(n1 - n0, device=self.device)):
+                raise ValueError(f"layer {key!r} has {n1 - n0} nodes; {perm.tolist()} is not a permutation of them")
+            node_map[n0:n1] = n0 + perm
+        N = self.num_nodes
+        key = (self.edge_index[0] * N + self.edge_index[1]) * len(EDGE_KINDS) + self.edge_kind
+        src, dst = node_map[self.edge_index[0]], node_map[self.edge_index[1]]
+        want = (src * N + dst) * len(EDGE_KINDS) + self.edge_kind
+        sorted_key, order = key.sort()
+        pos = torch.searchsorted(sorted_key, want).clamp(max=max(len(order) - 1, 0))
+        if len(order) and not torch.equal(sorted_key[pos], want):
+            raise ValueError("the permutation maps an edge onto a non-edge: it is not a symmetry of this network")
+        return node_map, order[pos]
+
     def reverse_edge_index(self) -> torch.Tensor:
         """``[2, E]`` with source and target swapped (for messages from later to earlier layers)."""
         return self.edge_index.flip(0)

@@ -1,0 +1,39 @@
+"""The interface every graph encoder implements (NG-GNN, NG-T, DNG, NFN).
+
+``encoder(graph, node_feats [N, node_in], edge_feats [E, edge_in]) -> (node_emb [N, hidden], edge_emb [E, hidden])``
+
+``graph`` is a :class:`~l2o.graph.NeuralGraph` (one architecture, or a batch of several from
+``NeuralGraph.batch``). ``edge_in`` is the flattened edge feature size, ``kmax**2 * F`` for ``F`` features per
+kernel slot, so encoders that treat kernel positions separately (DNG) can reshape to ``[E, kmax**2, F]``.
+Every encoder is equivariant to permutations of hidden neurons: permuting the hidden nodes of the input
+permutes the output node and edge embeddings the same way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..graph import NeuralGraph
+
+
+class GraphEncoder(nn.Module):
+    """Base class: stores the common configuration and checks inputs."""
+
+    def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3):
+        super().__init__()
+        if edge_in % (kmax * kmax):
+            raise ValueError(f"edge_in={edge_in} must be a multiple of kmax**2={kmax * kmax} (features per kernel slot)")
+        self.node_in, self.edge_in, self.hidden, self.depth, self.kmax = node_in, edge_in, hidden, depth, kmax
+
+    def check_inputs(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor) -> None:
+        if graph.kmax != self.kmax:
+            raise ValueError(f"{type(self).__name__} was built for kmax={self.kmax}, the graph has kmax={graph.kmax}; "
+                             f"build the graph with NeuralGraph.from_module(model, kmax={self.kmax})")
+        if node_feats.shape != (graph.num_nodes, self.node_in):
+            raise ValueError(f"node_feats must be [N={graph.num_nodes}, {self.node_in}], got {list(node_feats.shape)}")
+        if edge_feats.shape != (graph.num_edges, self.edge_in):
+            raise ValueError(f"edge_feats must be [E={graph.num_edges}, {self.edge_in}], got {list(edge_feats.shape)}")
+
+    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
