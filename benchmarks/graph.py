@@ -1,0 +1,76 @@
+"""Neural-graph cost: construction once per architecture, scatter + gather every optimizer step.
+
+For each task: build time of ``NeuralGraph.from_module``; one ``scatter_flat`` of F=14 per-parameter features
+(the optimizer's input width) plus one ``gather_flat`` of D=32-wide embeddings (its output width); and the
+model's own forward+backward on a batch of 128 for scale. Aim: scatter + gather < 10% of forward+backward.
+
+    python benchmarks/graph.py [--repeats 20] [--out results/benchmarks]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine, markdown_table, time_ms, write_json  # noqa: E402
+from l2o.graph import NeuralGraph  # noqa: E402
+from tasks import get_task  # noqa: E402
+from tasks.registry import conv_task  # noqa: E402
+
+FEATURES, EMBED = 14, 32
+
+
+def tasks():
+    yield get_task("fmnist-conv")
+    yield get_task("cifar10-conv")
+    # ~1M parameters: 3->64->128->256->256 3x3 convs + linear.
+    yield conv_task("cifar10", (64, 128, 256, 256), name="cifar10-conv-1M")
+
+
+def bench(task, repeats: int) -> dict:
+    model = task.make_model(0)
+    n_params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    graph = NeuralGraph.from_module(model)
+    build_ms = (time.perf_counter() - t0) * 1e3
+    feats = torch.randn(graph.num_param_elements, FEATURES)
+    node_emb, edge_emb = torch.randn(graph.num_nodes, EMBED), torch.randn(graph.num_edges, EMBED)
+
+    def scatter_gather():
+        graph.scatter_flat(feats)
+        graph.gather_flat(node_emb, edge_emb)
+
+    x = torch.randn(128, *task.input_shape)
+    y = torch.randint(0, task.num_classes, (128,))
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        task.loss(model(x), y).backward()
+
+    sg = time_ms(scatter_gather, repeats)
+    fb = time_ms(fwd_bwd, repeats)
+    return {"task": task.name, "num_params": n_params, "num_nodes": graph.num_nodes, "num_edges": graph.num_edges,
+            "build_ms": build_ms, "scatter_gather_ms": sg, "fwd_bwd_ms": fb, "ratio": sg / fb,
+            "features": FEATURES, "embed": EMBED, **machine()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    records = [bench(t, args.repeats) for t in tasks()]
+    table = markdown_table(records, ["task", "num_params", "num_nodes", "num_edges", "build_ms",
+                                     "scatter_gather_ms", "fwd_bwd_ms", "ratio"])
+    print(table)
+    path = write_json("graph.json", records, args.out)
+    worst = max(r["ratio"] for r in records)
+    print(f"\nscatter+gather / fwd+bwd: worst {worst:.1%} (aim < 10%)  -> {path}")
+
+
+if __name__ == "__main__":
+    main()
