@@ -322,3 +322,14 @@ def test_permutation_maps_match_permuted_model():
     assert torch.equal(n1, n0[node_map]) and torch.equal(e1, e0[edge_map])
     with pytest.raises(ValueError, match="not a symmetry"):
         g.permutation({"stem": ps})  # half of the residual stream alone is not a symmetry
+
+
+def test_skip_mode_leaves_unsupported_parts_off_the_graph():
+    model = nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 2))
+    g = NeuralGraph.from_module(model, on_unsupported="skip")
+    assert g.unmapped_params == ["1.weight"] and g.skipped_modules == ["1 (PReLU)"]
+    assert g.param_names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    # The skipped module's output re-enters as input nodes of the next layer.
+    assert int((g.node_role == ROLE_INPUT).sum()) == 8
+    with pytest.raises(ValueError, match="on_unsupported"):
+        NeuralGraph.from_module(model, on_unsupported="ignore")

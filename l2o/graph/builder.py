@@ -24,7 +24,6 @@ positions per channel); residual additions add identity edges. Choices made wher
 """
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass, field
 
@@ -329,8 +328,11 @@ def _is_flatten_shape(args) -> bool:
     return len(shape) == 2
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor | None = None, kmax: int | None = None) -> NeuralGraph:
+def build_graph(model: nn.Module, example_input: torch.Tensor | None = None, kmax: int | None = None,
+                on_unsupported: str = "raise") -> NeuralGraph:
     """See :meth:`NeuralGraph.from_module`."""
+    if on_unsupported not in ("raise", "skip"):
+        raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"NeuralGraph.from_module expects an nn.Module, got {type(model).__name__}")
     model = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
@@ -353,63 +355,77 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | None = None, kma
         return env.get(a) if isinstance(a, fx.Node) else a
 
     outputs: list[_Value] = []
+    skipped: list[str] = []
     for node in fx_graph.nodes:
-        op, target = node.op, node.target
-        args = [val(a) for a in node.args]
-        if op == "placeholder":
-            env[node] = _Value(None, None, placeholder=node.name)
-        elif op == "get_attr":
-            env[node] = ("param", target)
-        elif op == "call_module":
-            mod, path = modules[target], target
-            kind = type(mod).__name__
-            x = args[0]
-            if not isinstance(x, _Value):
-                raise UnsupportedModuleError(path, kind, "input is not a traced activation tensor")
-            if isinstance(mod, nn.Linear):
-                w.claim(f"{path}.weight", path, kind)
-                if mod.bias is not None:
-                    w.claim(f"{path}.bias", path, kind)
-                env[node] = w.linear(x, mod.weight, mod.bias, path, f"{path}.weight",
-                                     f"{path}.bias" if mod.bias is not None else None)
-            elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-                w.claim(f"{path}.weight", path, kind)
-                if mod.bias is not None:
-                    w.claim(f"{path}.bias", path, kind)
-                env[node] = w.conv(x, mod.weight, mod.bias, mod.groups, path, f"{path}.weight",
-                                   f"{path}.bias" if mod.bias is not None else None, kind)
-            elif isinstance(mod, _NORM_MODULES):
-                env[node] = w.norm(x, mod, path)
-            elif (act := module_activation(mod)) is not None:
-                if any(True for _ in mod.parameters()):
-                    raise UnsupportedModuleError(path, kind, "activation with learnable parameters")
-                env[node] = w.activation(x, act, node, path)
-            elif isinstance(mod, _PASS_MODULES):
-                env[node] = _pass(x, node, mod)
-            elif isinstance(mod, nn.Flatten):
-                if mod.start_dim != 1 or mod.end_dim != -1:
-                    raise UnsupportedModuleError(path, kind, f"only Flatten(start_dim=1, end_dim=-1) is supported")
-                env[node] = _Value(x.nodes, 0 if x.nodes is not None else None, flat=True, placeholder=x.placeholder) \
-                    if x.nodes is not None else _flatten_input(x)
-            else:
-                raise UnsupportedModuleError(path, kind, "no neural-graph rule for this layer type",
-                                             "Supported: Linear, Conv1d/2d, BatchNorm/LayerNorm/GroupNorm, "
-                                             "activations, pooling, dropout, flatten, residual additions; use "
-                                             "fallback='per-parameter' in NeuralGraphOptimizer to update such "
-                                             "layers without the graph.")
-        elif op == "call_function":
-            env[node] = _call_function(w, node, target, args, params)
-        elif op == "call_method":
-            env[node] = _call_method(w, node, target, args)
-        elif op == "output":
-            res = args[0]
+        if node.op == "output":
+            res = val(node.args[0])
             res = list(res) if isinstance(res, (tuple, list)) else [res]
             outputs = [val(r) if isinstance(r, fx.Node) else r for r in res]
             if not all(isinstance(o, _Value) for o in outputs):
                 raise UnsupportedModuleError("<output>", "output", "the model returns something other than tensors "
                                              "computed from its input")
+            continue
+        claimed_before = set(w.used_params)
+        try:
+            env[node] = _visit(w, node, [val(a) for a in node.args], modules, params)
+        except UnsupportedModuleError as exc:
+            if on_unsupported != "skip" or node.op not in ("call_module", "call_function", "call_method"):
+                raise
+            # Leave this part off the graph: its parameters stay unmapped (updated without the graph by the
+            # optimizer's per-parameter fallback) and its output enters the graph as new input nodes.
+            w.used_params = claimed_before
+            skipped.append(f"{exc.path} ({exc.kind})")
+            env[node] = _Value(None, None, placeholder=f"{exc.path}.out")
     unmapped = [n for n in params if n not in w.used_params]
-    return w.assemble(outputs, unmapped)
+    graph = w.assemble(outputs, unmapped)
+    graph.skipped_modules = skipped
+    return graph
+
+
+def _visit(w: _Walker, node: fx.Node, args: list, modules: dict, params: dict) -> object:
+    """The walker's value for one traced node (placeholder, get_attr or call_*)."""
+    op, target = node.op, node.target
+    if op == "placeholder":
+        return _Value(None, None, placeholder=node.name)
+    if op == "get_attr":
+        return ("param", target)
+    if op == "call_function":
+        return _call_function(w, node, target, args, params)
+    if op == "call_method":
+        return _call_method(w, node, target, args)
+    mod, path = modules[target], target
+    kind = type(mod).__name__
+    x = args[0] if args else None
+    if not isinstance(x, _Value):
+        raise UnsupportedModuleError(path, kind, "input is not a traced activation tensor")
+    if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        w.claim(f"{path}.weight", path, kind)
+        bname = f"{path}.bias" if mod.bias is not None else None
+        if bname:
+            w.claim(bname, path, kind)
+        if isinstance(mod, nn.Linear):
+            return w.linear(x, mod.weight, mod.bias, path, f"{path}.weight", bname)
+        return w.conv(x, mod.weight, mod.bias, mod.groups, path, f"{path}.weight", bname, kind)
+    if isinstance(mod, _NORM_MODULES):
+        return w.norm(x, mod, path)
+    if (act := module_activation(mod)) is not None:
+        if any(True for _ in mod.parameters()):
+            raise UnsupportedModuleError(path, kind, "activation with learnable parameters")
+        return w.activation(x, act, node, path)
+    if isinstance(mod, _PASS_MODULES):
+        return _pass(x, node, mod)
+    if isinstance(mod, nn.Flatten):
+        if mod.start_dim != 1 or mod.end_dim != -1:
+            raise UnsupportedModuleError(path, kind, "only Flatten(start_dim=1, end_dim=-1) is supported")
+        return _flatten(x)
+    raise UnsupportedModuleError(path, kind, "no neural-graph rule for this layer type",
+                                 "Supported: Linear, Conv1d/2d, BatchNorm/LayerNorm/GroupNorm, activations, pooling, "
+                                 "dropout, flatten, residual additions; NeuralGraphOptimizer(..., "
+                                 "fallback='per-parameter') updates such layers without the graph.")
+
+
+def _flatten(x: _Value) -> _Value:
+    return _Value(x.nodes, 0, flat=True, placeholder=x.placeholder) if x.nodes is not None else _flatten_input(x)
 
 
 def _flatten_input(x: _Value) -> _Value:
@@ -443,8 +459,7 @@ def _call_function(w: _Walker, node: fx.Node, target, args, params) -> object:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         if start != 1:
             raise UnsupportedModuleError(name, "flatten", "only flatten(x, 1) (keeping the batch axis) is supported")
-        x = args[0]
-        return _Value(x.nodes, 0, flat=True, placeholder=x.placeholder) if x.nodes is not None else _flatten_input(x)
+        return _flatten(args[0])
     if target in (F.linear, F.conv1d, F.conv2d):
         x, wref = args[0], args[1]
         bref = args[2] if len(args) > 2 else node.kwargs.get("bias")
@@ -483,9 +498,9 @@ def _call_method(w: _Walker, node: fx.Node, method: str, args) -> object:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         if start != 1:
             raise UnsupportedModuleError(node.name, "Tensor.flatten", "only flatten(1) (keeping the batch axis)")
-        return _Value(x.nodes, 0, flat=True, placeholder=x.placeholder) if x.nodes is not None else _flatten_input(x)
+        return _flatten(x)
     if method in ("view", "reshape") and _is_flatten_shape(node.args):
-        return _Value(x.nodes, 0, flat=True, placeholder=x.placeholder) if x.nodes is not None else _flatten_input(x)
+        return _flatten(x)
     if method in ("mean", "amax", "sum") and x.nodes is not None:
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         dims = (dims,) if isinstance(dims, int) else tuple(dims or ())

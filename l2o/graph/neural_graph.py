@@ -95,26 +95,30 @@ class NeuralGraph:
     param_names: list[str]
     param_shapes: list[torch.Size]
     layers: list[list[LayerInfo]] = field(default_factory=list)  # per graph
-    unmapped_params: list[str] = field(default_factory=list)
+    unmapped_params: list[str] = field(default_factory=list)  # parameters not on the graph (unused or skipped)
+    skipped_modules: list[str] = field(default_factory=list)  # parts left off with on_unsupported="skip"
 
     # ------------------------------------------------------------------ construction
     @staticmethod
     def from_module(model: torch.nn.Module, example_input: torch.Tensor | None = None,
-                    kmax: int | None = None) -> "NeuralGraph":
+                    kmax: int | None = None, on_unsupported: str = "raise") -> "NeuralGraph":
         """Trace ``model`` with torch.fx and build its neural graph.
 
         Args:
             model: the network. Its ``forward`` must be traceable by ``torch.fx`` (no data-dependent control flow).
-            example_input: optional batch; when given, the graph's linear map is checked against nothing but the
-                trace is validated by running ``model(example_input)`` once (shapes must agree).
+            example_input: optional batch; when given, ``model(example_input)`` is run once before the walk so that
+                shape errors surface as PyTorch's own messages (the walk itself needs no shapes).
             kmax: kernel side of the edge features (``K = kmax**2`` slots per edge). Default: the largest kernel
                 side in the model. Kernels larger than ``kmax`` raise ``UnsupportedModuleError``.
+            on_unsupported: ``"raise"`` (default) or ``"skip"``: leave unsupported parts off the graph; their
+                parameters are listed in ``unmapped_params``, the parts in ``skipped_modules``, and their outputs
+                enter the graph as new input nodes.
         Raises:
             UnsupportedModuleError: a layer or operation the graph cannot represent (named in the message).
         """
         from .builder import build_graph  # local import: builder imports this module
 
-        return build_graph(model, example_input=example_input, kmax=kmax)
+        return build_graph(model, example_input=example_input, kmax=kmax, on_unsupported=on_unsupported)
 
     @staticmethod
     def assemble(*, kmax: int, node_layer, node_role, node_activation, node_index, node_position,
@@ -247,7 +251,8 @@ class NeuralGraph:
         """A copy with every index tensor on ``device`` (float tensors keep their dtype)."""
         kw = {f: getattr(self, f).to(device) for f in _TENSOR_FIELDS}
         return NeuralGraph(kmax=self.kmax, param_names=list(self.param_names), param_shapes=list(self.param_shapes),
-                           layers=self.layers, unmapped_params=list(self.unmapped_params), **kw)
+                           layers=self.layers, unmapped_params=list(self.unmapped_params),
+                           skipped_modules=list(self.skipped_modules), **kw)
 
     def __repr__(self) -> str:
         kinds = {EDGE_KINDS[k]: int((self.edge_kind == k).sum()) for k in range(3)}
