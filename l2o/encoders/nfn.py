@@ -34,7 +34,7 @@ Differences from the published NFN (chosen so the encoder runs on any architectu
 * a conv kernel is one edge whose ``kmax**2`` slots are mixed by the input projection, as NFN's channel dimension.
 
 Every layer is linear and equivariant; a pointwise nonlinearity sits between layers (not after the last one), as
-in the original. All aggregations are means over order-independent groups, so the encoder is equivariant to
+in the original (which used ReLU; the default here is SiLU, see :class:`NFNEncoder`). All aggregations are means over order-independent groups, so the encoder is equivariant to
 hidden-neuron permutations and encoding a batch of graphs equals encoding each graph alone.
 """
 from __future__ import annotations
@@ -171,8 +171,11 @@ class NFNEncoder(GraphEncoder):
 
     Args:
         node_in, edge_in, hidden, depth, kmax, fourier: the common encoder arguments (see :class:`GraphEncoder`).
-        activation: pointwise nonlinearity between layers: ``"relu"`` (default, as in NFN), ``"silu"``, ``"gelu"``
-            or ``"tanh"``.
+        activation: pointwise nonlinearity between layers: ``"silu"`` (default), ``"relu"`` (the published NFN's),
+            ``"gelu"`` or ``"tanh"``. SiLU is the default because the initial states of a network's edges are nearly
+            alike (small weights), so a ReLU kills whole channels for every edge at once (about a third of the
+            channels at init in our tests), and because meta-training differentiates through the encoder twice
+            (ReLU's second derivative is zero).
     Shapes: ``forward(graph, node_feats [N, node_in], edge_feats [E, edge_in])
     -> (node_emb [N, hidden], edge_emb [E, hidden])``.
 
@@ -181,7 +184,7 @@ class NFNEncoder(GraphEncoder):
     """
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
-                 fourier: int = 0, activation: str = "relu", **options):
+                 fourier: int = 0, activation: str = "silu", **options):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if options:
             raise TypeError(f"NFNEncoder got unknown options {sorted(options)}")

@@ -1,0 +1,224 @@
+"""NG-GNN: PNA message passing with FiLM edge modulation over a neural graph (Kofinas et al., ICLR 2024).
+
+Each of ``depth`` layers (:class:`NGGNNLayer`) does, for every node ``i`` and hidden state size ``d``:
+
+* messages over two relations, the graph's own edges (``j -> i``, from earlier layers) and the reversed edges
+  (``i -> j``, from later layers). An optimizer needs both: gradients flow backward through the network, so a
+  neuron's update depends on what happens after it. Each relation has its own message MLP and FiLM map::
+
+      m_ij = (1 + scale_r(e_ij)) * MLP_r([x_i, x_j]) + shift_r(e_ij)
+
+  (``1 +`` so an untrained FiLM starts near the identity modulation; it is still an affine function of ``e_ij``);
+* PNA aggregation of each relation's messages: mean, min, max and std (``sqrt(var + eps)``, eps inside the sqrt so
+  that second derivatives stay finite at zero variance), each with the identity and the amplification scaler
+  (see *Degree scaler* below). Nodes with no incoming edge of a relation get zeros;
+* node update ``x_i <- LayerNorm(x_i + MLP([x_i, agg_fwd_i, agg_rev_i]))`` (MLP: Linear, SiLU, Linear);
+* edge update with the new node states ``e_ij <- LayerNorm(e_ij + MLP([e_ij, x_i, x_j]))``.
+
+Degree scaler. PNA's amplification multiplies an aggregate by ``log(deg_i + 1) / delta`` where ``delta`` is the
+mean of ``log(deg + 1)`` over the nodes of a reference set of graphs. By default (``avg_log_deg=None``) the
+reference set is the graph itself: ``delta`` is computed per graph of a batch (nodes of that graph only) and per
+relation, at forward time, from structure alone. This equals what PNA does when its degree histogram comes from
+the one optimizee architecture being trained on, it never mixes the graphs of a batch (so batched and single
+encodings agree) and it is invariant to neuron permutations. It also keeps the scaler near 1 on networks much
+wider than those seen in meta-training (only relative fan-in is visible). Pass ``avg_log_deg=<float>`` to fix
+``delta`` instead, which exposes absolute fan-in (``log(fan_in + 1)``) to the model at the cost of larger scaler
+values on wider networks than seen in training.
+
+The graph's input/positional embeddings come from :class:`GraphInputEmbedding`; everything after is node-order
+independent (per-node / per-edge maps and order-free aggregations), hence equivariant to hidden-neuron
+permutations. Per-node first halves of the message and edge MLPs are computed once per node and gathered per
+edge (``Linear([x_i, x_j]) = x_i A + x_j B``), which saves an ``[E, 2d] x [2d, d]`` product per relation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import scatter
+
+from ..graph import NeuralGraph
+from .base import GraphEncoder
+from .embeddings import GraphInputEmbedding, sinusoid_table
+
+AGGREGATORS = ("mean", "min", "max", "std")
+SCALERS = ("identity", "amplification")
+
+
+def reset_input_embedding(embed: GraphInputEmbedding) -> None:
+    """Re-initialise a :class:`GraphInputEmbedding` in place, the way its constructor does.
+
+    Kept here because ``GraphInputEmbedding`` has no ``reset_parameters`` of its own; parameters keep their identity
+    (an optimizer holding them stays valid).
+    """
+    with torch.no_grad():
+        for proj in (embed.node_proj, embed.edge_proj):
+            proj.linear.reset_parameters()
+        for name in ("inputs", "outputs", "layers"):
+            table = getattr(embed.pos, name)
+            table.copy_(sinusoid_table(*table.shape))
+        for emb in (embed.act, embed.spatial, embed.edge_kind):
+            nn.init.normal_(emb.weight, std=0.1)
+
+
+def relation_edge_indices(graph: NeuralGraph, bidirectional: bool) -> list[Tensor]:
+    """``[2, E]`` edge indices of the relations: the graph's edges, then (if ``bidirectional``) the reversed ones.
+
+    Both keep the graph's edge order, so edge-level tensors ``[E, *]`` line up with every relation.
+    """
+    rels = [graph.edge_index]
+    if bidirectional:
+        rels.append(graph.reverse_edge_index())
+    return rels
+
+
+def degree_scalers(graph: NeuralGraph, edge_index: Tensor, dtype: torch.dtype,
+                   avg_log_deg: float | None = None) -> tuple[Tensor, Tensor]:
+    """In-degree and PNA amplification factor of every node for one relation.
+
+    Args:
+        edge_index: ``[2, E]`` (source, target) of the relation; messages are aggregated at the target.
+        avg_log_deg: fixed ``delta``; ``None`` computes it per graph of the batch (mean over that graph's nodes of
+            ``log(deg + 1)``, nodes of in-degree 0 included, as in PNA).
+    Returns:
+        ``deg [N, 1]`` and ``amp [N, 1] = log(deg + 1) / delta`` (structure only: no gradient flows through them).
+    """
+    N = graph.num_nodes
+    ones = torch.ones(edge_index.shape[1], dtype=dtype, device=edge_index.device)
+    deg = scatter(ones, edge_index[1], dim=0, dim_size=N, reduce="sum")
+    log_deg = torch.log1p(deg)
+    if avg_log_deg is None:
+        delta = scatter(log_deg, graph.node_graph, dim=0, dim_size=graph.num_graphs, reduce="mean")
+        delta = delta[graph.node_graph]
+    else:
+        delta = torch.full_like(log_deg, float(avg_log_deg))
+    # A graph without edges has log_deg == 0 everywhere: the clamp only avoids 0/0 there.
+    amp = log_deg / delta.clamp(min=1e-6)
+    return deg[:, None], amp[:, None]
+
+
+class NGGNNLayer(MessagePassing):
+    r"""One NG-GNN layer over ``relations`` edge types (1: forward edges; 2: forward and reversed edges).
+
+    Args:
+        hidden: state size ``d`` of nodes and edges.
+        relations: number of relations, each with its own message MLP and FiLM map.
+        eps: added to the variance inside the square root of the std aggregator.
+    Shapes:
+        ``forward(x [N, d], e [E, d], edge_indices: list of relations x [2, E], deg, amp: lists of [N, 1])
+        -> (x [N, d], e [E, d])``. ``edge_indices[0]`` must be the graph's own edges (used by the edge update).
+    """
+
+    def __init__(self, hidden: int, relations: int = 2, eps: float = 1e-6):
+        super().__init__(aggr=None, node_dim=0)
+        if hidden < 1 or relations < 1:
+            raise ValueError(f"hidden and relations must be positive, got hidden={hidden}, relations={relations}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0 (it keeps the std aggregator twice differentiable), got {eps}")
+        self.hidden, self.relations, self.eps = hidden, relations, eps
+        d, R = hidden, relations
+        # Per relation: target half and source half of the message MLP's first linear map (node level).
+        self.msg_node = nn.Linear(d, 2 * R * d)
+        self.msg_out = nn.ModuleList(nn.Linear(d, d) for _ in range(R))
+        # Per relation: FiLM scale and shift from the edge state.
+        self.film = nn.Linear(d, 2 * R * d)
+        n_agg = len(AGGREGATORS) * len(SCALERS)
+        self.node_mlp = nn.Sequential(nn.Linear((1 + n_agg * R) * d, d), nn.SiLU(), nn.Linear(d, d))
+        self.node_norm = nn.LayerNorm(d)
+        self.edge_in = nn.Linear(d, d)
+        self.edge_node = nn.Linear(d, 2 * d, bias=False)  # target half, source half
+        self.edge_out = nn.Linear(d, d)
+        self.edge_norm = nn.LayerNorm(d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(self, x: Tensor, e: Tensor, edge_indices: list[Tensor], deg: list[Tensor], amp: list[Tensor]
+                ) -> tuple[Tensor, Tensor]:
+        if len(edge_indices) != self.relations:
+            raise ValueError(f"expected {self.relations} relations, got {len(edge_indices)} edge indices")
+        h = self.msg_node(x).chunk(2 * self.relations, dim=-1)
+        film = self.film(e).chunk(2 * self.relations, dim=-1)
+        parts = [x]
+        for r, edge_index in enumerate(edge_indices):
+            parts.append(self.propagate(edge_index, h_dst=h[2 * r], h_src=h[2 * r + 1], scale=film[2 * r],
+                                        shift=film[2 * r + 1], rel=r, deg=deg[r], amp=amp[r]))
+        x = self.node_norm(x + self.node_mlp(torch.cat(parts, dim=-1)))
+        # Edge update from the new node states: e_ij <- e_ij + MLP([e_ij, x_i (target), x_j (source)]).
+        src, dst = edge_indices[0]
+        x_dst, x_src = self.edge_node(x).chunk(2, dim=-1)
+        e = self.edge_norm(e + self.edge_out(F.silu(self.edge_in(e) + x_dst[dst] + x_src[src])))
+        return x, e
+
+    def message(self, h_dst_i: Tensor, h_src_j: Tensor, scale: Tensor, shift: Tensor, rel: int) -> Tensor:
+        """``[E, d]``: ``(1 + scale(e_ij)) * MLP([x_i, x_j]) + shift(e_ij)`` for relation ``rel``."""
+        return (1 + scale) * self.msg_out[rel](F.silu(h_dst_i + h_src_j)) + shift
+
+    def aggregate(self, inputs: Tensor, index: Tensor, dim_size: int, deg: Tensor) -> Tensor:
+        """``[E, d] -> [N, 4d]``: mean, min, max, std of the messages arriving at each node (zeros if none)."""
+        count = deg.clamp(min=1)
+        mean = scatter(inputs, index, dim=0, dim_size=dim_size, reduce="sum") / count
+        # Two-pass variance: no cancellation, non-negative by construction (relu kept as a guard).
+        var = scatter((inputs - mean[index]).square(), index, dim=0, dim_size=dim_size, reduce="sum") / count
+        std = torch.sqrt(F.relu(var) + self.eps) * (deg > 0).to(inputs.dtype)
+        lo = scatter(inputs, index, dim=0, dim_size=dim_size, reduce="min")  # empty rows are 0
+        hi = scatter(inputs, index, dim=0, dim_size=dim_size, reduce="max")
+        return torch.cat([mean, lo, hi, std], dim=-1)
+
+    def update(self, aggr_out: Tensor, amp: Tensor) -> Tensor:
+        """``[N, 4d] -> [N, 8d]``: identity and amplification scalers."""
+        return torch.cat([aggr_out, aggr_out * amp], dim=-1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hidden}, relations={self.relations})"
+
+
+class NGGNN(GraphEncoder):
+    """NG-GNN encoder: input embeddings, then ``depth`` :class:`NGGNNLayer` s.
+
+    Args:
+        node_in, edge_in, hidden, depth, kmax, fourier: the common encoder arguments (see :class:`GraphEncoder`).
+        bidirectional: also pass messages along reversed edges (default True; an optimizer needs information from
+            later layers).
+        avg_log_deg: ``delta`` of the amplification scaler; ``None`` (default) computes it per graph from the graph
+            itself (see the module docstring).
+        eps: variance epsilon of the std aggregator.
+    Shapes: ``forward(graph, node_feats [N, node_in], edge_feats [E, edge_in]) -> (node_emb [N, hidden],
+    edge_emb [E, hidden])``.
+    """
+
+    def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
+                 fourier: int = 0, *, bidirectional: bool = True, avg_log_deg: float | None = None,
+                 eps: float = 1e-6):
+        super().__init__(node_in, edge_in, hidden, depth, kmax)
+        if hidden < 1 or depth < 1:
+            raise ValueError(f"hidden and depth must be positive, got hidden={hidden}, depth={depth}")
+        if avg_log_deg is not None and not (math.isfinite(avg_log_deg) and avg_log_deg > 0):
+            raise ValueError(f"avg_log_deg must be a positive number or None, got {avg_log_deg}")
+        self.bidirectional, self.avg_log_deg = bidirectional, avg_log_deg
+        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier)
+        relations = 2 if bidirectional else 1
+        self.layers = nn.ModuleList(NGGNNLayer(hidden, relations, eps) for _ in range(depth))
+
+    def reset_parameters(self) -> None:
+        reset_input_embedding(self.embed)
+        for layer in self.layers:
+            layer.reset_parameters()
+
+    def forward(self, graph: NeuralGraph, node_feats: Tensor, edge_feats: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_inputs(graph, node_feats, edge_feats)
+        x, e = self.embed(graph, node_feats, edge_feats)
+        rels = relation_edge_indices(graph, self.bidirectional)
+        scalers = [degree_scalers(graph, ei, x.dtype, self.avg_log_deg) for ei in rels]
+        deg, amp = [s[0] for s in scalers], [s[1] for s in scalers]
+        for layer in self.layers:
+            x, e = layer(x, e, rels, deg, amp)
+        return x, e

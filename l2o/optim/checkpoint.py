@@ -1,0 +1,69 @@
+"""Learned-optimizer checkpoints: one file with the family, its config, its weights, the package version and the
+meta-training summary. Loading never unpickles arbitrary objects (``torch.load(weights_only=True)``), so a
+checkpoint cannot run code; a wrong, truncated or mismatched file raises :class:`CheckpointError`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import OptimizerConfig, build_optimizer
+from .learned import Optimizer
+
+FORMAT = "l2o-learned-optimizer"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, truncated, of another format, or does not match its config."""
+
+
+def save_checkpoint(path: str | Path, optimizer: Optimizer, config: OptimizerConfig, summary: dict | None = None
+                    ) -> Path:
+    """Write atomically (temp file + rename), so a crash mid-write never leaves a truncated checkpoint."""
+    from .. import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+               "family": config.family, "config": config.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in optimizer.state_dict().items()},
+               "summary": dict(summary or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw payload, validated (no optimizer built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing here
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or truncated and cannot be read ({type(exc).__name__}: "
+                              f"{exc}). Re-export it from the meta-training run's state with "
+                              f"`python -m meta_train export`, or meta-train again.") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"'{path}' is not an l2o learned-optimizer checkpoint (no '{FORMAT}' header)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"'{path}' was written by a newer l2o (format {payload['format_version']}); upgrade l2o")
+    for key in ("config", "state_dict"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint '{path}' has no '{key}' entry")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[Optimizer, OptimizerConfig, dict]:
+    """Rebuild the optimizer of a checkpoint: ``(optimizer, config, payload)``."""
+    payload = read_checkpoint(path)
+    try:
+        config = OptimizerConfig.from_dict(payload["config"])
+        optimizer = build_optimizer(config)
+        optimizer.load_state_dict(payload["state_dict"], strict=True)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint '{path}' does not match its own config ({exc})") from exc
+    return optimizer, config, payload

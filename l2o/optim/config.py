@@ -1,0 +1,66 @@
+"""Optimizer configurations: small dataclasses that round-trip through checkpoints and TOML files."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .features import FeatureConfig
+from .learned import Adam, FFOptimizer, GraphOptimizer, LSTMOptimizer, Optimizer, SGDMomentum
+
+GRAPH_FAMILIES = ("ng-gnn", "ng-t", "dng", "nfn")
+LEARNED_FAMILIES = GRAPH_FAMILIES + ("ff", "lstm")
+HAND_FAMILIES = ("adam", "adamw", "sgdm")
+FAMILIES = LEARNED_FAMILIES + HAND_FAMILIES
+
+
+@dataclass
+class OptimizerConfig:
+    """Everything needed to rebuild an optimizer (its weights come from a checkpoint's state_dict)."""
+
+    family: str = "ng-gnn"  # one of FAMILIES
+    # learned optimizers
+    hidden: int = 32  # encoder width
+    depth: int = 2  # encoder layers
+    kmax: int = 3
+    encoder_options: dict = field(default_factory=dict)  # e.g. {"bidirectional": True} for dng
+    head_hidden: int = 32
+    lam: float = 0.01
+    preprocess: str = "logsign"
+    layer_scale: bool = True
+    adam_residual: bool = False
+    adam_lr: float = 1e-3
+    lstm_hidden: int = 8
+    # hand-designed optimizers
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown optimizer family {self.family!r}; choose one of {FAMILIES}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "OptimizerConfig":
+        known = {f.name for f in fields(OptimizerConfig)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown optimizer config keys {sorted(unknown)}")
+        return OptimizerConfig(**d)
+
+
+def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
+    """A freshly initialised optimizer module for ``cfg`` (use ``torch.manual_seed`` first for a fixed init)."""
+    head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
+                adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr)
+    feats = FeatureConfig(preprocess=cfg.preprocess)
+    if cfg.family in GRAPH_FAMILIES:
+        return GraphOptimizer(cfg.family, cfg.hidden, cfg.depth, cfg.kmax, dict(cfg.encoder_options), feats, **head)
+    if cfg.family == "ff":
+        return FFOptimizer(features=feats, **head)
+    if cfg.family == "lstm":
+        return LSTMOptimizer(cfg.lstm_hidden, features=feats, **head)
+    if cfg.family in ("adam", "adamw"):
+        return Adam(cfg.lr, weight_decay=cfg.weight_decay)
+    return SGDMomentum(cfg.lr, cfg.momentum, cfg.weight_decay)

@@ -1,0 +1,103 @@
+"""Per-parameter optimizer features and the statistics kept as optimizer state.
+
+State per element (what ``state_floats_per_param`` counts): momenta at decays ``(0.5, 0.9, 0.99, 0.999, 0.9999)``
+``m [P, 5]`` and an Adam-style second moment ``v [P]``: 6 floats. Plus one step counter per tensor.
+
+Features per element (before preprocessing): the parameter, the gradient, the 5 momenta, ``sqrt(v_hat)`` and the
+Adam direction ``m_hat / sqrt(v_hat + eps)`` (bias-corrected, decay 0.9): ``RAW_FEATURES = 9`` values. Two
+preprocessings (``FeatureConfig.preprocess``):
+
+* ``"logsign"`` (Andrychowicz et al. 2016): each value ``x`` -> ``(log|x| / p, sign x)`` if ``|x| >= e^-p``, else
+  ``(-1, e^p x)``, ``p = 10``: 18 features;
+* ``"rms"`` (learned_optimization): each value divided by its RMS over its tensor: 9 features.
+
+Time features ``tanh(t / tau - 1)`` for ``tau in (1, 3, 10, ..., 1e5)`` are global (one vector per step).
+Every sqrt has its epsilon inside, so second-order meta-gradients stay finite.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .context import ParamContext
+
+DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
+BETA2 = 0.999
+TIME_TAUS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+RAW_FEATURES = 9
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    preprocess: str = "logsign"  # "logsign" | "rms"
+    logsign_p: float = 10.0
+
+    def __post_init__(self):
+        if self.preprocess not in ("logsign", "rms"):
+            raise ValueError(f"preprocess must be 'logsign' or 'rms', got {self.preprocess!r}")
+
+    @property
+    def num_features(self) -> int:
+        return 2 * RAW_FEATURES if self.preprocess == "logsign" else RAW_FEATURES
+
+    @property
+    def num_time_features(self) -> int:
+        return len(TIME_TAUS)
+
+
+def init_moments(P: int, dtype=torch.float32, device=None) -> dict[str, torch.Tensor]:
+    """Zero statistics for ``P`` elements: ``m [P, 5]``, ``v [P]``, ``step`` (0-dim, number of updates done)."""
+    return {"m": torch.zeros(P, len(DECAYS), dtype=dtype, device=device),
+            "v": torch.zeros(P, dtype=dtype, device=device),
+            "step": torch.zeros((), dtype=dtype, device=device)}
+
+
+def update_moments(grads: torch.Tensor, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Advance momenta and second moment by one gradient ``[P]``; returns new tensors (no in-place writes)."""
+    decays = torch.tensor(DECAYS, dtype=grads.dtype, device=grads.device)
+    m = state["m"] * decays + grads[:, None] * (1 - decays)
+    v = state["v"] * BETA2 + grads * grads * (1 - BETA2)
+    return {**state, "m": m, "v": v, "step": state["step"] + 1}
+
+
+def adam_direction(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Bias-corrected ``m_hat / (sqrt(v_hat) + eps)`` with decay 0.9 (the Adam step before the learning rate)."""
+    t = state["step"].clamp(min=1)
+    m_hat = state["m"][:, 1] / (1 - 0.9 ** t)
+    v_hat = state["v"] / (1 - BETA2 ** t)
+    return m_hat / (torch.sqrt(v_hat + ADAM_EPS ** 2) + ADAM_EPS)
+
+
+def logsign(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
+    """``[..., F] -> [..., 2F]``: the log/sign preprocessing; the log branch never sees |x| < e^-p (finite grads)."""
+    big = x.abs() >= math.exp(-p)
+    safe = torch.where(big, x.abs(), torch.ones_like(x))
+    first = torch.where(big, torch.log(safe) / p, -torch.ones_like(x))
+    second = torch.where(big, torch.sign(x), x * math.exp(p))
+    return torch.cat([first, second], -1)
+
+
+def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[P, 9]``: parameter, gradient, 5 momenta, sqrt(v_hat), Adam direction (state already updated)."""
+    t = state["step"].clamp(min=1)
+    v_hat = state["v"] / (1 - BETA2 ** t)
+    return torch.cat([params[:, None], grads[:, None], state["m"], torch.sqrt(v_hat + 1e-30)[:, None],
+                      adam_direction(state)[:, None]], 1)
+
+
+def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
+                   cfg: FeatureConfig) -> torch.Tensor:
+    """Preprocessed per-element features ``[P, cfg.num_features]``."""
+    raw = raw_features(params, grads, state)
+    if cfg.preprocess == "logsign":
+        return logsign(raw, cfg.logsign_p)
+    return raw / ctx.tensor_rms(raw, eps=1e-16)
+
+
+def time_features(step: torch.Tensor) -> torch.Tensor:
+    """``[len(TIME_TAUS)]``: ``tanh(t / tau - 1)`` for the current step ``t``."""
+    taus = torch.tensor(TIME_TAUS, dtype=step.dtype, device=step.device)
+    return torch.tanh(step / taus - 1)

@@ -1,0 +1,59 @@
+"""The per-parameter update head shared by every learned optimizer family.
+
+``(features [P, F], projected embedding [P, H] or None, time features [T], Adam direction [P]) -> step [P]``
+
+A small MLP outputs a direction ``d`` and a magnitude ``m`` per element; the step is
+``lam * d * exp(lam * m)`` (Kofinas et al. section 5 / learned_optimization), optionally multiplied by a learned
+per-category scale (first / hidden / last layer x weight / bias) and optionally added to an Adam step with a
+learned learning rate ("Adam residual"), so that an untrained optimizer behaves like Adam.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .context import NUM_CATEGORIES, ParamContext
+
+
+class UpdateHead(nn.Module):
+    def __init__(self, num_features: int, time_features: int, embed_dim: int = 0, hidden: int = 32,
+                 lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False,
+                 adam_lr: float = 1e-3):
+        super().__init__()
+        self.lam, self.layer_scale, self.adam_residual = lam, layer_scale, adam_residual
+        self.feat_in = nn.Linear(num_features, hidden)
+        self.time_in = nn.Linear(time_features, hidden, bias=False)
+        # Projects node/edge embeddings to the head's width *before* they are gathered per element
+        # (E rows instead of P rows: a conv edge holds kmax^2 elements).
+        self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
+        self.hidden = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 2)
+        self.log_scale = nn.Parameter(torch.zeros(NUM_CATEGORIES)) if layer_scale else None
+        self.log_adam_lr = nn.Parameter(torch.tensor(math.log(adam_lr))) if adam_residual else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.feat_in, self.time_in, self.hidden, self.embed_proj):
+            if lin is not None:
+                lin.reset_parameters()
+        # Small outputs at init: with the Adam residual the untrained optimizer is Adam; without it, tiny steps.
+        nn.init.normal_(self.out.weight, std=1e-3 if not self.adam_residual else 0.0)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat: torch.Tensor,
+                adam_dir: torch.Tensor | None) -> torch.Tensor:
+        h = self.feat_in(feats) + self.time_in(tfeat)
+        if embed is not None:
+            h = h + embed
+        h = F.silu(h)
+        h = F.silu(self.hidden(h))
+        d, m = self.out(h).unbind(-1)
+        step = self.lam * d * torch.exp(self.lam * m)
+        if self.log_scale is not None:
+            step = step * torch.exp(self.log_scale)[ctx.category].index_select(0, ctx.tensor_id)
+        if self.adam_residual:
+            step = step - torch.exp(self.log_adam_lr) * adam_dir
+        return step

@@ -1,0 +1,184 @@
+"""Optimizer families behind one functional interface.
+
+Every optimizer here is an ``nn.Module`` whose own parameters are the meta-parameters (none for the hand-designed
+ones) and which implements
+
+    init_state(ctx, params [P]) -> state                       (dict of tensors)
+    update(ctx, params [P], grads [P], state, lr=1.0) -> (new_params [P], new_state)
+
+on flat parameter vectors laid out by a :class:`ParamContext`. ``update`` is pure (no in-place writes) and
+differentiable with respect to the module's weights, so meta-training unrolls it directly, and
+``NeuralGraphOptimizer.step()`` calls the very same function under ``torch.no_grad()``. ``lr`` multiplies the
+step (a float or a per-element ``[P]`` tensor for torch.optim parameter groups; 1.0 = as meta-trained).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..encoders import build_encoder
+from .context import ParamContext
+from .features import (FeatureConfig, adam_direction, init_moments, param_features, time_features,
+                       update_moments)
+from .heads import UpdateHead
+
+
+class Optimizer(nn.Module):
+    """Base class of the functional optimizers."""
+
+    family: str = ""
+    needs_graph: bool = False
+    # floats of per-element state (what the step-overhead benchmark reports)
+    state_floats_per_param: int = 0
+
+    def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(self, ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
+               lr: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class LearnedOptimizer(Optimizer):
+    """Moments + features + update head; subclasses add how the per-element embedding is computed."""
+
+    state_floats_per_param = 6  # 5 momenta + second moment
+
+    def __init__(self, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
+                 lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3):
+        super().__init__()
+        self.features = features
+        self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
+                               layer_scale, adam_residual, adam_lr)
+
+    def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        return init_moments(params.numel(), params.dtype, params.device)
+
+    def embed(self, ctx: ParamContext, feats: torch.Tensor, state: dict[str, torch.Tensor]
+              ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Per-element embedding ``[P, head_hidden]`` already projected to the head's width (or None)."""
+        return None, {}
+
+    def update(self, ctx, params, grads, state, lr=1.0):
+        if params.shape != grads.shape or params.dim() != 1:
+            raise ValueError(f"update expects flat params and grads [P], got {list(params.shape)} and {list(grads.shape)}")
+        new_state = update_moments(grads, state)
+        feats = param_features(ctx, params, grads, new_state, self.features)
+        emb, extra = self.embed(ctx, feats, state)
+        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_direction(new_state))
+        new_state.update(extra)
+        return params + lr * step, new_state
+
+
+class GraphOptimizer(LearnedOptimizer):
+    """Learned optimizer whose per-element embedding comes from a graph encoder over the neural graph.
+
+    Features are scattered onto the graph (biases on nodes, kernel entries on their edge's kernel slots), the
+    encoder (NG-GNN, NG-T, DNG or NFN) produces node and edge embeddings, and every element receives the embedding
+    of its edge / node, concatenated (through the head's first layer) with its own features.
+    """
+
+    needs_graph = True
+
+    def __init__(self, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
+                 encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(), **head):
+        super().__init__(features=features, embed_dim=hidden, **head)
+        self.encoder_name, self.kmax = encoder, kmax
+        F = features.num_features
+        self.encoder = build_encoder(encoder, F, kmax * kmax * F, hidden=hidden, depth=depth, kmax=kmax,
+                                     **(encoder_options or {}))
+
+    @property
+    def family(self) -> str:  # type: ignore[override]
+        return self.encoder_name
+
+    def embed(self, ctx, feats, state):
+        g = ctx.graph
+        if g is None:
+            raise ValueError("a graph optimizer needs a ParamContext with a neural graph")
+        node, edge = g.scatter_flat(ctx.graph_part(feats))
+        node_emb, edge_emb = self.encoder(g, node, edge.reshape(g.num_edges, -1))
+        proj = self.head.embed_proj
+        emb = g.gather_flat(proj(node_emb), proj(edge_emb))
+        return ctx.from_graph_part(emb), {}
+
+
+class FFOptimizer(LearnedOptimizer):
+    """Per-parameter MLP (Metz et al. 2019): the update head over each element's own features alone."""
+
+    family = "ff"
+
+
+class LSTMOptimizer(LearnedOptimizer):
+    """Per-parameter recurrent optimizer (Metz et al. 2020 style): an LSTM cell per element whose hidden state
+    persists across steps; the head reads [features, LSTM output]."""
+
+    family = "lstm"
+
+    def __init__(self, lstm_hidden: int = 8, features: FeatureConfig = FeatureConfig(), **head):
+        super().__init__(features=features, embed_dim=lstm_hidden, **head)
+        self.lstm_hidden = lstm_hidden
+        self.cell = nn.LSTMCell(features.num_features, lstm_hidden)
+        self.state_floats_per_param = 6 + 2 * lstm_hidden
+
+    def init_state(self, ctx, params):
+        state = super().init_state(ctx, params)
+        P = params.numel()
+        state["h"] = params.new_zeros(P, self.lstm_hidden)
+        state["c"] = params.new_zeros(P, self.lstm_hidden)
+        return state
+
+    def embed(self, ctx, feats, state):
+        h, c = self.cell(feats, (state["h"], state["c"]))
+        return self.head.embed_proj(h), {"h": h, "c": c}
+
+
+# ---------------------------------------------------------------------- hand-designed, same interface
+class Adam(Optimizer):
+    """Adam / AdamW (decoupled weight decay) on flat vectors; bias-corrected, eps outside the sqrt as torch does."""
+
+    family = "adam"
+    state_floats_per_param = 2
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__()
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        if weight_decay:
+            self.family = "adamw"
+
+    def init_state(self, ctx, params):
+        return {"exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params),
+                "step": params.new_zeros(())}
+
+    def update(self, ctx, params, grads, state, lr=1.0):
+        b1, b2 = self.betas
+        t = state["step"] + 1
+        m = state["exp_avg"] * b1 + grads * (1 - b1)
+        v = state["exp_avg_sq"] * b2 + grads * grads * (1 - b2)
+        rate = self.lr * lr
+        if self.weight_decay:
+            params = params * (1 - rate * self.weight_decay)
+        step = (m / (1 - b1 ** t)) / (torch.sqrt(v / (1 - b2 ** t)) + self.eps)
+        return params - rate * step, {"exp_avg": m, "exp_avg_sq": v, "step": t}
+
+
+class SGDMomentum(Optimizer):
+    """SGD with (heavy-ball) momentum, as torch.optim.SGD(momentum=mu) with dampening 0."""
+
+    family = "sgdm"
+    state_floats_per_param = 1
+
+    def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__()
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+
+    def init_state(self, ctx, params):
+        return {"momentum_buffer": torch.zeros_like(params), "step": params.new_zeros(())}
+
+    def update(self, ctx, params, grads, state, lr=1.0):
+        if self.weight_decay:
+            grads = grads + self.weight_decay * params
+        # torch's first step copies the gradient into the buffer; momentum * 0 + g gives the same.
+        buf = state["momentum_buffer"] * self.momentum + grads
+        return params - self.lr * lr * buf, {"momentum_buffer": buf, "step": state["step"] + 1}
