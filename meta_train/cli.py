@@ -22,6 +22,15 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--seed", type=int, default=0)
     _add_data_root(demo)
 
+    tr = sub.add_parser("train", help="meta-train a learned optimizer (resumable; accelerate launch for several processes)")
+    tr.add_argument("--config", default=None, help="TOML file (see meta_train/configs/)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value, e.g. --set meta.lr=1e-4 (repeatable)")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
+    tr.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; checkpoints and stops")
+    tr.add_argument("--out-dir", default=None, help="shortcut for --set run.out_dir=...")
+    _add_data_root(tr)
+
     args = ap.parse_args(argv)
     if getattr(args, "data_root", None):
         os.environ["L2O_DATA"] = args.data_root
@@ -30,6 +39,16 @@ def main(argv: list[str] | None = None) -> None:
             from .demo import run_demo
 
             run_demo(args.task, args.steps, args.lr, args.seed, args.data_root)
+        elif args.command == "train":
+            from .config import load_config
+            from .train import train
+
+            overrides = list(args.overrides)
+            if args.max_minutes is not None:
+                overrides.append(f"run.max_minutes={args.max_minutes}")
+            if args.out_dir:
+                overrides.append(f"run.out_dir='{args.out_dir}'")
+            train(load_config(args.config, overrides), resume=args.resume)
     except FileNotFoundError as exc:  # missing data: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -58,16 +58,19 @@ _ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "tanh": torch.ta
 class NFNIndex:
     """Index tensors of the mean groups, computed once per forward and shared by every layer.
 
-    ``src``, ``dst`` [E]: edge endpoints. ``col`` [E]: group of edges sharing (source, layer), ``num_col`` groups.
-    ``edge_group`` [E] / ``node_group`` [N]: (graph, layer) group, ``num_groups`` = L * G groups.
-    ``inv_*``: 1 / group size (clamped to >= 1 member) to turn scatter sums into means without recounting.
+    Edge groups: ``dst`` [E] (edges sharing a target: a row of ``W_l``) and ``col`` [E] (edges sharing a source
+    within a layer: a column of ``W_l``; ``num_col`` groups). Column groups are the finest grouping that both the
+    out-edges of a node and the edges of a layer are unions of, so those means are computed from the column sums
+    (``col_src`` [num_col]: the source node of each column; ``col_group`` [num_col]: its (graph, layer) group)
+    without another pass over the edges. ``node_group`` [N]: (graph, layer) group of each node; ``num_groups`` =
+    L * G. ``inv_*`` [size, 1]: 1 / group size (clamped to >= 1 member; empty groups give mean 0).
     """
 
-    src: torch.Tensor
     dst: torch.Tensor
     col: torch.Tensor
     num_col: int
-    edge_group: torch.Tensor
+    col_src: torch.Tensor
+    col_group: torch.Tensor
     node_group: torch.Tensor
     num_groups: int
     inv_in: torch.Tensor  # [N, 1] 1 / in-degree
@@ -78,30 +81,27 @@ class NFNIndex:
 
     @staticmethod
     def build(graph: NeuralGraph, dtype: torch.dtype) -> "NFNIndex":
-        N, E, G, L = graph.num_nodes, graph.num_edges, graph.num_graphs, graph.num_layers
+        N, G, L = graph.num_nodes, graph.num_graphs, graph.num_layers
         src, dst = graph.edge_index[0], graph.edge_index[1]
         # A compact id per (source, edge layer): sizes stay O(E), never O(N * L).
-        col_key = src * L + graph.edge_layer
-        col_ids, col = torch.unique(col_key, return_inverse=True)
-        edge_group = graph.edge_layer * G + graph.edge_graph
+        col_key, col = torch.unique(src * L + graph.edge_layer, return_inverse=True)
+        num_col, num_groups = col_key.numel(), L * G
+        col_src = col_key // L
+        col_group = (col_key % L) * G + graph.node_graph[col_src]
         node_group = graph.node_layer * G + graph.node_graph
-        num_groups = L * G
-        ones_e = torch.ones(E, dtype=dtype, device=graph.device)
-        ones_n = torch.ones(N, dtype=dtype, device=graph.device)
 
-        def inv(index, size, ones):
-            return (1.0 / scatter(ones, index, 0, size, reduce="sum").clamp(min=1))[:, None]
+        def inv(count: torch.Tensor) -> torch.Tensor:
+            return (1.0 / count.clamp(min=1))[:, None]
 
-        return NFNIndex(src=src, dst=dst, col=col, num_col=col_ids.numel(), edge_group=edge_group,
-                        node_group=node_group, num_groups=num_groups,
-                        inv_in=inv(dst, N, ones_e), inv_out=inv(src, N, ones_e), inv_col=inv(col, col_ids.numel(), ones_e),
-                        inv_edge_group=inv(edge_group, num_groups, ones_e),
-                        inv_node_group=inv(node_group, num_groups, ones_n))
-
-
-def _mean(values: torch.Tensor, index: torch.Tensor, size: int, inv_count: torch.Tensor) -> torch.Tensor:
-    """Group mean ``[size, d]`` of ``values [M, d]`` (empty groups give 0)."""
-    return scatter(values, index, 0, size, reduce="sum") * inv_count
+        ones = torch.ones(graph.num_edges, dtype=dtype, device=graph.device)
+        col_count = scatter(ones, col, 0, num_col, reduce="sum")
+        node_count = scatter(torch.ones(N, dtype=dtype, device=graph.device), node_group, 0, num_groups, reduce="sum")
+        return NFNIndex(
+            dst=dst, col=col, num_col=num_col, col_src=col_src, col_group=col_group, node_group=node_group,
+            num_groups=num_groups, inv_in=inv(scatter(ones, dst, 0, N, reduce="sum")),
+            inv_out=inv(scatter(col_count, col_src, 0, N, reduce="sum")), inv_col=inv(col_count),
+            inv_edge_group=inv(scatter(col_count, col_group, 0, num_groups, reduce="sum")),
+            inv_node_group=inv(node_count))
 
 
 class NFNLayer(nn.Module):
@@ -110,28 +110,34 @@ class NFNLayer(nn.Module):
     ``e'_ij = A e_ij + B_t s_i + B_s s_j + C colmean_j + M layermean(e)`` and
     ``x'_i = D s_i + M_x layermean(x)``, where ``s_i = [x_i, mean_in(e)_i, mean_out(e)_i]`` summarises neuron ``i``:
     its own state (bias), the mean of its incoming edges (its row of ``W_l``) and the mean of its outgoing edges
-    (its column of ``W_{l+1}``). So ``B_t s_i`` carries the row mean, ``b_l[i]`` and ``W_{l+1}[:, i]``, ``B_s s_j``
-    carries ``b_{l-1}[j]`` and ``W_{l-1}[j, :]``; ``colmean`` is the column mean of ``W_l`` at ``j``.
-    The maps act on the (few) node / group rows before gathering, so the only ``d x d`` product over edges is ``A``.
+    (its column of ``W_{l+1}``). So ``B_t s_i`` carries the row mean, ``b_l[i]`` and ``W_{l+1}[:, i]``, and
+    ``B_s s_j`` carries ``b_{l-1}[j]`` and ``W_{l-1}[j, :]``; ``colmean_j`` is the column mean of ``W_l`` at ``j``.
+
+    Cost: every term but ``A e_ij`` depends on the edge only through its target ``i`` or its column group
+    ``(j, layer)``, so those terms are summed in two small tables (``[N, d]`` and ``[num_col, d]``) and each edge
+    gathers one row of each. Per layer the edges see two scatters (row and column sums), two gathers, one add
+    and one ``addmm``.
     """
 
     def __init__(self, d: int):
         super().__init__()
         self.d = d
-        self.edge_self = nn.Linear(d, d)
-        self.edge_endpoints = nn.Linear(3 * d, 2 * d, bias=False)  # s -> (target term, source term)
-        self.edge_col = nn.Linear(d, d, bias=False)
-        self.edge_layer = nn.Linear(d, d, bias=False)
-        self.node_self = nn.Linear(3 * d, d)
-        self.node_layer = nn.Linear(d, d, bias=False)
+        self.edge_self = nn.Linear(d, d)  # A (its bias is the edge bias)
+        self.edge_target = nn.Linear(3 * d, d, bias=False)  # B_t
+        self.edge_source = nn.Linear(3 * d, d, bias=False)  # B_s
+        self.edge_col = nn.Linear(d, d, bias=False)  # C
+        self.edge_layer = nn.Linear(d, d, bias=False)  # M
+        self.node_self = nn.Linear(3 * d, d)  # D
+        self.node_layer = nn.Linear(d, d, bias=False)  # M_x
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # The output is a sum of terms; scale every map by the total fan-in of its sum (9d for edges: e, s_i, s_j,
         # col, layer; 4d for nodes: s_i, layer) so the output variance matches a single linear layer's.
         d = self.d
-        for lin, fan_in in ((self.edge_self, 9 * d), (self.edge_endpoints, 9 * d), (self.edge_col, 9 * d),
-                            (self.edge_layer, 9 * d), (self.node_self, 4 * d), (self.node_layer, 4 * d)):
+        for lin, fan_in in ((self.edge_self, 9 * d), (self.edge_target, 9 * d), (self.edge_source, 9 * d),
+                            (self.edge_col, 9 * d), (self.edge_layer, 9 * d), (self.node_self, 4 * d),
+                            (self.node_layer, 4 * d)):
             bound = math.sqrt(3.0 / fan_in)  # uniform with variance 1 / fan_in
             nn.init.uniform_(lin.weight, -bound, bound)
             if lin.bias is not None:
@@ -146,20 +152,20 @@ class NFNLayer(nn.Module):
         """The order-independent means: neuron summaries ``s [N, 3d]``, column means ``[num_col, d]``,
         edge and node layer means ``[num_groups, d]``."""
         N = x.shape[0]
-        row = _mean(e, index.dst, N, index.inv_in)  # mean over incoming edges = row of W_l
-        out = _mean(e, index.src, N, index.inv_out)  # mean over outgoing edges = column of W_{l+1}
-        s = torch.cat([x, row, out], -1)
-        col = _mean(e, index.col, index.num_col, index.inv_col)
-        edge_lm = _mean(e, index.edge_group, index.num_groups, index.inv_edge_group)
-        node_lm = _mean(x, index.node_group, index.num_groups, index.inv_node_group)
-        return s, col, edge_lm, node_lm
+        row = scatter(e, index.dst, 0, N, reduce="sum") * index.inv_in  # row of W_l
+        col_sum = scatter(e, index.col, 0, index.num_col, reduce="sum")
+        out = scatter(col_sum, index.col_src, 0, N, reduce="sum") * index.inv_out  # column of W_{l+1}
+        edge_lm = scatter(col_sum, index.col_group, 0, index.num_groups, reduce="sum") * index.inv_edge_group
+        node_lm = scatter(x, index.node_group, 0, index.num_groups, reduce="sum") * index.inv_node_group
+        return torch.cat([x, row, out], -1), col_sum * index.inv_col, edge_lm, node_lm
 
     def update_edges(self, e, s, col, edge_lm, index: NFNIndex) -> torch.Tensor:
-        """``e' [E, d]``: own term plus gathered endpoint, column and layer terms."""
-        target_term, source_term = self.edge_endpoints(s).chunk(2, -1)  # [N, d] each, computed per node
-        return (self.edge_self(e) + target_term.index_select(0, index.dst) + source_term.index_select(0, index.src)
-                + self.edge_col(col).index_select(0, index.col)
-                + self.edge_layer(edge_lm).index_select(0, index.edge_group))
+        """``e' [E, d]``: the own term plus one gathered row of the target table and one of the column table."""
+        target = self.edge_target(s) + self.edge_self.bias  # [N, d]
+        column = (self.edge_col(col) + self.edge_source(s).index_select(0, index.col_src)
+                  + self.edge_layer(edge_lm).index_select(0, index.col_group))  # [num_col, d]
+        shared = target.index_select(0, index.dst) + column.index_select(0, index.col)
+        return torch.addmm(shared, e, self.edge_self.weight.t())
 
     def update_nodes(self, s, node_lm, index: NFNIndex) -> torch.Tensor:
         """``x' [N, d]``: neuron summary term plus the layer mean of node states."""

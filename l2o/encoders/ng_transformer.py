@@ -86,12 +86,13 @@ class NGTransformerLayer(MessagePassing):
         if len(edge_indices) != self.relations:
             raise ValueError(f"expected {self.relations} relations, got {len(edge_indices)} edge indices")
         H, dh = self.heads, self.hidden // self.heads
-        node = self.node_qkv(self.node_norm1(x)).view(x.shape[0], 3 * self.relations, H, dh)
-        edge = self.edge_qkvm(self.edge_norm1(e)).view(e.shape[0], 4 * self.relations, H, dh)
+        # unbind (backward: one stack) rather than indexing (backward: a zero-filled [E, 4R, H, d/H] per slice).
+        node = self.node_qkv(self.node_norm1(x)).view(x.shape[0], 3 * self.relations, H, dh).unbind(1)
+        edge = self.edge_qkvm(self.edge_norm1(e)).view(e.shape[0], 4 * self.relations, H, dh).unbind(1)
         outs = []
         for r, edge_index in enumerate(edge_indices):
-            q, k, v = node[:, 3 * r], node[:, 3 * r + 1], node[:, 3 * r + 2]
-            qe, ke, ve, me = edge[:, 4 * r], edge[:, 4 * r + 1], edge[:, 4 * r + 2], edge[:, 4 * r + 3]
+            q, k, v = node[3 * r: 3 * r + 3]
+            qe, ke, ve, me = edge[4 * r: 4 * r + 4]
             out = self.propagate(edge_index, q=q, k=k, v=v, q_e=qe, k_e=ke, v_e=ve, m_e=me)
             outs.append(out.reshape(x.shape[0], self.hidden))
         x = x + self.attn_out(torch.cat(outs, dim=-1))

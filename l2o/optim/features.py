@@ -98,6 +98,7 @@ def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor,
 
 
 def time_features(step: torch.Tensor) -> torch.Tensor:
-    """``[len(TIME_TAUS)]``: ``tanh(t / tau - 1)`` for the current step ``t``."""
+    """``tanh(t / tau - 1)``: ``[len(TIME_TAUS)]`` for a scalar step, ``[P, len(TIME_TAUS)]`` for per-element steps
+    (several tasks at different steps updated together in meta-training)."""
     taus = torch.tensor(TIME_TAUS, dtype=step.dtype, device=step.device)
-    return torch.tanh(step / taus - 1)
+    return torch.tanh(step[..., None] / taus - 1)

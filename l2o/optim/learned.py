@@ -38,6 +38,10 @@ class Optimizer(nn.Module):
                lr: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def forward(self, ctx, params, grads, state, lr=1.0):
+        """``update`` as the module's call, so ``torch.func.functional_call`` can swap the meta-parameters."""
+        return self.update(ctx, params, grads, state, lr)
+
 
 class LearnedOptimizer(Optimizer):
     """Moments + features + update head; subclasses add how the per-element embedding is computed."""

@@ -1,0 +1,197 @@
+"""Meta-gradient estimators: each advances a :class:`TaskPool` by one truncation of K inner steps and leaves the
+meta-gradient in ``.grad`` of the learned optimizer's parameters.
+
+* :class:`TruncatedBackprop` (``tbptt``): backpropagation through the K updates of the truncation.
+* ``greedy``: the same with the trajectory detached after every step: each update is judged only by the loss right
+  after it (the published one-step protocol of Kofinas et al.).
+* :class:`PES`: persistent evolution strategies with antithetic pairs (Vicol et al. 2021): unbiased across
+  truncations, no backprop, noisier.
+
+First-order meta-gradients use a surrogate instead of a second optimizee backward: with inner gradients treated as
+inputs, d meta-loss / d theta = sum_k h_k . d p_{k+1} / d theta, where h_k = d L_k / d p_{k+1} is *exactly* the
+inner gradient the next step needs anyway (meta-loss ``train``: loss at the next parameters on the next batch). So
+each inner step costs one optimizee forward+backward plus the learned update's forward and backward.
+
+Blow-ups: an inner loss that is NaN/inf or above ``loss_clip`` contributes nothing, its task is reset, and it is
+counted in the returned statistics; the update never sees the bad gradient (it is zeroed), so NaNs cannot leak
+into the meta-gradient through the batched encoder.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import functional_call
+
+from .config import MetaConfig
+from .unroll import TaskPool, batch_states, split_state
+
+
+def _ok(loss: torch.Tensor, clip: float) -> bool:
+    v = float(loss)
+    return math.isfinite(v) and v <= clip
+
+
+class Estimator:
+    def __init__(self, cfg: MetaConfig, learned: torch.nn.Module):
+        self.cfg, self.learned = cfg, learned
+
+    def step(self, pool: TaskPool) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass
+
+
+class TruncatedBackprop(Estimator):
+    """Truncated backprop through time (``greedy=False``) or one-step greedy (``greedy=True``)."""
+
+    def __init__(self, cfg: MetaConfig, learned: torch.nn.Module, greedy: bool = False):
+        super().__init__(cfg, learned)
+        self.greedy = greedy
+
+    def step(self, pool: TaskPool) -> dict:
+        cfg, learned = self.cfg, self.learned
+        K, n = cfg.truncation, len(pool.tasks)
+        second = cfg.second_order
+        pending_terms: list[torch.Tensor] = []
+        meta_values, inner_values, blowups = [], [], 0
+        for _ in range(K):
+            tasks = pool.tasks
+            for t in tasks:
+                if t.pending is None:
+                    t.pending = t.loss_and_grad(t.params, t.step, create_graph=second)
+            bad = [not (_ok(t.pending[0], cfg.loss_clip) and bool(torch.isfinite(t.pending[1]).all())) for t in tasks]
+            grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
+            sizes = [t.params.numel() for t in tasks]
+            ctx = pool.contexts()
+            params = torch.cat([t.params for t in tasks])
+            new_p, new_s = learned.update(ctx, params, torch.cat(grads), batch_states([t.state for t in tasks], sizes))
+            new_params = torch.split(new_p, sizes)
+            new_states = split_state(new_s, sizes, {"step"})
+            surrogate = new_p.new_zeros(())
+            next_pending = [None] * n
+            for i, t in enumerate(tasks):
+                inner_values.append(float(t.pending[0]) if not bad[i] else float("nan"))
+                if bad[i]:
+                    continue
+                if not bool(torch.isfinite(new_params[i]).all()):
+                    bad[i] = True
+                    continue
+                if cfg.meta_loss == "train":
+                    L, h = t.loss_and_grad(new_params[i], t.step + 1, create_graph=second)
+                    next_pending[i] = (L, h)
+                else:
+                    L, h = t.loss_and_grad(new_params[i], t.step, fresh=cfg.meta_loss == "fresh", create_graph=second)
+                if not _ok(L, cfg.loss_clip):
+                    bad[i] = True
+                    next_pending[i] = None
+                    continue
+                meta_values.append(math.log(float(L)) if cfg.log_loss else float(L))
+                scale = 1.0 / (K * n)
+                if second:
+                    surrogate = surrogate + scale * (torch.log(L) if cfg.log_loss else L)
+                else:
+                    w = scale / float(L) if cfg.log_loss else scale
+                    surrogate = surrogate + (h.detach() * w * new_params[i]).sum()
+            if surrogate.requires_grad:
+                if self.greedy:
+                    surrogate.backward()
+                else:
+                    pending_terms.append(surrogate)
+            for i, t in enumerate(tasks):
+                keep = not self.greedy
+                t.params = new_params[i] if keep else new_params[i].detach()
+                t.state = new_states[i] if keep else {k: v.detach() for k, v in new_states[i].items()}
+                t.pending = next_pending[i]
+                if t.pending is not None and not second:
+                    t.pending = (t.pending[0].detach(), t.pending[1].detach())
+                t.step += 1
+            for i, t in enumerate(list(pool.tasks)):
+                if bad[i] or t.step >= t.horizon:
+                    blowups += int(bad[i])
+                    pool.reset(i)
+        if pending_terms:
+            torch.stack(pending_terms).sum().backward()
+        for t in pool.tasks:  # truncation boundary: nothing carries a graph into the next one
+            t.params = t.params.detach()
+            t.state = {k: v.detach() for k, v in t.state.items()}
+            if t.pending is not None:
+                t.pending = (t.pending[0].detach(), t.pending[1].detach())
+        return _stats(meta_values, inner_values, blowups, K * n)
+
+
+class PES(Estimator):
+    """Persistent evolution strategies with antithetic pairs.
+
+    Each task keeps two trajectories, trained with theta + eps and theta - eps, and the sum ``xi`` of the noise
+    drawn since its last reset; the estimate is ``(L+ - L-) / (2 sigma^2) * xi``, averaged over tasks, where ``L`` is
+    the mean (log) loss over the truncation. The noise comes from the pool's generator (part of the checkpoint).
+    """
+
+    @torch.no_grad()
+    def step(self, pool: TaskPool) -> dict:
+        cfg, learned = self.cfg, self.learned
+        names = [n for n, _ in learned.named_parameters()]
+        theta = [p.detach() for _, p in learned.named_parameters()]
+        sigma, K, n = cfg.pes_sigma, cfg.truncation, len(pool.tasks)
+        grad = [torch.zeros_like(p) for p in theta]
+        meta_values, inner_values, blowups = [], [], 0
+        for i, t in enumerate(pool.tasks):
+            if not t.pes:
+                t.pes = {"neg_params": t.params.clone(), "neg_state": {k: v.clone() for k, v in t.state.items()},
+                         "xi": {nm: torch.zeros_like(p) for nm, p in zip(names, theta)}}
+            eps = {nm: sigma * torch.randn(p.shape, generator=pool.generator).to(p) for nm, p in zip(names, theta)}
+            for nm in names:
+                t.pes["xi"][nm] += eps[nm]
+            results = []
+            for sign, params, state in ((1.0, t.params, t.state), (-1.0, t.pes["neg_params"], t.pes["neg_state"])):
+                pdict = {nm: p + sign * eps[nm] for nm, p in zip(names, theta)}
+                total, ok = 0.0, True
+                for k in range(K):
+                    L, g = t.loss_and_grad(params, t.step + k)
+                    if sign > 0:
+                        inner_values.append(float(L))
+                    if not _ok(L, cfg.loss_clip):
+                        ok = False
+                        break
+                    params, state = functional_call(learned, pdict, (t.ctx, params, g, state))
+                    L2, _ = t.loss_and_grad(params, t.step + k + (1 if cfg.meta_loss == "train" else 0),
+                                            fresh=cfg.meta_loss == "fresh")
+                    if not _ok(L2, cfg.loss_clip):
+                        ok = False
+                        break
+                    total += (math.log(float(L2)) if cfg.log_loss else float(L2)) / K
+                results.append((total, params, state, ok))
+            (lp, pp, sp, okp), (ln, pn, sn, okn) = results
+            t.step += K
+            if okp and okn:
+                meta_values.append(0.5 * (lp + ln))
+                coef = (lp - ln) / (2 * sigma * sigma) / n
+                for j, nm in enumerate(names):
+                    grad[j] += coef * t.pes["xi"][nm]
+                t.params, t.state = pp, sp
+                t.pes["neg_params"], t.pes["neg_state"] = pn, sn
+            else:
+                blowups += 1
+            if not (okp and okn) or t.step >= t.horizon:
+                pool.reset(i)
+        for p, g in zip(learned.parameters(), grad):
+            p.grad = g if p.grad is None else p.grad + g
+        return _stats(meta_values, inner_values, blowups, 2 * K * n)
+
+
+def _stats(meta_values: list[float], inner_values: list[float], blowups: int, inner_steps: int) -> dict:
+    finite = [v for v in inner_values if math.isfinite(v)]
+    return {"meta_loss": sum(meta_values) / len(meta_values) if meta_values else float("nan"),
+            "inner_loss": sum(finite) / len(finite) if finite else float("nan"),
+            "blowups": blowups, "inner_steps": inner_steps}
+
+
+def build_estimator(cfg: MetaConfig, learned: torch.nn.Module) -> Estimator:
+    if cfg.estimator == "pes":
+        return PES(cfg, learned)
+    return TruncatedBackprop(cfg, learned, greedy=cfg.estimator == "greedy")

@@ -1,0 +1,81 @@
+"""Train one optimizee from scratch with any optimizer's functional ``update`` (no meta-gradient).
+
+Used by periodic validation during meta-training and by evaluation: the same ``update`` that meta-training
+unrolls and ``NeuralGraphOptimizer.step()`` calls, here in a plain loop over flat parameters.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch.func import functional_call
+
+from l2o.graph import NeuralGraph
+from l2o.optim import ParamContext
+from l2o.optim.learned import Optimizer
+
+
+def context_for(model: torch.nn.Module, optimizer: Optimizer) -> ParamContext:
+    names = [n for n, _ in model.named_parameters()]
+    if optimizer.needs_graph:
+        return ParamContext.for_graph(NeuralGraph.from_module(model, kmax=optimizer.kmax))
+    return ParamContext.build(None, names, [p.shape for _, p in model.named_parameters()])
+
+
+@torch.no_grad()
+def train_optimizee(optimizer: Optimizer, task, steps: int, seed: int, device: torch.device | str = "cpu",
+                    eval_split: str | None = "val", eval_every: int = 0, lr: float = 1.0, progress=None,
+                    data_root=None) -> dict:
+    """Train ``task.make_model(seed)`` for ``steps`` steps on batches ``0..steps-1`` of the seeded train stream.
+
+    Returns ``{"losses": [steps] training losses (at the parameters before each update), "evals": [(step, acc,
+    loss)], "acc", "loss" (final evaluation on ``eval_split``), "step_ms" (mean optimizer update time),
+    "diverged" (non-finite loss seen; training stops there)}``.
+    """
+    device = torch.device(device)
+    model = task.make_model(seed).to(device)
+    ctx = context_for(model, optimizer).to(device)
+    named = dict(model.named_parameters())
+    params = ctx.flatten([named[n].detach() for n in ctx.names])
+    state = optimizer.init_state(ctx, params)
+    stream = task.batches("train", seed=seed, device=device, **({"root": data_root} if data_root else {}))
+    losses, evals, update_s, diverged = [], [], 0.0, False
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            for n, p in zip(ctx.names, ctx.split(params)):
+                named[n].copy_(p)
+        kw = {"root": data_root} if data_root else {}
+        return task.evaluate(model, eval_split, **kw)
+
+    for step in range(steps):
+        x, y = stream.batch(step)
+        x, y = x.to(device), y.to(device)
+        p = params.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = task.loss(functional_call(model, dict(zip(ctx.names, ctx.split(p))), (x,)), y)
+            (grad,) = torch.autograd.grad(loss, p)
+        value = float(loss)
+        losses.append(value)
+        if not math.isfinite(value):
+            diverged = True
+            break
+        t0 = time.perf_counter()
+        params, state = optimizer.update(ctx, params, grad, state, lr)
+        update_s += time.perf_counter() - t0
+        if eval_split and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            r = evaluate()
+            evals.append((step + 1, r["acc"], r["loss"]))
+        if progress is not None:
+            progress(step, value)
+    out = {"losses": losses, "evals": evals, "diverged": diverged,
+           "step_ms": 1e3 * update_s / max(1, len(losses))}
+    if eval_split:
+        if diverged:
+            out.update(acc=float("nan"), loss=float("nan"))
+        else:
+            r = evaluate()
+            out.update(acc=r["acc"], loss=r["loss"])
+            evals.append((len(losses), r["acc"], r["loss"]))
+    return out

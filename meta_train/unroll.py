@@ -1,0 +1,185 @@
+"""Inner problems being trained by the learned optimizer, carried from one truncation to the next.
+
+An :class:`InnerTask` is one optimizee mid-training: its task (model factory, data stream, loss), the flat
+parameter vector, the optimizer state, the step counter (= data position: batch ``step`` of a pure, seeded stream)
+and its horizon. A :class:`TaskPool` owns a process's tasks and its RNG stream: it samples tasks from the family,
+resets a task after its horizon (or after a blow-up), and staggers the first horizons so a meta-batch mixes early and
+late training. Everything the pool holds is in :meth:`TaskPool.state_dict` so a killed run resumes exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.func import functional_call
+
+from l2o.graph import NeuralGraph
+from l2o.optim import ParamContext
+from l2o.optim.learned import Optimizer
+
+
+@dataclass
+class InnerTask:
+    task: object  # tasks.registry.Task or tasks.regression.RegressionTask (duck-typed)
+    model: torch.nn.Module  # structure only: parameters are passed functionally
+    ctx: ParamContext
+    params: torch.Tensor  # [P]
+    state: dict  # optimizer state of the learned optimizer (flat, per element)
+    step: int
+    horizon: int
+    seed: int
+    stream: object
+    fresh_stream: object | None = None
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (loss, grad) at params on batch `step`
+    pes: dict = field(default_factory=dict)  # PES: antithetic states and accumulated noise
+
+    def loss_and_grad(self, params: torch.Tensor, step: int, fresh: bool = False, create_graph: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss on batch ``step`` at ``params [P]`` and its gradient ``[P]`` (first-order unless create_graph)."""
+        x, y = (self.fresh_stream if fresh else self.stream).batch(step)
+        x, y = x.to(params.device), y.to(params.device)
+        p = params if create_graph else params.detach().requires_grad_(True)
+        named = dict(zip(self.ctx.names, self.ctx.split(p)))
+        with torch.enable_grad():
+            loss = self.task.loss(functional_call(self.model, named, (x,)), y)
+            (grad,) = torch.autograd.grad(loss, p, create_graph=create_graph)
+        return (loss if create_graph else loss.detach()), grad
+
+
+def batch_states(states: list[dict], sizes: list[int]) -> dict:
+    """Concatenate per-task flat states; scalar entries (``step``) become per-element ``[P]`` vectors."""
+    out = {}
+    for k in states[0]:
+        parts = []
+        for st, n in zip(states, sizes):
+            v = st[k]
+            parts.append(v.expand(n) if v.dim() == 0 else v)
+        out[k] = torch.cat(parts, 0)
+    return out
+
+
+def split_state(state: dict, sizes: list[int], scalar_keys: set[str]) -> list[dict]:
+    """Inverse of :func:`batch_states`."""
+    chunks = {k: torch.split(v, sizes, 0) for k, v in state.items()}
+    return [{k: (chunks[k][i][0] if k in scalar_keys else chunks[k][i]) for k in state} for i in range(len(sizes))]
+
+
+class TaskPool:
+    """A process's inner problems and the RNG stream they are drawn from."""
+
+    def __init__(self, sample_task: Callable[[torch.Generator], object], learned: Optimizer, num_tasks: int,
+                 horizon: int, horizon_max: int, seed: int, kmax: int | None, batch_size: int | None = None,
+                 device: torch.device | str = "cpu"):
+        self.sample_task, self.learned = sample_task, learned
+        self.num_tasks, self.horizon, self.horizon_max = num_tasks, horizon, horizon_max
+        self.kmax, self.batch_size, self.device = kmax, batch_size, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._ctx_cache: dict[str, ParamContext] = {}
+        self.resets = 0
+        self.tasks: list[InnerTask] = [self._new_task(stagger=True) for _ in range(num_tasks)]
+
+    # ------------------------------------------------------------------ sampling
+    def _draw_horizon(self) -> int:
+        if self.horizon_max > self.horizon:
+            u = float(torch.rand((), generator=self.generator))
+            return int(round(math.exp(math.log(self.horizon) + u * (math.log(self.horizon_max) - math.log(self.horizon)))))
+        return self.horizon
+
+    def _context(self, task, model) -> ParamContext:
+        # Same layer shapes = same architecture for the model families used here: share one graph.
+        key = f"{type(model).__name__}:{[(n, tuple(p.shape)) for n, p in model.named_parameters()]}"
+        if key not in self._ctx_cache:
+            if self.learned.needs_graph:
+                graph = NeuralGraph.from_module(model, kmax=self.kmax)
+                ctx = ParamContext.for_graph(graph)
+            else:
+                names = [n for n, _ in model.named_parameters()]
+                ctx = ParamContext.build(None, names, [p.shape for _, p in model.named_parameters()])
+            self._ctx_cache[key] = ctx.to(self.device)
+        return self._ctx_cache[key]
+
+    def _build(self, task, seed: int, step: int, horizon: int, params=None, state=None) -> InnerTask:
+        model = task.make_model(seed).to(self.device)
+        ctx = self._context(task, model)
+        if params is None:
+            named = dict(model.named_parameters())
+            params = ctx.flatten([named[n].detach() for n in ctx.names])
+        if state is None:
+            state = self.learned.init_state(ctx, params)
+        kw = {"batch_size": self.batch_size} if self.batch_size else {}
+        stream = task.batches("train", seed=seed, **kw)
+        fresh = task.batches("train", seed=seed + 7919, **kw)
+        return InnerTask(task, model, ctx, params, state, step, horizon, seed, stream, fresh)
+
+    def _new_task(self, stagger: bool = False) -> InnerTask:
+        task = self.sample_task(self.generator)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+        horizon = self._draw_horizon()
+        if stagger and self.num_tasks > 1:  # first horizons spread out so resets do not happen in lockstep
+            horizon = max(1, int(round(horizon * float(torch.rand((), generator=self.generator)))) or 1)
+        return self._build(task, seed, 0, horizon)
+
+    def reset(self, i: int) -> None:
+        self.tasks[i] = self._new_task()
+        self.resets += 1
+
+    def contexts(self) -> ParamContext:
+        """One context over all tasks (graphs batched), rebuilt only when the set of architectures changes."""
+        key = tuple(id(t.ctx) for t in self.tasks)
+        if getattr(self, "_batched_key", None) != key:
+            self._batched_key, self._batched = key, ParamContext.batch([t.ctx for t in self.tasks])
+        return self._batched
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "resets": self.resets,
+            "tasks": [{"task": _task_spec(t.task), "seed": t.seed, "step": t.step, "horizon": t.horizon,
+                       "params": t.params.detach().cpu(), "state": {k: v.detach().cpu() for k, v in t.state.items()},
+                       "pending": None if t.pending is None else [x.detach().cpu() for x in t.pending],
+                       "pes": {k: v.detach().cpu() if torch.is_tensor(v) else
+                               {kk: vv.detach().cpu() for kk, vv in v.items()} for k, v in t.pes.items()}}
+                      for t in self.tasks],
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.generator.set_state(sd["generator"])
+        self.resets = sd["resets"]
+        tasks = []
+        for rec in sd["tasks"]:
+            task = _task_from_spec(rec["task"])
+            t = self._build(task, rec["seed"], rec["step"], rec["horizon"], rec["params"].to(self.device),
+                            {k: v.to(self.device) for k, v in rec["state"].items()})
+            if rec["pending"] is not None:
+                t.pending = tuple(x.to(self.device) for x in rec["pending"])
+            t.pes = {k: v.to(self.device) if torch.is_tensor(v) else {kk: vv.to(self.device) for kk, vv in v.items()}
+                     for k, v in rec["pes"].items()}
+            tasks.append(t)
+        self.tasks = tasks
+
+
+def _task_spec(task) -> dict:
+    """A plain-data description of a task (checkpoints hold no pickled objects)."""
+    from tasks.regression import RegressionTask
+
+    if isinstance(task, RegressionTask):
+        return {"kind": "regression", "dim": task.dim, "task_seed": task.task_seed, "batch_size": task.batch_size}
+    build = task.build  # functools.partial(ConvNet | MLP, in_channels, widths, num_classes, activation=...)
+    return {"kind": build.func.__name__, "name": task.name, "dataset": task.dataset, "batch_size": task.batch_size,
+            "widths": list(build.args[1]), "activation": build.keywords.get("activation", "relu")}
+
+
+def _task_from_spec(spec: dict):
+    from tasks import registry
+    from tasks.regression import RegressionTask
+
+    if spec["kind"] == "regression":
+        return RegressionTask(spec["dim"], spec["task_seed"], spec["batch_size"])
+    make = {"ConvNet": registry.conv_task, "MLP": registry.mlp_task}.get(spec["kind"])
+    if make is None:
+        raise ValueError(f"cannot rebuild task {spec['name']!r} (model {spec['kind']}) from a checkpoint")
+    return make(spec["dataset"], spec["widths"], name=spec["name"], batch_size=spec["batch_size"],
+                activation=spec["activation"])
