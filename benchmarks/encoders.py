@@ -14,7 +14,9 @@ What is measured:
 
 * ``fwd_ms``: forward under ``torch.no_grad()`` (what ``NeuralGraphOptimizer.step`` runs); ``fwd_bwd_ms``: forward,
   loss ``mean(node_emb**2) + mean(edge_emb**2)``, backward into the encoder's parameters (what meta-training runs).
-  Median over ``--repeats`` runs after 2 warm-up runs; ``torch.set_num_threads`` is left at its default.
+  Median over ``--repeats`` runs after 2 warm-up runs; ``torch.set_num_threads`` is left at its default unless
+  ``--threads`` is given (on a busy shared CPU, OpenMP threads spinning against other processes make timings
+  swing by 10x; one thread is then the steadier measure).
 * ``peak_mb`` (``peak_fwd_mb``): peak of the bytes held by tensors allocated during one forward+backward (one
   forward under no_grad), above what was live before it. On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the
   allocation / free events of the CPU allocator recorded by ``torch.profiler`` (``profile_memory=True``), summed in
@@ -25,7 +27,8 @@ What is measured:
 Targets (from the issue): DNG at least 3x faster than NG-GNN in forward+backward on ``cifar10-conv``, and no
 encoder worse than linear in the number of edges (slope <= ~1.1).
 
-    python benchmarks/encoders.py [--encoders dng ng-gnn] [--repeats 10] [--quick] [--device cuda] [--out DIR]
+    python benchmarks/encoders.py [--encoders dng ng-gnn] [--repeats 10] [--quick] [--device cuda] [--threads N]
+                                  [--out DIR]
 """
 from __future__ import annotations
 
@@ -208,6 +211,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true",
                     help="only fmnist-conv, cifar10-conv and the two smallest sweep widths (a smoke test)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: left as is; set 1 on a shared, busy CPU)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for encoders.json and encoders.md")
     args = ap.parse_args(argv)
     encoders = args.encoders or sorted(ENCODERS)
@@ -215,6 +220,8 @@ def main(argv=None) -> None:
     if unknown:
         ap.error(f"unknown encoders {unknown}; registered: {sorted(ENCODERS)}")
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = {**machine(), "device": str(device)}
 
     records = []

@@ -3,12 +3,53 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None,
                    help="data folder in torchvision layout (default: $L2O_DATA)")
+
+
+def _requested_processes(flag: int | None) -> int:
+    """How many processes the user asked for, when this process is not yet part of a distributed run.
+
+    ``--num-processes N`` on our CLI, or ``accelerate launch --cpu --num_processes N``: Accelerate's CPU launcher
+    starts a single process whatever N says (huggingface/accelerate#2741), so we read N from the launcher's
+    command line (Linux /proc) and start the N workers ourselves.
+    """
+    if os.environ.get("WORLD_SIZE"):
+        return 1
+    if flag:
+        return flag
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        try:
+            words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            return 1
+        for i, w in enumerate(words):
+            for name in ("--num_processes", "--num-processes"):
+                if w == name and i + 1 < len(words):
+                    return int(words[i + 1])
+                if w.startswith(name + "="):
+                    return int(w.split("=", 1)[1])
+    return 1
+
+
+def _relaunch(n: int, argv: list[str]) -> int:
+    """Run this command in ``n`` processes through torch.distributed.run (gloo on CPU, NCCL on GPUs)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [a for i, a in enumerate(argv) if a != "--num-processes" and (i == 0 or argv[i - 1] != "--num-processes")]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "meta_train", *argv]
+    print(f"launching {n} processes: {' '.join(cmd[2:])}", file=sys.stderr)
+    return subprocess.call(cmd, env=env)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,9 +70,16 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
     tr.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; checkpoints and stops")
     tr.add_argument("--out-dir", default=None, help="shortcut for --set run.out_dir=...")
+    tr.add_argument("--num-processes", type=int, default=None,
+                    help="start N processes (gloo on CPU); same as accelerate launch --num_processes N")
     _add_data_root(tr)
 
-    args = ap.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(raw_argv)
+    if args.command == "train":
+        n = _requested_processes(args.num_processes)
+        if n > 1:
+            sys.exit(_relaunch(n, raw_argv))
     if getattr(args, "data_root", None):
         os.environ["L2O_DATA"] = args.data_root
     try:

@@ -129,7 +129,7 @@ class PES(Estimator):
 
     Each task keeps two trajectories, trained with theta + eps and theta - eps, and the sum ``xi`` of the noise
     drawn since its last reset; the estimate is ``(L+ - L-) / (2 sigma^2) * xi``, averaged over tasks, where ``L`` is
-    the mean (log) loss over the truncation. The noise comes from the pool's generator (part of the checkpoint).
+    the mean (log) loss over the truncation. The noise comes from the task slot's generator (in the checkpoint).
     """
 
     @torch.no_grad()
@@ -144,7 +144,7 @@ class PES(Estimator):
             if not t.pes:
                 t.pes = {"neg_params": t.params.clone(), "neg_state": {k: v.clone() for k, v in t.state.items()},
                          "xi": {nm: torch.zeros_like(p) for nm, p in zip(names, theta)}}
-            eps = {nm: sigma * torch.randn(p.shape, generator=pool.generator).to(p) for nm, p in zip(names, theta)}
+            eps = {nm: sigma * torch.randn(p.shape, generator=pool.generators[i]).to(p) for nm, p in zip(names, theta)}
             for nm in names:
                 t.pes["xi"][nm] += eps[nm]
             results = []

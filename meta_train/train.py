@@ -108,8 +108,9 @@ def train(cfg: Config, resume: bool = False) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(meta_opt, lr_lambda(cfg))
     learned, meta_opt, sched = acc.prepare(learned, meta_opt, sched)
     core = acc.unwrap_model(learned)  # the estimators call its functional update directly
-    pool = TaskPool(make_task_sampler(cfg), core, cfg.meta.tasks_per_process, cfg.meta.horizon,
-                    cfg.meta.horizon_max, seed=cfg.run.seed * 1_000_003 + acc.process_index,
+    n = cfg.meta.tasks_per_process
+    slots = list(range(acc.process_index * n, (acc.process_index + 1) * n))
+    pool = TaskPool(make_task_sampler(cfg), core, slots, cfg.meta.horizon, cfg.meta.horizon_max, seed=cfg.run.seed,
                     kmax=getattr(core, "kmax", None), batch_size=cfg.tasks.batch_size
                     if cfg.tasks.family != "regression" else None, device=acc.device)
     estimator = build_estimator(cfg.meta, core)

@@ -41,8 +41,8 @@ class InnerTask:
         x, y = (self.fresh_stream if fresh else self.stream).batch(step)
         x, y = x.to(params.device), y.to(params.device)
         p = params if create_graph else params.detach().requires_grad_(True)
-        named = dict(zip(self.ctx.names, self.ctx.split(p)))
-        with torch.enable_grad():
+        with torch.enable_grad():  # also under an outer no_grad (PES, validation)
+            named = dict(zip(self.ctx.names, self.ctx.split(p)))
             loss = self.task.loss(functional_call(self.model, named, (x,)), y)
             (grad,) = torch.autograd.grad(loss, p, create_graph=create_graph)
         return (loss if create_graph else loss.detach()), grad
@@ -69,21 +69,25 @@ def split_state(state: dict, sizes: list[int], scalar_keys: set[str]) -> list[di
 class TaskPool:
     """A process's inner problems and the RNG stream they are drawn from."""
 
-    def __init__(self, sample_task: Callable[[torch.Generator], object], learned: Optimizer, num_tasks: int,
+    def __init__(self, sample_task: Callable[[torch.Generator], object], learned: Optimizer, slots: list[int],
                  horizon: int, horizon_max: int, seed: int, kmax: int | None, batch_size: int | None = None,
                  device: torch.device | str = "cpu"):
+        """``slots``: global task-slot numbers owned by this process (process r of a run with n tasks per process
+        owns ``r*n .. r*n+n-1``). Each slot draws from its own generator seeded by ``(seed, slot)``, so the tasks do not
+        depend on how slots are spread over processes: 2 processes x 1 task == 1 process x 2 tasks."""
         self.sample_task, self.learned = sample_task, learned
-        self.num_tasks, self.horizon, self.horizon_max = num_tasks, horizon, horizon_max
+        self.slots, self.num_tasks = list(slots), len(slots)
+        self.horizon, self.horizon_max = horizon, horizon_max
         self.kmax, self.batch_size, self.device = kmax, batch_size, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = [torch.Generator().manual_seed(seed * 1_000_003 + s) for s in self.slots]
         self._ctx_cache: dict[str, ParamContext] = {}
         self.resets = 0
-        self.tasks: list[InnerTask] = [self._new_task(stagger=True) for _ in range(num_tasks)]
+        self.tasks: list[InnerTask] = [self._new_task(i, stagger=True) for i in range(self.num_tasks)]
 
     # ------------------------------------------------------------------ sampling
-    def _draw_horizon(self) -> int:
+    def _draw_horizon(self, gen: torch.Generator) -> int:
         if self.horizon_max > self.horizon:
-            u = float(torch.rand((), generator=self.generator))
+            u = float(torch.rand((), generator=gen))
             return int(round(math.exp(math.log(self.horizon) + u * (math.log(self.horizon_max) - math.log(self.horizon)))))
         return self.horizon
 
@@ -113,16 +117,18 @@ class TaskPool:
         fresh = task.batches("train", seed=seed + 7919, **kw)
         return InnerTask(task, model, ctx, params, state, step, horizon, seed, stream, fresh)
 
-    def _new_task(self, stagger: bool = False) -> InnerTask:
-        task = self.sample_task(self.generator)
-        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
-        horizon = self._draw_horizon()
-        if stagger and self.num_tasks > 1:  # first horizons spread out so resets do not happen in lockstep
-            horizon = max(1, int(round(horizon * float(torch.rand((), generator=self.generator)))) or 1)
+    def _new_task(self, i: int, stagger: bool = False) -> InnerTask:
+        gen = self.generators[i]
+        task = self.sample_task(gen)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        horizon = self._draw_horizon(gen)
+        u = float(torch.rand((), generator=gen))  # always drawn, so streams do not depend on `stagger`
+        if stagger and self.slots[i] > 0:  # first horizons spread out so resets do not happen in lockstep
+            horizon = max(1, int(round(horizon * u)))
         return self._build(task, seed, 0, horizon)
 
     def reset(self, i: int) -> None:
-        self.tasks[i] = self._new_task()
+        self.tasks[i] = self._new_task(i)
         self.resets += 1
 
     def contexts(self) -> ParamContext:
@@ -135,7 +141,7 @@ class TaskPool:
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
         return {
-            "generator": self.generator.get_state(),
+            "generators": [g.get_state() for g in self.generators],
             "resets": self.resets,
             "tasks": [{"task": _task_spec(t.task), "seed": t.seed, "step": t.step, "horizon": t.horizon,
                        "params": t.params.detach().cpu(), "state": {k: v.detach().cpu() for k, v in t.state.items()},
@@ -146,7 +152,8 @@ class TaskPool:
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        self.generator.set_state(sd["generator"])
+        for g, st in zip(self.generators, sd["generators"]):
+            g.set_state(st)
         self.resets = sd["resets"]
         tasks = []
         for rec in sd["tasks"]:

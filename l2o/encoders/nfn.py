@@ -34,8 +34,9 @@ Differences from the published NFN (chosen so the encoder runs on any architectu
 * a conv kernel is one edge whose ``kmax**2`` slots are mixed by the input projection, as NFN's channel dimension.
 
 Every layer is linear and equivariant; a pointwise nonlinearity sits between layers (not after the last one), as
-in the original (which used ReLU; the default here is SiLU, see :class:`NFNEncoder`). All aggregations are means over order-independent groups, so the encoder is equivariant to
-hidden-neuron permutations and encoding a batch of graphs equals encoding each graph alone.
+in the original (which used ReLU; the default here is SiLU, see :class:`NFNEncoder`). All aggregations are means
+over order-independent groups, so the encoder is equivariant to hidden-neuron permutations and encoding a batch
+of graphs equals encoding each graph alone.
 """
 from __future__ import annotations
 
@@ -165,7 +166,8 @@ class NFNLayer(nn.Module):
         column = (self.edge_col(col) + self.edge_source(s).index_select(0, index.col_src)
                   + self.edge_layer(edge_lm).index_select(0, index.col_group))  # [num_col, d]
         shared = target.index_select(0, index.dst) + column.index_select(0, index.col)
-        return torch.addmm(shared, e, self.edge_self.weight.t())
+        # In place: `shared` is a fresh sum that autograd does not keep, so this saves an [E, d] copy.
+        return shared.addmm_(e, self.edge_self.weight.t())
 
     def update_nodes(self, s, node_lm, index: NFNIndex) -> torch.Tensor:
         """``x' [N, d]``: neuron summary term plus the layer mean of node states."""
