@@ -117,15 +117,26 @@ def _parse_value(text: str):
         return text
 
 
+def _read_toml(path: Path, seen: tuple = ()) -> dict:
+    """A TOML config; ``extends = "other.toml"`` (relative to this file) merges that file underneath."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file '{path}' not found (configs live in meta_train/configs/)")
+    if path.resolve() in seen:
+        raise ValueError(f"config 'extends' cycle through {path}")
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    merged = _read_toml(path.parent / base, seen + (path.resolve(),))
+    for section, values in data.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a TOML config (or defaults) and apply ``section.key=value`` overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file '{path}' not found (configs live in meta_train/configs/)")
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+    data = _read_toml(Path(path)) if path is not None else {}
     for item in overrides or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"override {item!r} must look like section.key=value (e.g. meta.lr=1e-4)")

@@ -33,8 +33,8 @@ def held_out_score(opt) -> float:
 
 
 @pytest.mark.parametrize("estimator, family, steps, overrides, factor", [
-    ("tbptt", "ng-gnn", 100, [], 10.0),
-    ("greedy", "ng-gnn", 100, [], 10.0),
+    ("tbptt", "ng-gnn", 150, [], 10.0),
+    ("greedy", "ng-gnn", 150, [], 10.0),
     ("pes", "ff", 400, ["meta.pes_sigma=0.1", "meta.lr=0.03"], 3.0),
 ])
 def test_meta_training_beats_initialisation(tmp_path, estimator, family, steps, overrides, factor):

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from ..graph import EDGE_KINDS, ROLE_INPUT, NeuralGraph
 from .base import GraphEncoder
-from .embeddings import GraphInputEmbedding, sinusoid_table
+from .embeddings import GraphInputEmbedding
 
 AGGREGATIONS = ("sum", "mean")
 RECURRENCES = ("gru", "rnn", "none")
@@ -319,7 +319,7 @@ class DynamicGraphEncoder(GraphEncoder):
     """
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
-                 fourier: int = 0, bidirectional: bool = True, aggregation: str = "sum", recurrence: str = "gru",
+                 fourier: int = 0, positional: str = "index", bidirectional: bool = True, aggregation: str = "sum", recurrence: str = "gru",
                  dense_density: float | None = None):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if hidden < 1 or depth < 1:
@@ -335,7 +335,7 @@ class DynamicGraphEncoder(GraphEncoder):
         slot_in = edge_in // slots + 1 + len(EDGE_KINDS)  # features, fixed kernel value, kind one-hot
         self.aggregation, self.recurrence = aggregation, recurrence
         self.dense_density = min(1.0, slot_in / 48) if dense_density is None else float(dense_density)
-        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier)
+        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier, positional=positional)
         self.input_memory = nn.Parameter(torch.empty(hidden))
         self.forward_traversal = LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=False)
         self.backward_traversal = (LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=True)
@@ -345,7 +345,7 @@ class DynamicGraphEncoder(GraphEncoder):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        _reset_input_embedding(self.embed)
+        self.embed.reset_parameters()
         nn.init.normal_(self.input_memory, std=0.1)
         self.forward_traversal.reset_parameters()
         if self.backward_traversal is not None:
@@ -378,12 +378,3 @@ class DynamicGraphEncoder(GraphEncoder):
                 f"recurrence={self.recurrence!r}")
 
 
-@torch.no_grad()
-def _reset_input_embedding(embed: GraphInputEmbedding) -> None:
-    """Re-initialise a GraphInputEmbedding in place as its constructor does (it has no reset_parameters)."""
-    embed.node_proj.linear.reset_parameters()
-    embed.edge_proj.linear.reset_parameters()
-    for table in (embed.pos.inputs, embed.pos.outputs, embed.pos.layers):
-        table.copy_(sinusoid_table(*table.shape))
-    for emb in (embed.act, embed.spatial, embed.edge_kind):
-        nn.init.normal_(emb.weight, std=0.1)

@@ -54,13 +54,30 @@ class FeatureProjection(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Per-node positional vectors ``[N, d]`` by role: input index, output index, or hidden layer position."""
+    """Per-node positional vectors ``[N, d]`` by role: input index, output index, or hidden layer position.
 
-    def __init__(self, d: int, max_inputs: int = 4096, max_outputs: int = 1024, max_layers: int = 64):
+    ``mode="index"`` (default) gives every input and output neuron its own vector (weight-space tasks, where the
+    input pixels / output classes mean something fixed). ``mode="role"`` shares one vector by all input nodes and one
+    by all output nodes: a learned optimizer trained on 1-channel Fashion-MNIST then meets CIFAR-10's 3 channels
+    without untrained rows.
+    """
+
+    def __init__(self, d: int, max_inputs: int = 4096, max_outputs: int = 1024, max_layers: int = 64,
+                 mode: str = "index"):
         super().__init__()
+        if mode not in ("index", "role"):
+            raise ValueError(f"positional mode must be 'index' or 'role', got {mode!r}")
+        self.mode = mode
+        if mode == "role":
+            max_inputs = max_outputs = 1
         self.inputs = nn.Parameter(sinusoid_table(max_inputs, d))
         self.outputs = nn.Parameter(sinusoid_table(max_outputs, d))
         self.layers = nn.Parameter(sinusoid_table(max_layers, d))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for table in (self.inputs, self.outputs, self.layers):
+            table.copy_(sinusoid_table(*table.shape))
 
     def forward(self, graph: NeuralGraph) -> torch.Tensor:
         role, idx, layer = graph.node_role, graph.node_index, graph.node_layer
@@ -80,14 +97,21 @@ class GraphInputEmbedding(nn.Module):
     Shapes: ``forward(graph, node_feats [N, F_n], edge_feats [E, F_e]) -> (x [N, d], e [E, d])``.
     """
 
-    def __init__(self, node_in: int, edge_in: int, d: int, fourier: int = 0, max_positions: int = 256):
+    def __init__(self, node_in: int, edge_in: int, d: int, fourier: int = 0, max_positions: int = 256,
+                 positional: str = "index"):
         super().__init__()
         self.node_proj = FeatureProjection(node_in, d, fourier)
         self.edge_proj = FeatureProjection(edge_in, d, fourier)
-        self.pos = PositionalEmbedding(d)
+        self.pos = PositionalEmbedding(d, mode=positional)
         self.act = nn.Embedding(len(ACTIVATIONS) + 8, d)  # spare rows for activations registered later
         self.spatial = nn.Embedding(max_positions, d)
         self.edge_kind = nn.Embedding(len(EDGE_KINDS), d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.node_proj.linear.reset_parameters()
+        self.edge_proj.linear.reset_parameters()
+        self.pos.reset_parameters()
         for emb in (self.act, self.spatial, self.edge_kind):
             nn.init.normal_(emb.weight, std=0.1)
 

@@ -192,7 +192,7 @@ class NFNEncoder(GraphEncoder):
     """
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
-                 fourier: int = 0, activation: str = "silu", **options):
+                 fourier: int = 0, positional: str = "index", activation: str = "silu", **options):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if options:
             raise TypeError(f"NFNEncoder got unknown options {sorted(options)}")
@@ -201,14 +201,11 @@ class NFNEncoder(GraphEncoder):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.fourier, self.activation = fourier, activation
-        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier)
+        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier, positional=positional)
         self.layers = nn.ModuleList(NFNLayer(hidden) for _ in range(depth))
 
     def reset_parameters(self) -> None:
-        # GraphInputEmbedding has no reset method of its own and custom inits (sinusoid tables, small embeddings):
-        # copy a freshly initialised one in place, so parameter identity (optimizer references) is kept.
-        fresh = GraphInputEmbedding(self.node_in, self.edge_in, self.hidden, self.fourier)
-        self.embed.load_state_dict(fresh.to(next(self.embed.parameters()).device).state_dict())
+        self.embed.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
 

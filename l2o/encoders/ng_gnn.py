@@ -43,26 +43,10 @@ from torch_geometric.utils import scatter
 
 from ..graph import NeuralGraph
 from .base import GraphEncoder
-from .embeddings import GraphInputEmbedding, sinusoid_table
+from .embeddings import GraphInputEmbedding
 
 AGGREGATORS = ("mean", "min", "max", "std")
 SCALERS = ("identity", "amplification")
-
-
-def reset_input_embedding(embed: GraphInputEmbedding) -> None:
-    """Re-initialise a :class:`GraphInputEmbedding` in place, the way its constructor does.
-
-    Kept here because ``GraphInputEmbedding`` has no ``reset_parameters`` of its own; parameters keep their identity
-    (an optimizer holding them stays valid).
-    """
-    with torch.no_grad():
-        for proj in (embed.node_proj, embed.edge_proj):
-            proj.linear.reset_parameters()
-        for name in ("inputs", "outputs", "layers"):
-            table = getattr(embed.pos, name)
-            table.copy_(sinusoid_table(*table.shape))
-        for emb in (embed.act, embed.spatial, embed.edge_kind):
-            nn.init.normal_(emb.weight, std=0.1)
 
 
 def relation_edge_indices(graph: NeuralGraph, bidirectional: bool) -> list[Tensor]:
@@ -196,7 +180,7 @@ class NGGNN(GraphEncoder):
     """
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
-                 fourier: int = 0, *, bidirectional: bool = True, avg_log_deg: float | None = None,
+                 fourier: int = 0, positional: str = "index", *, bidirectional: bool = True, avg_log_deg: float | None = None,
                  eps: float = 1e-6):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if hidden < 1 or depth < 1:
@@ -204,12 +188,12 @@ class NGGNN(GraphEncoder):
         if avg_log_deg is not None and not (math.isfinite(avg_log_deg) and avg_log_deg > 0):
             raise ValueError(f"avg_log_deg must be a positive number or None, got {avg_log_deg}")
         self.bidirectional, self.avg_log_deg = bidirectional, avg_log_deg
-        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier)
+        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier, positional=positional)
         relations = 2 if bidirectional else 1
         self.layers = nn.ModuleList(NGGNNLayer(hidden, relations, eps) for _ in range(depth))
 
     def reset_parameters(self) -> None:
-        reset_input_embedding(self.embed)
+        self.embed.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
 

@@ -38,7 +38,7 @@ from torch_geometric.utils import softmax
 from ..graph import NeuralGraph
 from .base import GraphEncoder
 from .embeddings import GraphInputEmbedding
-from .ng_gnn import relation_edge_indices, reset_input_embedding
+from .ng_gnn import relation_edge_indices
 
 
 class NGTransformerLayer(MessagePassing):
@@ -129,21 +129,21 @@ class NGTransformer(GraphEncoder):
     """
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
-                 fourier: int = 0, *, heads: int = 4, bidirectional: bool = True, mlp_ratio: int = 2):
+                 fourier: int = 0, positional: str = "index", *, heads: int = 4, bidirectional: bool = True, mlp_ratio: int = 2):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if hidden < 1 or depth < 1:
             raise ValueError(f"hidden and depth must be positive, got hidden={hidden}, depth={depth}")
         if heads < 1 or hidden % heads:
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
         self.heads, self.bidirectional = heads, bidirectional
-        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier)
+        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier, positional=positional)
         relations = 2 if bidirectional else 1
         self.layers = nn.ModuleList(NGTransformerLayer(hidden, heads, relations, mlp_ratio) for _ in range(depth))
         self.node_norm = nn.LayerNorm(hidden)
         self.edge_norm = nn.LayerNorm(hidden)
 
     def reset_parameters(self) -> None:
-        reset_input_embedding(self.embed)
+        self.embed.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
         self.node_norm.reset_parameters()

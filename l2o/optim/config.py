@@ -22,6 +22,7 @@ class OptimizerConfig:
     depth: int = 2  # encoder layers
     kmax: int = 3
     encoder_options: dict = field(default_factory=dict)  # e.g. {"bidirectional": True} for dng
+    positional: str = "role"  # input/output node embeddings: "role" (shared) or "index" (one per neuron)
     head_hidden: int = 32
     lam: float = 0.01
     preprocess: str = "logsign"
@@ -56,7 +57,8 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr)
     feats = FeatureConfig(preprocess=cfg.preprocess)
     if cfg.family in GRAPH_FAMILIES:
-        return GraphOptimizer(cfg.family, cfg.hidden, cfg.depth, cfg.kmax, dict(cfg.encoder_options), feats, **head)
+        return GraphOptimizer(cfg.family, cfg.hidden, cfg.depth, cfg.kmax, dict(cfg.encoder_options), feats,
+                              cfg.positional, **head)
     if cfg.family == "ff":
         return FFOptimizer(features=feats, **head)
     if cfg.family == "lstm":

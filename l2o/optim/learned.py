@@ -85,12 +85,15 @@ class GraphOptimizer(LearnedOptimizer):
     needs_graph = True
 
     def __init__(self, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
-                 encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(), **head):
+                 encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(),
+                 positional: str = "role", **head):
         super().__init__(features=features, embed_dim=hidden, **head)
         self.encoder_name, self.kmax = encoder, kmax
         F = features.num_features
+        # positional="role": all input (output) neurons share one embedding, so an optimizer meta-trained on
+        # 1-channel images meets 3-channel ones without untrained table rows.
         self.encoder = build_encoder(encoder, F, kmax * kmax * F, hidden=hidden, depth=depth, kmax=kmax,
-                                     **(encoder_options or {}))
+                                     positional=positional, **(encoder_options or {}))
 
     @property
     def family(self) -> str:  # type: ignore[override]
