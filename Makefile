@@ -7,7 +7,7 @@ L2O_DATA ?= $(firstword $(wildcard ../shared/datasets) $(HOME)/.cache/l2o/data)
 export L2O_DATA
 TORCH_PIN := torch==2.13.0
 
-.PHONY: run test test-all bench install clean
+.PHONY: run demo test test-all bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# make run MINUTES=60 STEPS=1000 SEEDS=5 for a longer version of the main job.
+MINUTES ?= 10
+STEPS   ?= 500
+SEEDS   ?= 1
 run: install
+	$(PY) -m meta_train main-job --data-root "$(L2O_DATA)" --minutes $(MINUTES) --steps $(STEPS) --seeds $(SEEDS)
+
+demo: install
 	$(PY) -m meta_train demo --data-root "$(L2O_DATA)"
 
 test: install
@@ -28,6 +35,9 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/graph.py
+	$(PY) benchmarks/encoders.py
+	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/meta_train_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

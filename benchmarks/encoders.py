@@ -127,6 +127,26 @@ def bench_one(name: str, task: Task, repeats: int, device: torch.device, sweep: 
     return record
 
 
+def memory_guard(name: str, task: Task, records: list[dict], device: torch.device) -> dict | None:
+    """Skip a measurement whose peak memory, extrapolated linearly in edges from this encoder's largest measured
+    graph, would not fit in 60% of the memory available now (an out-of-memory kill would lose the whole table)."""
+    import psutil
+
+    done = [r for r in records if r["encoder"] == name and r.get("peak_mb") and "error" not in r]
+    if not done or device.type != "cpu":
+        return None
+    ref = max(done, key=lambda r: r["num_edges"])
+    graph = NeuralGraph.from_module(task.make_model(0), kmax=KMAX)
+    need_mb = ref["peak_mb"] * graph.num_edges / ref["num_edges"]
+    avail_mb = psutil.virtual_memory().available / 2**20
+    if need_mb < 0.6 * avail_mb:
+        return None
+    return {"encoder": name, "graph": task.name, "sweep": False, "num_nodes": graph.num_nodes,
+            "num_edges": graph.num_edges, "hidden": HIDDEN, "depth": DEPTH, "kmax": KMAX, "device": str(device),
+            "error": f"skipped: estimated peak {need_mb / 1024:.1f} GiB (linear in edges from {ref['graph']}) exceeds "
+                     f"60% of the {avail_mb / 1024:.1f} GiB available"}
+
+
 def loglog_slope(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of log(y) against log(x) (``None`` with fewer than two usable points)."""
     pts = [(math.log(x), math.log(y)) for x, y in points if x and y and x > 0 and y > 0]
@@ -228,7 +248,8 @@ def main(argv=None) -> None:
     for sweep, tasks in ((False, main_tasks(args.quick)), (True, sweep_tasks(args.quick))):
         for task in tasks:
             for name in encoders:
-                rec = bench_one(name, task, args.repeats, device, sweep)
+                skip = memory_guard(name, task, records, device)
+                rec = bench_one(name, task, args.repeats, device, sweep) if skip is None else skip
                 rec.update(info)
                 rec["record"] = "sweep" if sweep else "main"
                 records.append(rec)

@@ -74,8 +74,36 @@ def main(argv: list[str] | None = None) -> None:
                     help="start N processes (gloo on CPU); same as accelerate launch --num_processes N")
     _add_data_root(tr)
 
+    ev = sub.add_parser("evaluate", help="train a task with several optimizers over several seeds; table + figures")
+    ev.add_argument("--task", default="cifar10-conv")
+    ev.add_argument("--optimizers", nargs="+", required=True,
+                    help="adam | adamw | sgdm (tuned on validation), adam:lr=1e-3 (fixed), or checkpoint .pt files")
+    ev.add_argument("--steps", type=int, default=1000)
+    ev.add_argument("--seeds", type=int, default=5)
+    ev.add_argument("--eval-every", type=int, default=100)
+    ev.add_argument("--tune-steps", type=int, default=None, help="horizon of the tuning runs (default: --steps)")
+    ev.add_argument("--out", default="results/eval")
+    ev.add_argument("--device", default="cpu")
+    _add_data_root(ev)
+
+    ex = sub.add_parser("export", help="write a learned-optimizer checkpoint from a run's newest training state")
+    ex.add_argument("--run", required=True, help="run.out_dir of the meta-training run")
+    ex.add_argument("--out", required=True, help="checkpoint file to write")
+
+    mj = sub.add_parser("main-job", help="make run: brief meta-training, then CIFAR-10 evaluation (table + PNG)")
+    mj.add_argument("--minutes", type=float, default=10.0, help="meta-training wall-time budget")
+    mj.add_argument("--steps", type=int, default=500)
+    mj.add_argument("--seeds", type=int, default=1)
+    mj.add_argument("--config", default="quick.toml", help="a file in meta_train/configs/")
+    mj.add_argument("--out", default="runs/main")
+    mj.add_argument("--fresh", action="store_true", help="start meta-training over instead of resuming")
+    _add_data_root(mj)
+
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(raw_argv)
+    from l2o.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     if args.command == "train":
         n = _requested_processes(args.num_processes)
         if n > 1:
@@ -97,6 +125,19 @@ def main(argv: list[str] | None = None) -> None:
             if args.out_dir:
                 overrides.append(f"run.out_dir='{args.out_dir}'")
             train(load_config(args.config, overrides), resume=args.resume)
+        elif args.command == "evaluate":
+            from .evaluate import evaluate
+
+            evaluate(args.task, args.optimizers, args.steps, args.seeds, Path(args.out), args.eval_every,
+                     args.tune_steps, args.device)
+        elif args.command == "main-job":
+            from .main_job import main_job
+
+            main_job(Path(args.out), args.minutes, args.steps, args.seeds, args.config, resume=not args.fresh)
+        elif args.command == "export":
+            from .train import export_run
+
+            print(export_run(Path(args.run), Path(args.out)))
     except FileNotFoundError as exc:  # missing data: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

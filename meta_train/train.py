@@ -237,6 +237,23 @@ def train(cfg: Config, resume: bool = False) -> dict:
     return {"step": done, "best": best, "counters": counters, "out_dir": str(out)}
 
 
+def export_run(run: Path, out: Path) -> Path:
+    """Rebuild the learned optimizer of a run's newest checkpoint (Accelerate state) and save it as a checkpoint."""
+    from safetensors.torch import load_file
+
+    latest = run / "checkpoints" / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}; was the run started with this out_dir?")
+    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
+    ckdir = run / "checkpoints" / latest.read_text().strip()
+    learned = build_optimizer(cfg.optimizer)
+    weights = ckdir / "model.safetensors"
+    state = load_file(weights) if weights.exists() else torch.load(ckdir / "pytorch_model.bin", weights_only=True)
+    learned.load_state_dict(state)
+    meta = torch.load(ckdir / "meta.pt", weights_only=True)
+    return save_checkpoint(out, learned, cfg.optimizer, _summary(cfg, meta["step"], meta["best"], meta["counters"]))
+
+
 def _summary(cfg: Config, step: int, best: dict, counters: dict) -> dict:
     return {"outer_step": step, "best_val_score": best["score"] if math.isfinite(best["score"]) else None,
             "best_step": best["step"], "wall_s": counters["wall_s"], "blowups": counters["blowups"],

@@ -32,7 +32,8 @@ class UpdateHead(nn.Module):
         self.hidden = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, 2)
         self.log_scale = nn.Parameter(torch.zeros(NUM_CATEGORIES)) if layer_scale else None
-        self.log_adam_lr = nn.Parameter(torch.tensor(math.log(adam_lr))) if adam_residual else None
+        # One learned Adam learning rate per category (first / hidden / last layer x weight / bias).
+        self.log_adam_lr = nn.Parameter(torch.full((NUM_CATEGORIES,), math.log(adam_lr))) if adam_residual else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -55,5 +56,5 @@ class UpdateHead(nn.Module):
         if self.log_scale is not None:
             step = step * torch.exp(self.log_scale)[ctx.category].index_select(0, ctx.tensor_id)
         if self.adam_residual:
-            step = step - torch.exp(self.log_adam_lr) * adam_dir
+            step = step - torch.exp(self.log_adam_lr)[ctx.category].index_select(0, ctx.tensor_id) * adam_dir
         return step

@@ -126,31 +126,45 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
             raise FloatingPointError("NeuralGraphOptimizer produced a non-finite update (NaN/inf in the gradients or "
                                      "an out-of-distribution input); the parameters were left unchanged")
         chunks = ctx.split(new_p)
+        written = [i for i, a in enumerate(active) if a]
+        torch._foreach_copy_([params[i] for i in written], [chunks[i] for i in written])
+        # Per-parameter state is stored as views into the new flat state (no copies); when the next step finds
+        # exactly these views in self.state it reuses the flat tensors instead of concatenating them again.
         per_elem = {k: ctx.split(v) for k, v in new_state.items() if v.dim() > 0 and v.shape[0] == flat_p.shape[0]}
-        for i, p in enumerate(params):
-            if not active[i]:
-                continue
-            p.copy_(chunks[i])
-            st = self.state[p]
+        step_t = new_state["step"].detach()
+        for i in written:
+            st = self.state[params[i]]
             for k, parts in per_elem.items():
-                st[k] = parts[i].clone()
-            st["step"] = new_state["step"].detach().clone()
+                st[k] = parts[i]
+            st["step"] = step_t
+        self._flat_cache = ({k: new_state[k] for k in per_elem}, step_t) if len(written) == len(params) else None
         return loss
 
     def _flat_state(self, flat_p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Concatenate per-parameter state (initialising missing entries) into the flat state of ``update``."""
         params = self._params
-        fresh = self.learned.init_state(self.context, flat_p)
-        if all(len(self.state[p]) == 0 for p in params):
-            return fresh
-        per_elem_keys = [k for k, v in fresh.items() if v.dim() > 0]
-        fresh_parts = {k: self.context.split(fresh[k]) for k in per_elem_keys}
+        cache = getattr(self, "_flat_cache", None)
+        if cache is not None:
+            flat, step_t = cache
+            views = {k: self.context.split(v) for k, v in flat.items()}
+            if all(self.state[p].get("step") is step_t and all(
+                    self.state[p].get(k) is not None and self.state[p][k].data_ptr() == views[k][i].data_ptr()
+                    for k in flat) for i, p in enumerate(params)):
+                return {**flat, "step": step_t}
+        missing = [len(self.state[p]) == 0 for p in params]
+        if all(missing):
+            return self.learned.init_state(self.context, flat_p)
+        fresh = self.learned.init_state(self.context, flat_p) if any(missing) else None
+        ref = params[missing.index(False)]
         out = {}
-        for k in per_elem_keys:
-            out[k] = torch.cat([(self.state[p][k] if k in self.state[p] else fresh_parts[k][i]).reshape(
-                -1, *fresh[k].shape[1:]) for i, p in enumerate(params)])
-        steps = [self.state[p]["step"] for p in params if "step" in self.state[p]]
-        out["step"] = torch.stack(steps).max().to(flat_p.dtype) if steps else fresh["step"]
+        for k in (k for k in self.state[ref] if k != "step"):
+            trailing = self.state[ref][k].shape[ref.dim():]  # per-element dims, e.g. (5,) for the momenta
+            fresh_parts = self.context.split(fresh[k]) if fresh is not None else None
+            chunks = [(fresh_parts[i] if missing[i] else self.state[p][k]).reshape(p.numel(), *trailing)
+                      for i, p in enumerate(params)]
+            out[k] = torch.cat(chunks)
+        steps = [self.state[p]["step"] for p, m in zip(params, missing) if not m]
+        out["step"] = torch.stack(steps).max().to(flat_p.dtype)
         return out
 
     def __repr__(self) -> str:

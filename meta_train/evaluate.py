@@ -1,0 +1,170 @@
+"""Evaluation: any set of optimizers on a task for N steps over S seeds, with tuned hand-designed baselines.
+
+    python -m meta_train evaluate --task cifar10-conv --steps 1000 --seeds 5 \\
+        --optimizers adam adamw sgdm results/checkpoints/ng-gnn.pt --out results/eval/cifar10
+
+Every optimizer sees the same seeds (a seed fixes the optimizee initialisation and the data order). The training
+loss is recorded every step, test accuracy on the full test set every ``--eval-every`` steps and at the end.
+Hand-designed baselines are tuned, not defaulted: a learning-rate grid (and weight decay for AdamW) is run on the
+validation split at the same horizon, and the best setting by validation accuracy is used (and printed).
+Writes ``results.json`` (every curve), ``table.md`` (mean +- std over seeds) and two PNG figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from l2o.optim import OptimizerConfig, build_optimizer, load_checkpoint
+from l2o.optim.learned import Optimizer
+
+from .inner_train import train_optimizee
+
+# Learning-rate grids for tuning (log-spaced, covering the usual optima for these CNNs at 100..1000 steps).
+GRIDS = {
+    "adam": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2)],
+    "adamw": [{"lr": lr, "weight_decay": wd} for lr in (1e-3, 3e-3) for wd in (1e-4, 1e-2, 1e-1)],
+    "sgdm": [{"lr": lr} for lr in (0.01, 0.03, 0.1, 0.3)],
+}
+
+
+@dataclass
+class Candidate:
+    """One optimizer to evaluate: a label, how to build it, and where it came from."""
+
+    label: str
+    family: str
+    checkpoint: str | None = None
+    hyper: dict | None = None  # hand-designed: fixed hyperparameters (skip tuning)
+
+    def build(self, hyper: dict | None = None) -> Optimizer:
+        if self.checkpoint:
+            return load_checkpoint(self.checkpoint)[0]
+        return build_optimizer(OptimizerConfig(family=self.family, **(hyper or self.hyper or {})))
+
+
+def parse_spec(spec: str) -> Candidate:
+    """``adam`` (tuned), ``adam:lr=1e-3`` (fixed), ``path/to/ckpt.pt`` or ``label=path/to/ckpt.pt``."""
+    if spec.endswith(".pt"):
+        label, _, path = spec.rpartition("=")
+        payload_family = load_checkpoint(path)[1].family
+        return Candidate(label or Path(path).stem, payload_family, checkpoint=path)
+    family, _, rest = spec.partition(":")
+    if family not in GRIDS:
+        raise ValueError(f"unknown optimizer spec {spec!r}: use adam/adamw/sgdm[:lr=..,weight_decay=..] or a .pt file")
+    hyper = None
+    if rest:
+        hyper = {k: float(v) for k, v in (kv.split("=") for kv in rest.split(","))}
+    return Candidate(family if hyper is None else spec, family, hyper=hyper)
+
+
+def tune(cand: Candidate, task, steps: int, device, seed: int = 1000) -> tuple[dict, list[dict]]:
+    """Best grid point on the validation split (one seed, distinct from the evaluation seeds)."""
+    trials = []
+    for hyper in tqdm(GRIDS[cand.family], desc=f"tune {cand.family}", leave=False):
+        r = train_optimizee(cand.build(hyper), task, steps, seed=seed, device=device, eval_split="val")
+        acc = r["acc"] if math.isfinite(r["acc"]) else -1.0
+        trials.append({**hyper, "val_acc": acc})
+    best = max(trials, key=lambda t: t["val_acc"])
+    return {k: v for k, v in best.items() if k != "val_acc"}, trials
+
+
+def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path, eval_every: int = 100,
+             tune_steps: int | None = None, device: str = "cpu", tuned: dict | None = None) -> dict:
+    """Run every optimizer over ``seeds`` seeds; returns (and writes) the results dict."""
+    from tasks import get_task
+
+    task = get_task(task_name)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"task": task_name, "steps": steps, "seeds": seeds, "runs": {}, "tuning": {}}
+    for spec in specs:
+        cand = parse_spec(spec)
+        hyper = None
+        if cand.checkpoint is None and cand.hyper is None:
+            if tuned and cand.family in tuned:
+                hyper = tuned[cand.family]
+            else:
+                hyper, trials = tune(cand, task, tune_steps or steps, device)
+                results["tuning"][cand.family] = trials
+            print(f"{cand.label}: tuned on validation -> {hyper}")
+        runs = []
+        for s in tqdm(range(seeds), desc=f"{cand.label} on {task_name}"):
+            r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
+                                eval_every=eval_every)
+            runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
+                         "step_ms": r["step_ms"], "diverged": r["diverged"]})
+        results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint,
+                                       "hyper": hyper or cand.hyper, "runs": runs}
+        (out / "results.json").write_text(json.dumps(results) + "\n")  # partial results survive a kill
+    write_report(results, out)
+    return results
+
+
+def summarise(results: dict) -> list[dict]:
+    """One record per optimizer: test accuracy mean/std over seeds, step time."""
+    rows = []
+    for label, entry in results["runs"].items():
+        accs = [r["acc"] for r in entry["runs"]]
+        ok = [a for a in accs if math.isfinite(a)]
+        rows.append({
+            "task": results["task"], "optimizer": label, "family": entry["family"],
+            "checkpoint": entry["checkpoint"], "hyper": entry["hyper"], "steps": results["steps"],
+            "seeds": len(accs), "test_acc_mean": 100 * statistics.mean(ok) if ok else float("nan"),
+            "test_acc_std": 100 * statistics.stdev(ok) if len(ok) > 1 else 0.0,
+            "diverged": sum(r["diverged"] for r in entry["runs"]),
+            "step_ms": statistics.mean(r["step_ms"] for r in entry["runs"]),
+        })
+    return rows
+
+
+def write_report(results: dict, out: Path) -> None:
+    rows = summarise(results)
+    lines = [f"# {results['task']}: {results['steps']} steps, {results['seeds']} seeds (test accuracy, full test set)",
+             "", "| optimizer | test acc % (mean +- std) | diverged | update ms/step | hyperparameters |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        hyper = r["hyper"] if r["hyper"] else (Path(r["checkpoint"]).name if r["checkpoint"] else "")
+        lines.append(f"| {r['optimizer']} | {r['test_acc_mean']:.2f} +- {r['test_acc_std']:.2f} | {r['diverged']} | "
+                     f"{r['step_ms']:.1f} | {hyper} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot_curves(results, out)
+    print("\n".join(lines))
+
+
+def plot_curves(results: dict, out: Path) -> None:
+    """``accuracy.png`` (test accuracy vs step, mean with a std band) and ``loss.png`` (log training loss)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_a, ax_a = plt.subplots(figsize=(6, 4))
+    fig_l, ax_l = plt.subplots(figsize=(6, 4))
+    for label, entry in results["runs"].items():
+        runs = [r for r in entry["runs"] if not r["diverged"]]
+        if not runs:
+            continue
+        steps = [e[0] for e in runs[0]["evals"]]
+        accs = torch.tensor([[100 * e[1] for e in r["evals"]] for r in runs])
+        mean, std = accs.mean(0), accs.std(0) if len(runs) > 1 else torch.zeros(len(steps))
+        ax_a.plot(steps, mean, label=label)
+        ax_a.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        n = min(len(r["losses"]) for r in runs)
+        loss = torch.tensor([r["losses"][:n] for r in runs]).log().mean(0)
+        k = max(1, n // 50)  # moving average over ~2% of the run for readability
+        smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
+        ax_l.plot(range(k - 1, n), smooth, label=label)
+    ax_a.set(xlabel="step", ylabel="test accuracy (%)", title=f"{results['task']}: test accuracy")
+    ax_l.set(xlabel="step", ylabel="log training loss (moving avg)", title=f"{results['task']}: training loss")
+    for ax, fig, name in ((ax_a, fig_a, "accuracy.png"), (ax_l, fig_l, "loss.png")):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
