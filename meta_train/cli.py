@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     mj.add_argument("--fresh", action="store_true", help="start meta-training over instead of resuming")
     _add_data_root(mj)
 
+    rp = sub.add_parser("report", help="collect evaluation summaries into results/transfer.json and transfer.md")
+    rp.add_argument("--evals", nargs="+", required=True, help="folders written by `evaluate --out`")
+    rp.add_argument("--out", default="results")
+
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(raw_argv)
     from l2o.runtime import tune_cpu_allocator
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
             from .main_job import main_job
 
             main_job(Path(args.out), args.minutes, args.steps, args.seeds, args.config, resume=not args.fresh)
+        elif args.command == "report":
+            from .report import write
+
+            write([Path(d) for d in args.evals], Path(args.out))
         elif args.command == "export":
             from .train import export_run
 

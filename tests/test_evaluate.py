@@ -59,3 +59,17 @@ def test_main_job_end_to_end(tmp_path):
     metrics = (tmp_path / "meta" / "metrics.jsonl").read_text().splitlines()
     assert 1 <= len(metrics) < 150  # stopped by the time budget, with a checkpoint to resume from
     assert (tmp_path / "meta" / "checkpoints" / "latest").exists()
+
+
+def test_report_collects_summaries(tmp_path):
+    from meta_train.report import write
+
+    rows = [{"task": "cifar10-conv", "optimizer": "adam", "family": "adam", "checkpoint": None, "hyper": {"lr": 3e-3},
+             "steps": 1000, "seeds": 5, "test_acc_mean": 55.0, "test_acc_std": 0.5, "diverged": 0, "step_ms": 0.3}]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "summary.json").write_text(json.dumps(rows))
+    records = write([tmp_path / "e"], tmp_path / "out")
+    assert records[0]["published_acc"] == 54.76
+    assert json.loads((tmp_path / "out" / "transfer.json").read_text())[0]["test_acc_mean"] == 55.0
+    with pytest.raises(FileNotFoundError, match="evaluate"):
+        write([tmp_path / "missing"], tmp_path / "out")

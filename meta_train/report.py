@@ -1,0 +1,50 @@
+"""Collect evaluation summaries into ``results/transfer.json`` and the tables of ``results/README.md``.
+
+    python -m meta_train report --evals results/eval/fmnist results/eval/cifar10 [--out results]
+
+Reads each folder's ``summary.json`` (written by ``python -m meta_train evaluate``) and writes one record per
+(task, optimizer) with ``task, optimizer, family, checkpoint, steps, seeds, test_acc_mean, test_acc_std, step_ms``,
+beside the published numbers (REFERENCE.md section 3) for context.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Kofinas et al., section 5: test accuracy %, Fashion-MNIST (in distribution) / CIFAR-10 (transfer), 1000 steps.
+PUBLISHED = {"adam": (80.97, 54.76), "ff": (85.08, 57.55), "lstm": (85.69, 59.10), "nfn": (83.78, 57.95),
+             "ng-gnn": (85.91, 64.37), "ng-t": (86.52, 60.79)}
+TASK_COLUMN = {"fmnist-conv": 0, "cifar10-conv": 1}
+
+
+def collect(eval_dirs: list[Path]) -> list[dict]:
+    records = []
+    for d in eval_dirs:
+        path = Path(d) / "summary.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run `python -m meta_train evaluate --out {d}` first")
+        for row in json.loads(path.read_text()):
+            col = TASK_COLUMN.get(row["task"])
+            pub = PUBLISHED.get(row["family"])
+            row["published_acc"] = pub[col] if pub is not None and col is not None else None
+            records.append(row)
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    lines = ["| task | optimizer | test acc % (mean +- std) | seeds | steps | update ms/step | published % |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        pub = f"{r['published_acc']:.2f}" if r.get("published_acc") is not None else ""
+        lines.append(f"| {r['task']} | {r['optimizer']} | {r['test_acc_mean']:.2f} +- {r['test_acc_std']:.2f} | "
+                     f"{r['seeds']} | {r['steps']} | {r['step_ms']:.1f} | {pub} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(eval_dirs: list[Path], out: Path) -> list[dict]:
+    records = collect(eval_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "transfer.md").write_text(markdown(records))
+    print(markdown(records))
+    return records
