@@ -42,6 +42,18 @@ def time_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, budget
     return statistics.median(times)
 
 
+def model_fwd_bwd(task, model: torch.nn.Module, batch: int = 128) -> Callable[[], None]:
+    """A closure running forward+backward of ``model`` on one random batch of ``task``'s input shape."""
+    x = torch.randn(batch, *task.input_shape)
+    y = torch.randint(0, task.num_classes, (batch,))
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        task.loss(model(x), y).backward()
+
+    return fwd_bwd
+
+
 def machine() -> dict:
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, markdown_table, time_ms, write_json  # noqa: E402
+from benchmarks.common import machine, markdown_table, model_fwd_bwd, time_ms, write_json  # noqa: E402
 from l2o.graph import NeuralGraph  # noqa: E402
 from tasks import get_task  # noqa: E402
 from tasks.registry import conv_task  # noqa: E402
@@ -44,13 +44,7 @@ def bench(task, repeats: int) -> dict:
         graph.scatter_flat(feats)
         graph.gather_flat(node_emb, edge_emb)
 
-    x = torch.randn(128, *task.input_shape)
-    y = torch.randint(0, task.num_classes, (128,))
-
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        task.loss(model(x), y).backward()
-
+    fwd_bwd = model_fwd_bwd(task, model)
     sg = time_ms(scatter_gather, repeats)
     fb = time_ms(fwd_bwd, repeats)
     return {"task": task.name, "num_params": n_params, "num_nodes": graph.num_nodes, "num_edges": graph.num_edges,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, markdown_table, time_ms, write_json  # noqa: E402
+from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, time_ms, write_json  # noqa: E402
 from l2o import NeuralGraphOptimizer  # noqa: E402
 from l2o.optim import LEARNED_FAMILIES, OptimizerConfig, build_optimizer  # noqa: E402
 from tasks import get_task  # noqa: E402
@@ -35,13 +35,7 @@ def state_floats(opt: torch.optim.Optimizer, model: torch.nn.Module) -> float:
 def bench_task(name: str, families: list[str], repeats: int) -> list[dict]:
     task = TASKS[name]()
     model = task.make_model(0)
-    x = torch.randn(128, *task.input_shape)
-    y = torch.randint(0, task.num_classes, (128,))
-
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        task.loss(model(x), y).backward()
-
+    fwd_bwd = model_fwd_bwd(task, model)
     fb = time_ms(fwd_bwd, repeats)
     fwd_bwd()
     snapshot = [p.detach().clone() for p in model.parameters()]

@@ -16,6 +16,13 @@ import torch.nn as nn
 from ..graph import NeuralGraph
 
 
+def reset_children(module: nn.Module) -> None:
+    """Call ``reset_parameters`` of every submodule that has one (for layers built from standard modules)."""
+    for m in module.modules():
+        if m is not module and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 class GraphEncoder(nn.Module):
     """Base class: stores the common configuration and checks inputs."""
 

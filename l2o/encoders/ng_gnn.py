@@ -42,7 +42,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from ..graph import NeuralGraph
-from .base import GraphEncoder
+from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 
 AGGREGATORS = ("mean", "min", "max", "std")
@@ -121,9 +121,7 @@ class NGGNNLayer(MessagePassing):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        reset_children(self)
 
     def forward(self, x: Tensor, e: Tensor, edge_indices: list[Tensor], deg: list[Tensor], amp: list[Tensor]
                 ) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
 from ..graph import NeuralGraph
-from .base import GraphEncoder
+from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 from .ng_gnn import relation_edge_indices
 
@@ -78,9 +78,7 @@ class NGTransformerLayer(MessagePassing):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        reset_children(self)
 
     def forward(self, x: Tensor, e: Tensor, edge_indices: list[Tensor]) -> tuple[Tensor, Tensor]:
         if len(edge_indices) != self.relations:
