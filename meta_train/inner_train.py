@@ -17,10 +17,26 @@ from l2o.optim.learned import Optimizer
 
 
 def context_for(model: torch.nn.Module, optimizer: Optimizer) -> ParamContext:
-    names = [n for n, _ in model.named_parameters()]
+    """The flat layout ``optimizer`` needs for ``model``: with its neural graph for graph optimizers."""
     if optimizer.needs_graph:
         return ParamContext.for_graph(NeuralGraph.from_module(model, kmax=optimizer.kmax))
-    return ParamContext.build(None, names, [p.shape for _, p in model.named_parameters()])
+    named = list(model.named_parameters())
+    return ParamContext.build(None, [n for n, _ in named], [p.shape for _, p in named])
+
+
+def loss_and_grad(model: torch.nn.Module, ctx: ParamContext, loss_fn, params: torch.Tensor, x: torch.Tensor,
+                  y: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of ``model`` with flat ``params [P]`` on ``(x, y)`` and its gradient ``[P]``.
+
+    First-order (the gradient is a constant input to the optimizer) unless ``create_graph``; works under an outer
+    ``no_grad`` too (validation, PES).
+    """
+    p = params if create_graph else params.detach().requires_grad_(True)
+    with torch.enable_grad():
+        named = dict(zip(ctx.names, ctx.split(p)))
+        loss = loss_fn(functional_call(model, named, (x,)), y)
+        (grad,) = torch.autograd.grad(loss, p, create_graph=create_graph)
+    return (loss if create_graph else loss.detach()), grad
 
 
 @torch.no_grad()
@@ -52,10 +68,7 @@ def train_optimizee(optimizer: Optimizer, task, steps: int, seed: int, device: t
     for step in range(steps):
         x, y = stream.batch(step)
         x, y = x.to(device), y.to(device)
-        p = params.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = task.loss(functional_call(model, dict(zip(ctx.names, ctx.split(p))), (x,)), y)
-            (grad,) = torch.autograd.grad(loss, p)
+        loss, grad = loss_and_grad(model, ctx, task.loss, params, x, y)
         value = float(loss)
         losses.append(value)
         if not math.isfinite(value):

@@ -111,7 +111,7 @@ def train(cfg: Config, resume: bool = False) -> dict:
     n = cfg.meta.tasks_per_process
     slots = list(range(acc.process_index * n, (acc.process_index + 1) * n))
     pool = TaskPool(make_task_sampler(cfg), core, slots, cfg.meta.horizon, cfg.meta.horizon_max, seed=cfg.run.seed,
-                    kmax=getattr(core, "kmax", None), batch_size=cfg.tasks.batch_size
+                    batch_size=cfg.tasks.batch_size
                     if cfg.tasks.family != "regression" else None, device=acc.device)
     estimator = build_estimator(cfg.meta, core)
     start, best, counters = 0, {"score": -math.inf, "step": 0}, {"blowups": 0, "skipped": 0, "wall_s": 0.0}

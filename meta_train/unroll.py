@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch.func import functional_call
-
-from l2o.graph import NeuralGraph
 from l2o.optim import ParamContext
 from l2o.optim.learned import Optimizer
+
+from .inner_train import context_for, loss_and_grad
 
 
 @dataclass
@@ -39,13 +38,8 @@ class InnerTask:
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss on batch ``step`` at ``params [P]`` and its gradient ``[P]`` (first-order unless create_graph)."""
         x, y = (self.fresh_stream if fresh else self.stream).batch(step)
-        x, y = x.to(params.device), y.to(params.device)
-        p = params if create_graph else params.detach().requires_grad_(True)
-        with torch.enable_grad():  # also under an outer no_grad (PES, validation)
-            named = dict(zip(self.ctx.names, self.ctx.split(p)))
-            loss = self.task.loss(functional_call(self.model, named, (x,)), y)
-            (grad,) = torch.autograd.grad(loss, p, create_graph=create_graph)
-        return (loss if create_graph else loss.detach()), grad
+        return loss_and_grad(self.model, self.ctx, self.task.loss, params, x.to(params.device), y.to(params.device),
+                             create_graph)
 
 
 def batch_states(states: list[dict], sizes: list[int]) -> dict:
@@ -70,7 +64,7 @@ class TaskPool:
     """A process's inner problems and the RNG stream they are drawn from."""
 
     def __init__(self, sample_task: Callable[[torch.Generator], object], learned: Optimizer, slots: list[int],
-                 horizon: int, horizon_max: int, seed: int, kmax: int | None, batch_size: int | None = None,
+                 horizon: int, horizon_max: int, seed: int, batch_size: int | None = None,
                  device: torch.device | str = "cpu"):
         """``slots``: global task-slot numbers owned by this process (process r of a run with n tasks per process
         owns ``r*n .. r*n+n-1``). Each slot draws from its own generator seeded by ``(seed, slot)``, so the tasks do not
@@ -78,7 +72,7 @@ class TaskPool:
         self.sample_task, self.learned = sample_task, learned
         self.slots, self.num_tasks = list(slots), len(slots)
         self.horizon, self.horizon_max = horizon, horizon_max
-        self.kmax, self.batch_size, self.device = kmax, batch_size, torch.device(device)
+        self.batch_size, self.device = batch_size, torch.device(device)
         self.generators = [torch.Generator().manual_seed(seed * 1_000_003 + s) for s in self.slots]
         self._ctx_cache: dict[str, ParamContext] = {}
         self.resets = 0
@@ -95,13 +89,7 @@ class TaskPool:
         # Same layer shapes = same architecture for the model families used here: share one graph.
         key = f"{type(model).__name__}:{[(n, tuple(p.shape)) for n, p in model.named_parameters()]}"
         if key not in self._ctx_cache:
-            if self.learned.needs_graph:
-                graph = NeuralGraph.from_module(model, kmax=self.kmax)
-                ctx = ParamContext.for_graph(graph)
-            else:
-                names = [n for n, _ in model.named_parameters()]
-                ctx = ParamContext.build(None, names, [p.shape for _, p in model.named_parameters()])
-            self._ctx_cache[key] = ctx.to(self.device)
+            self._ctx_cache[key] = context_for(model, self.learned).to(self.device)
         return self._ctx_cache[key]
 
     def _build(self, task, seed: int, step: int, horizon: int, params=None, state=None) -> InnerTask:

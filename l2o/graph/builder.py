@@ -99,7 +99,6 @@ class _Tracer(fx.Tracer):
 
 @dataclass
 class _Walker:
-    model: nn.Module
     kmax: int
     sets: list[_NodeSet] = field(default_factory=list)
     blocks: list[_EdgeBlock] = field(default_factory=list)
@@ -348,7 +347,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | None = None, kma
             model(example_input)  # surfaces shape errors before the (shape-free) walk
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
-    w = _Walker(model, kmax)
+    w = _Walker(kmax)
     env: dict[fx.Node, object] = {}
 
     def val(a):
@@ -413,7 +412,7 @@ def _visit(w: _Walker, node: fx.Node, args: list, modules: dict, params: dict) -
             raise UnsupportedModuleError(path, kind, "activation with learnable parameters")
         return w.activation(x, act, node, path)
     if isinstance(mod, _PASS_MODULES):
-        return _pass(x, node, mod)
+        return _pass(x, node)
     if isinstance(mod, nn.Flatten):
         if mod.start_dim != 1 or mod.end_dim != -1:
             raise UnsupportedModuleError(path, kind, "only Flatten(start_dim=1, end_dim=-1) is supported")
@@ -432,7 +431,7 @@ def _flatten_input(x: _Value) -> _Value:
     return _Value(None, 0, flat=True, placeholder=x.placeholder) if x.nodes is None else x
 
 
-def _pass(x: _Value, node: fx.Node, mod_or_fn) -> _Value:
+def _pass(x: _Value, node: fx.Node) -> _Value:
     """Pooling, dropout, identity: same neurons. Global pooling keeps the (now 1x1) spatial dims."""
     pristine = x.pristine and len(node.args[0].users) == 1
     return _Value(x.nodes, x.spatial, x.flat, pristine, x.placeholder)
@@ -449,7 +448,7 @@ def _call_function(w: _Walker, node: fx.Node, target, args, params) -> object:
     if target in FUNCTION_ACTIVATIONS:
         return w.activation(args[0], FUNCTION_ACTIVATIONS[target], node, name)
     if target in _PASS_FUNCTIONS:
-        return _pass(args[0], node, target)
+        return _pass(args[0], node)
     if target in _OUTPUT_FUNCTIONS:
         if not all(u.op == "output" for u in node.users):
             raise UnsupportedModuleError(name, getattr(target, "__name__", str(target)),
@@ -491,7 +490,7 @@ def _call_method(w: _Walker, node: fx.Node, method: str, args) -> object:
     if method in METHOD_ACTIVATIONS:
         return w.activation(x, METHOD_ACTIVATIONS[method], node, node.name)
     if method in _PASS_METHODS:
-        return _pass(x, node, method)
+        return _pass(x, node)
     if method == "add":
         return _call_function(w, node, operator.add, args, {})
     if method == "flatten":
