@@ -7,7 +7,7 @@ L2O_DATA ?= $(firstword $(wildcard ../shared/datasets) $(HOME)/.cache/l2o/data)
 export L2O_DATA
 TORCH_PIN := torch==2.13.0
 
-.PHONY: run demo test test-all bench install clean
+.PHONY: run demo test test-all bench results install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ STEPS   ?= 500
 SEEDS   ?= 1
 run: install
 	$(PY) -m meta_train main-job --data-root "$(L2O_DATA)" --minutes $(MINUTES) --steps $(STEPS) --seeds $(SEEDS)
+
+# The full Fashion-MNIST -> CIFAR-10 results (meta-train every shipped optimizer, 5-seed evaluation, width/depth
+# sweep, results/transfer.json): hours on 2 cores; resumable, rerun to continue.
+results: install
+	$(PY) -m meta_train.transfer --data-root "$(L2O_DATA)"
 
 demo: install
 	$(PY) -m meta_train demo --data-root "$(L2O_DATA)"

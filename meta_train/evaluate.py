@@ -74,23 +74,65 @@ def tune(cand: Candidate, task, steps: int, device, seed: int = 1000) -> tuple[d
     return {k: v for k, v in best.items() if k != "val_acc"}, trials
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file (first 16 hex digits): tells a retrained checkpoint from the one evaluated before."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _previous(out: Path, task_name: str, steps: int, seeds: int) -> dict | None:
+    """The results of an earlier call with the same task, steps and seeds (for ``resume``), else None."""
+    path = out / "results.json"
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = (old.get("task"), old.get("steps"), old.get("seeds")) == (task_name, steps, seeds)
+    return old if same else None
+
+
 def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path, eval_every: int = 100,
-             tune_steps: int | None = None, device: str = "cpu", tuned: dict | None = None) -> dict:
-    """Run every optimizer over ``seeds`` seeds; returns (and writes) the results dict."""
+             tune_steps: int | None = None, device: str = "cpu", tuned: dict | None = None,
+             resume: bool = False) -> dict:
+    """Run every optimizer over ``seeds`` seeds; returns (and writes) the results dict.
+
+    With ``resume``, optimizers already complete in ``out/results.json`` (same task, steps and seeds, same
+    checkpoint file) are kept instead of rerun, and earlier tuning results are reused.
+    """
     from tasks import get_task
 
     task = get_task(task_name)
     out.mkdir(parents=True, exist_ok=True)
     results = {"task": task_name, "steps": steps, "seeds": seeds, "runs": {}, "tuning": {}}
+    old = _previous(out, task_name, steps, seeds) if resume else None
     for spec in specs:
         cand = parse_spec(spec)
+        done = (old or {}).get("runs", {}).get(cand.label)
+        digest = file_digest(cand.checkpoint) if cand.checkpoint else None
+        if done and done.get("checkpoint") == cand.checkpoint and done.get("digest") == digest and len(
+                done["runs"]) == seeds and (
+                cand.hyper is None or done.get("hyper") == cand.hyper):
+            print(f"{cand.label}: kept from {out / 'results.json'}")
+            results["runs"][cand.label] = done
+            if cand.family in old.get("tuning", {}):
+                results["tuning"][cand.family] = old["tuning"][cand.family]
+            continue
         hyper = None
         if cand.checkpoint is None and cand.hyper is None:
             if tuned and cand.family in tuned:
                 hyper = tuned[cand.family]
+            elif old and cand.family in old.get("tuning", {}):  # resume: the grid was already run
+                trials = old["tuning"][cand.family]
+                best = max(trials, key=lambda t: t["val_acc"])
+                hyper = {k: v for k, v in best.items() if k != "val_acc"}
+                results["tuning"][cand.family] = trials
             else:
                 hyper, trials = tune(cand, task, tune_steps or steps, device)
                 results["tuning"][cand.family] = trials
+                (out / "results.json").write_text(json.dumps(results) + "\n")
             print(f"{cand.label}: tuned on validation -> {hyper}")
         runs = []
         for s in tqdm(range(seeds), desc=f"{cand.label} on {task_name}"):
@@ -98,7 +140,7 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
                                 eval_every=eval_every)
             runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
                          "step_ms": r["step_ms"], "diverged": r["diverged"]})
-        results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint,
+        results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
                                        "hyper": hyper or cand.hyper, "runs": runs}
         (out / "results.json").write_text(json.dumps(results) + "\n")  # partial results survive a kill
     write_report(results, out)

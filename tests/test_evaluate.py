@@ -73,3 +73,24 @@ def test_report_collects_summaries(tmp_path):
     assert json.loads((tmp_path / "out" / "transfer.json").read_text())[0]["test_acc_mean"] == 55.0
     with pytest.raises(FileNotFoundError, match="evaluate"):
         write([tmp_path / "missing"], tmp_path / "out")
+
+
+@needs_data
+def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch):
+    monkeypatch.setitem(ev.GRIDS, "adam", [{"lr": 3e-3}])
+    cfg = OptimizerConfig(family="ff", head_hidden=8)
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ff.pt", build_optimizer(cfg), cfg)
+    specs = ["adam", f"ff={ck}"]
+    first = ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0)
+    calls = []
+    real = ev.train_optimizee
+    monkeypatch.setattr(ev, "train_optimizee", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
+    assert calls == [] and again["runs"] == json.loads(json.dumps(first["runs"]))  # nothing rerun, tuning reused
+    torch.manual_seed(1)  # a retrained checkpoint at the same path is evaluated again
+    save_checkpoint(ck, build_optimizer(cfg), cfg)
+    ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
+    assert len(calls) == 1
+    ev.evaluate("fmnist-conv", specs, steps=5, seeds=2, out=tmp_path / "o", eval_every=0, resume=True)
+    assert len(calls) == 1 + 1 + 2 + 2  # other seeds: everything reruns (adam: 1 tuning run + 2 seeds; ff: 2)

@@ -1,0 +1,278 @@
+"""The full Fashion-MNIST -> CIFAR-10 results, end to end, resumable (``make results``).
+
+    python -m meta_train.transfer [--stages train eval sweep report] [--steps 1000] [--seeds 5]
+
+Stages (each skips what is already done, so a killed run continues where it stopped):
+
+1. ``train``: meta-train every shipped optimizer (:data:`SHIPPED`: NG-GNN with three meta-training seeds, NG-T,
+   DNG, NFN, FF, LSTM) on the Fashion-MNIST family with the same budget (``meta_train/configs/fmnist.toml`` through
+   each family's config), keep each run's checkpoint with the best Fashion-MNIST validation accuracy as
+   ``results/checkpoints/<name>.pt`` with a model card ``<name>.md``, and copy the best graph optimizer (by that
+   same validation accuracy) to ``results/checkpoints/default.pt``, the default of ``NeuralGraphOptimizer(model)``.
+2. ``eval``: Fashion-MNIST (in distribution) and CIFAR-10 (transfer), ``--steps`` steps x ``--seeds`` seeds, every
+   shipped optimizer plus Adam, AdamW and SGD-momentum tuned on the validation split -> ``results/eval/<task>/``.
+3. ``sweep``: the default optimizer against tuned Adam on the CIFAR-10 CNN at widths 16..128 and depths 1..5
+   -> ``results/eval/sweep/<task>/`` and the figure ``results/sweep.png``.
+4. ``report``: ``results/transfer.json`` / ``transfer.md`` (the records of stages 2 and 3 with the published
+   numbers beside them) and ``results/sweep.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "meta_train" / "configs"
+RESULTS = ROOT / "results"
+CHECKPOINTS = RESULTS / "checkpoints"
+
+# name -> (config file, meta-training seed). Every config extends fmnist.toml: one shared budget.
+SHIPPED = {
+    "ng-gnn": ("ng-gnn.toml", 0),
+    "ng-gnn-seed1": ("ng-gnn.toml", 1),
+    "ng-gnn-seed2": ("ng-gnn.toml", 2),
+    "ng-t": ("ng-t.toml", 0),
+    "dng": ("dng.toml", 0),
+    "nfn": ("nfn.toml", 0),
+    "ff": ("ff.toml", 0),
+    "lstm": ("lstm.toml", 0),
+}
+GRAPH_FAMILIES = ("ng-gnn", "ng-t", "dng", "nfn")
+TASKS = ("fmnist-conv", "cifar10-conv")
+SWEEP = tuple(f"cifar10-conv-w{w}" for w in (16, 32, 64, 128)) + tuple(f"cifar10-conv-d{d}" for d in range(1, 6))
+# Sweep points that are the CIFAR-10 task itself (same layout): read from the main evaluation instead of rerun.
+SWEEP_ALIASES = {"cifar10-conv-w32": "cifar10-conv", "cifar10-conv-d3": "cifar10-conv"}
+
+
+# ---------------------------------------------------------------------------------------------- stage 1: train
+def train_all(names: list[str], runs: Path, data_root: str | None = None, max_minutes: float = 0.0) -> None:
+    from .config import load_config
+    from .train import train
+
+    for name in names:
+        config, seed = SHIPPED[name]
+        out = runs / name
+        overrides = [f"run.out_dir='{out}'", f"run.seed={seed}"]
+        if max_minutes:
+            overrides.append(f"run.max_minutes={max_minutes}")
+        cfg = load_config(CONFIGS / config, overrides)
+        if _finished(out, cfg.meta.outer_steps):
+            print(f"== {name}: meta-training finished earlier ({out})")
+        else:
+            print(f"== {name}: meta-training {cfg.optimizer.family} (seed {seed}) -> {out}")
+            train(cfg, resume=(out / "checkpoints" / "latest").exists())
+            if not _finished(out, cfg.meta.outer_steps):
+                print(f"== {name}: stopped before the end of its budget; rerun to continue")
+                continue
+        ship(name, out)
+    choose_default()
+
+
+def _finished(run: Path, outer_steps: int) -> bool:
+    metrics = run / "metrics.jsonl"
+    if not metrics.exists():
+        return False
+    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+    return bool(lines) and json.loads(lines[-1])["step"] >= outer_steps
+
+
+def ship(name: str, run: Path) -> Path:
+    """Copy a finished run's ``best.pt`` to ``results/checkpoints/<name>.pt`` and write its model card."""
+    from l2o.optim import read_checkpoint
+
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    dst = CHECKPOINTS / f"{name}.pt"
+    shutil.copyfile(run / "best.pt", dst)
+    payload = read_checkpoint(dst)
+    summary, cfg = payload["summary"], payload["config"]
+    meta = json.loads(summary.get("meta", "{}"))
+    m, t = meta.get("meta", {}), meta.get("tasks", {})
+    n_params = sum(v.numel() for v in payload["state_dict"].values())
+    card = [
+        f"# `{name}.pt`: {cfg['family']} learned optimizer", "",
+        (f"- **Family / config:** `{cfg['family']}`, hidden {cfg['hidden']}, depth {cfg['depth']}, head hidden "
+        f"{cfg['head_hidden']}, Adam residual {cfg['adam_residual']} (initial lr {cfg['adam_lr']}), features "
+        f"`{cfg['preprocess']}`, encoder options {cfg['encoder_options'] or '{}'}; {n_params:,} meta-parameters."),
+        (f"- **Meta-training data:** Fashion-MNIST CNN family `{t.get('family')}` (width multipliers "
+        f"{t.get('widths')}, depths {t.get('depths')}), training split only; validation on `fmnist-conv` "
+        f"({meta.get('run', {}).get('validation_steps')} inner steps, validation split)."),
+        (f"- **Budget:** {m.get('outer_steps')} outer steps x {m.get('tasks_per_process')} tasks x truncation "
+        f"{m.get('truncation')} ({m.get('estimator')}, horizons {m.get('horizon')}..{m.get('horizon_max')}), "
+        f"meta-lr {m.get('lr')}, meta-training seed {meta.get('run', {}).get('seed')}."),
+        (f"- **Selected:** outer step {summary.get('best_step')} of {summary.get('outer_step')} by Fashion-MNIST "
+        f"validation accuracy {_pct(summary.get('best_val_score'))}."),
+        f"- **Wall time:** {summary.get('wall_s', 0) / 60:.1f} min on {summary.get('machine')}.",
+        f"- **Commit:** `{summary.get('commit')}`.",
+        (f"- **Reproduce:** `python -m meta_train.transfer --stages train --only {name}` "
+        f"(config `meta_train/configs/{SHIPPED[name][0]}`, seed {SHIPPED[name][1]})."), ""]
+    dst.with_suffix(".md").write_text("\n".join(card))
+    print(f"   shipped {dst} (+ model card)")
+    return dst
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f} %" if isinstance(x, (int, float)) else "n/a"
+
+
+def choose_default() -> Path | None:
+    """The graph optimizer with the best Fashion-MNIST validation accuracy becomes ``default.pt``."""
+    from l2o.optim import read_checkpoint
+
+    scored = []
+    for name in SHIPPED:
+        path = CHECKPOINTS / f"{name}.pt"
+        if path.exists():
+            payload = read_checkpoint(path)
+            if payload["family"] in GRAPH_FAMILIES and payload["summary"].get("best_val_score") is not None:
+                scored.append((payload["summary"]["best_val_score"], name))
+    if not scored:
+        return None
+    score, name = max(scored)
+    dst = CHECKPOINTS / "default.pt"
+    shutil.copyfile(CHECKPOINTS / f"{name}.pt", dst)
+    dst.with_suffix(".md").write_text(
+        f"# `default.pt` = `{name}.pt`\n\nThe default of `NeuralGraphOptimizer(model)`: of the shipped graph "
+        f"optimizers ({', '.join(n for _, n in sorted(scored, reverse=True))}), the one with the best Fashion-MNIST "
+        f"validation accuracy ({_pct(score)}). See `{name}.md` for its card.\n")
+    print(f"== default.pt = {name}.pt (Fashion-MNIST validation {_pct(score)})")
+    return dst
+
+
+# ----------------------------------------------------------------------------------------------- stage 2, 3
+def shipped_specs() -> list[str]:
+    return [f"{n}={CHECKPOINTS / (n + '.pt')}" for n in SHIPPED if (CHECKPOINTS / f"{n}.pt").exists()]
+
+
+def eval_all(steps: int, seeds: int, out: Path, tasks=TASKS) -> None:
+    from .evaluate import evaluate
+
+    for task in tasks:
+        print(f"== {task}: {steps} steps x {seeds} seeds")
+        evaluate(task, ["adam", "adamw", "sgdm"] + shipped_specs(), steps, seeds, out / task, resume=True)
+
+
+def sweep_all(steps: int, seeds: int, out: Path) -> None:
+    from .evaluate import evaluate
+
+    default = CHECKPOINTS / "default.pt"
+    if not default.exists():
+        raise FileNotFoundError(f"{default} not found: run the train stage first")
+    for task in SWEEP:
+        if task in SWEEP_ALIASES:
+            continue
+        print(f"== sweep {task}: {steps} steps x {seeds} seeds")
+        evaluate(task, ["adam", f"default={default}"], steps, seeds, out / "sweep" / task, resume=True)
+
+
+# ---------------------------------------------------------------------------------------------- stage 4: report
+def sweep_records(out: Path) -> list[dict]:
+    """Per sweep task: tuned Adam, the default optimizer, and the advantage (mean and std over paired seeds)."""
+    from .evaluate import file_digest
+
+    default = CHECKPOINTS / "default.pt"
+    recs = []
+    for task in SWEEP:
+        path = out / "sweep" / task / "results.json"
+        if task in SWEEP_ALIASES:
+            path = out / SWEEP_ALIASES[task] / "results.json"
+        if not path.exists() or not default.exists():
+            continue
+        res = json.loads(path.read_text())
+        runs = dict(res["runs"])
+        digest = file_digest(default)
+        same = [label for label, e in runs.items() if e.get("digest") == digest]
+        if same:  # the main evaluation lists the default under its own name
+            runs["default"] = runs[same[0]]
+        if "adam" not in runs or runs.get("default", {}).get("digest") != digest:
+            continue
+        a = [r["acc"] * 100 for r in runs["adam"]["runs"]]
+        d = [r["acc"] * 100 for r in runs["default"]["runs"]]
+        diff = [x - y for x, y in zip(d, a)]
+        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+        recs.append({"task": task, "same_as": SWEEP_ALIASES.get(task), "steps": res["steps"], "seeds": len(diff), "adam_lr": runs["adam"]["hyper"]["lr"],
+                     "adam_acc_mean": statistics.mean(a), "adam_acc_std": sd(a),
+                     "default_acc_mean": statistics.mean(d), "default_acc_std": sd(d),
+                     "advantage_mean": statistics.mean(diff), "advantage_std": sd(diff)})
+    return recs
+
+
+def plot_sweep(recs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for ax, key, label in ((axes[0], "-w", "width (channels of the first conv)"), (axes[1], "-d", "depth (conv layers)")):
+        rows = [r for r in recs if key in r["task"]]
+        xs = [int(r["task"].rsplit(key, 1)[1]) for r in rows]
+        ax.errorbar(xs, [r["advantage_mean"] for r in rows], yerr=[r["advantage_std"] for r in rows], marker="o",
+                    capsize=3, label="default - tuned Adam")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel=label, title=f"CIFAR-10 CNN, {rows[0]['steps'] if rows else ''} steps")
+        if key == "-w":
+            ax.set_xscale("log", base=2)
+            ax.set_ylabel("test accuracy advantage (points)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report_all(out: Path) -> None:
+    from .report import write
+
+    dirs = [out / t for t in TASKS if (out / t / "summary.json").exists()]
+    if dirs:
+        write(dirs, RESULTS)
+    recs = sweep_records(out)
+    if recs:
+        (RESULTS / "sweep.json").write_text(json.dumps(recs, indent=2) + "\n")
+        plot_sweep(recs, RESULTS / "sweep.png")
+        lines = ["| task | tuned Adam (lr) | default | advantage (points) |", "|---|---|---|---|"]
+        for r in recs:
+            lines.append(f"| {r['task']} | {r['adam_acc_mean']:.2f} +- {r['adam_acc_std']:.2f} ({r['adam_lr']:g}) | "
+                         f"{r['default_acc_mean']:.2f} +- {r['default_acc_std']:.2f} | "
+                         f"{r['advantage_mean']:+.2f} +- {r['advantage_std']:.2f} |")
+        (RESULTS / "sweep.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from l2o.runtime import tune_cpu_allocator
+
+    p = argparse.ArgumentParser(prog="python -m meta_train.transfer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", nargs="+", default=["train", "eval", "sweep", "report"],
+                   choices=["train", "eval", "sweep", "report"])
+    p.add_argument("--only", nargs="+", choices=list(SHIPPED), help="train only these shipped optimizers")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--sweep-seeds", type=int, default=3)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--runs", default=str(ROOT / "runs" / "transfer"), help="meta-training run folders")
+    p.add_argument("--out", default=str(RESULTS / "eval"), help="evaluation folders")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="wall-time cap per meta-training call")
+    p.add_argument("--data-root", default=None)
+    args = p.parse_args(argv)
+    if args.data_root:
+        import os
+
+        os.environ["L2O_DATA"] = args.data_root
+    tune_cpu_allocator()
+    out = Path(args.out)
+    if "train" in args.stages:
+        train_all(args.only or list(SHIPPED), Path(args.runs), max_minutes=args.max_minutes)
+    if "eval" in args.stages:
+        eval_all(args.steps, args.seeds, out, args.tasks)
+    if "sweep" in args.stages:
+        sweep_all(args.steps, args.sweep_seeds, out)
+    if "report" in args.stages:
+        report_all(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The results pipeline (``python -m meta_train.transfer``): shipping checkpoints with model cards, choosing the
+default graph optimizer on Fashion-MNIST validation, and the sweep's paired advantage records."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from l2o.optim import OptimizerConfig, build_optimizer, read_checkpoint, save_checkpoint
+from meta_train import transfer
+
+
+@pytest.fixture()
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "CHECKPOINTS", tmp_path / "checkpoints")
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def _run(tmp_path, name, family, score):
+    cfg = OptimizerConfig(family=family, hidden=8, depth=1, head_hidden=8)
+    torch.manual_seed(0)
+    meta = {"meta": {"outer_steps": 10, "tasks_per_process": 2, "truncation": 5}, "tasks": {"family": "fmnist"},
+            "run": {"seed": 0, "validation_steps": 20}}
+    summary = {"best_val_score": score, "best_step": 10, "outer_step": 10, "wall_s": 60.0, "machine": "test",
+               "commit": "abc", "meta": json.dumps(meta)}
+    run = tmp_path / "runs" / name
+    save_checkpoint(run / "best.pt", build_optimizer(cfg), cfg, summary)
+    return run
+
+
+def test_ship_writes_checkpoint_and_card_and_default_is_best_graph_optimizer(results_dir):
+    scores = {"ng-gnn": 0.70, "ng-gnn-seed1": 0.74, "dng": 0.72, "ff": 0.90}  # ff is best but not a graph optimizer
+    for name, score in scores.items():
+        family = name.split("-seed")[0]
+        transfer.ship(name, _run(results_dir, name, family, score))
+    card = (results_dir / "checkpoints" / "dng.md").read_text()
+    assert "72.00 %" in card and "10 outer steps" in card and "`abc`" in card
+    default = transfer.choose_default()
+    assert read_checkpoint(default)["summary"]["best_val_score"] == 0.74
+    assert "ng-gnn-seed1" in (results_dir / "checkpoints" / "default.md").read_text()
+
+
+def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
+    from meta_train.evaluate import file_digest
+
+    transfer.ship("ng-gnn", _run(results_dir, "ng-gnn", "ng-gnn", 0.7))
+    default = transfer.choose_default()
+    digest = file_digest(default)
+
+    def res(task, default_label, adam, learned):
+        runs = {"adam": {"hyper": {"lr": 3e-3}, "runs": [{"acc": a} for a in adam]},
+                default_label: {"digest": digest, "runs": [{"acc": a} for a in learned]}}
+        return {"task": task, "steps": 100, "runs": runs}
+
+    out = results_dir / "eval"
+    (out / "sweep" / "cifar10-conv-w16").mkdir(parents=True)
+    (out / "sweep" / "cifar10-conv-w16" / "results.json").write_text(
+        json.dumps(res("cifar10-conv-w16", "default", [0.40, 0.42], [0.45, 0.44])))
+    (out / "cifar10-conv").mkdir(parents=True)
+    (out / "cifar10-conv" / "results.json").write_text(
+        json.dumps(res("cifar10-conv", "ng-gnn", [0.5, 0.5, 0.5], [0.49, 0.52, 0.5])))
+    recs = {r["task"]: r for r in transfer.sweep_records(out)}
+    assert set(recs) == {"cifar10-conv-w16", "cifar10-conv-w32", "cifar10-conv-d3"}
+    assert recs["cifar10-conv-w16"]["advantage_mean"] == pytest.approx(3.5)
+    assert recs["cifar10-conv-w16"]["advantage_std"] == pytest.approx(torch.tensor([5.0, 2.0]).std().item())
+    assert recs["cifar10-conv-d3"]["same_as"] == "cifar10-conv" and recs["cifar10-conv-d3"]["seeds"] == 3
+    transfer.plot_sweep(list(recs.values()), results_dir / "sweep.png")
+    assert (results_dir / "sweep.png").stat().st_size > 1000
