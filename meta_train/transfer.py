@@ -143,15 +143,24 @@ def choose_default() -> Path | None:
 
 # ----------------------------------------------------------------------------------------------- stage 2, 3
 def shipped_specs() -> list[str]:
-    return [f"{n}={CHECKPOINTS / (n + '.pt')}" for n in SHIPPED if (CHECKPOINTS / f"{n}.pt").exists()]
+    """``name=path`` of every shipped checkpoint, the default's source first (it matters most if time runs out)."""
+    from .evaluate import file_digest
+
+    names = [n for n in SHIPPED if (CHECKPOINTS / f"{n}.pt").exists()]
+    default = CHECKPOINTS / "default.pt"
+    if default.exists():
+        digest = file_digest(default)
+        names.sort(key=lambda n: file_digest(CHECKPOINTS / f"{n}.pt") != digest)
+    return [f"{n}={CHECKPOINTS / (n + '.pt')}" for n in names]
 
 
 def eval_all(steps: int, seeds: int, out: Path, tasks=TASKS) -> None:
+    """Tuned Adam, then the shipped optimizers (default first), then tuned AdamW and SGD-momentum."""
     from .evaluate import evaluate
 
     for task in tasks:
         print(f"== {task}: {steps} steps x {seeds} seeds")
-        evaluate(task, ["adam", "adamw", "sgdm"] + shipped_specs(), steps, seeds, out / task, resume=True)
+        evaluate(task, ["adam"] + shipped_specs() + ["adamw", "sgdm"], steps, seeds, out / task, resume=True)
 
 
 def sweep_all(steps: int, seeds: int, out: Path) -> None:
