@@ -1,6 +1,8 @@
 """Learned optimizers and NeuralGraphOptimizer: the torch.optim contract, exact resume, equivariance, checkpoints."""
 from __future__ import annotations
 
+import math
+
 import copy
 
 import pytest
@@ -240,14 +242,34 @@ def test_hand_designed_match_torch(family, torch_cls, kw):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_untrained_adam_residual_is_adam():
-    learned, _ = make_opt("ng-gnn", adam_residual=True, adam_lr=1e-2)
+@pytest.mark.parametrize("kw", [{}, {"adam_scale": 1.0, "additive": False}, {"adam_scale": 0.5}])
+def test_untrained_adam_residual_is_adam(kw):
+    learned, _ = make_opt("ng-gnn", adam_residual=True, adam_lr=1e-2, **kw)
     a, b = mlp(0), mlp(0)
     oa, ob = NeuralGraphOptimizer(a, optimizer=learned), torch.optim.Adam(b.parameters(), lr=1e-2)
     train(a, oa, 5)
     train(b, ob, 5)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_adam_scale_is_a_bounded_per_element_lr_multiplier():
+    """Without the additive term every element moves along Adam's direction, by at most e^adam_scale times Adam's
+    step and at least e^-adam_scale times it, whatever the head outputs."""
+    learned, _ = make_opt("ng-gnn", adam_residual=True, adam_lr=1e-2, adam_scale=1.0, additive=False)
+    assert learned.head.log_scale is None
+    with torch.no_grad():
+        learned.head.out.weight.normal_(std=3.0)
+    a, b = mlp(0), mlp(0)
+    oa, ob = NeuralGraphOptimizer(a, optimizer=learned), torch.optim.Adam(b.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in a.parameters()]
+    train(a, oa, 1)
+    train(b, ob, 1)
+    ratio = torch.cat([((p - p0) / (q - p0)).flatten() for p0, p, q in zip(before, a.parameters(), b.parameters())])
+    assert (ratio >= math.exp(-1.0) - 1e-4).all() and (ratio <= math.exp(1.0) + 1e-4).all()
+    assert ratio.std() > 0.05  # genuinely per element
+    with pytest.raises(ValueError, match="needs adam_residual"):
+        make_opt("ng-gnn", additive=False)
 
 
 def test_state_is_at_most_ten_floats_per_parameter():

@@ -6,6 +6,12 @@ A small MLP outputs a direction ``d`` and a magnitude ``m`` per element; the ste
 ``lam * d * exp(lam * m)`` (Kofinas et al. section 5 / learned_optimization), optionally multiplied by a learned
 per-category scale (first / hidden / last layer x weight / bias) and optionally added to an Adam step with a
 learned learning rate ("Adam residual"), so that an untrained optimizer behaves like Adam.
+
+With ``adam_scale > 0`` the head also outputs a third value ``s`` per element and the Adam step is multiplied by
+``exp(adam_scale * tanh(s))``: a learned, bounded per-element learning-rate multiplier in
+``[e^-adam_scale, e^adam_scale]``. With ``additive=False`` the ``lam * d * exp(lam * m)`` term is dropped, so the
+optimizer can only re-scale Adam's steps per element: it cannot stall or reverse Adam's progress (see
+``results/README.md``: an unbounded additive term meta-trained on Fashion-MNIST stalled CIFAR-10 training).
 """
 from __future__ import annotations
 
@@ -21,17 +27,22 @@ from .context import NUM_CATEGORIES, ParamContext
 class UpdateHead(nn.Module):
     def __init__(self, num_features: int, time_features: int, embed_dim: int = 0, hidden: int = 32,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False,
-                 adam_lr: float = 1e-3):
+                 adam_lr: float = 1e-3, adam_scale: float = 0.0, additive: bool = True):
         super().__init__()
+        if adam_scale < 0 or (adam_scale and not adam_residual):
+            raise ValueError(f"adam_scale={adam_scale} must be >= 0 and needs adam_residual=True")
+        if not additive and not adam_residual:
+            raise ValueError("additive=False leaves no update at all: it needs adam_residual=True")
         self.lam, self.layer_scale, self.adam_residual = lam, layer_scale, adam_residual
+        self.adam_scale, self.additive = adam_scale, additive
         self.feat_in = nn.Linear(num_features, hidden)
         self.time_in = nn.Linear(time_features, hidden, bias=False)
         # Projects node/edge embeddings to the head's width *before* they are gathered per element
         # (E rows instead of P rows: a conv edge holds kmax^2 elements).
         self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
         self.hidden = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, 2)
-        self.log_scale = nn.Parameter(torch.zeros(NUM_CATEGORIES)) if layer_scale else None
+        self.out = nn.Linear(hidden, 3 if adam_scale else 2)
+        self.log_scale = nn.Parameter(torch.zeros(NUM_CATEGORIES)) if layer_scale and additive else None
         # One learned Adam learning rate per category (first / hidden / last layer x weight / bias).
         self.log_adam_lr = nn.Parameter(torch.full((NUM_CATEGORIES,), math.log(adam_lr))) if adam_residual else None
         self.reset_parameters()
@@ -51,10 +62,16 @@ class UpdateHead(nn.Module):
             h = h + embed
         h = F.silu(h)
         h = F.silu(self.hidden(h))
-        d, m = self.out(h).unbind(-1)
-        step = self.lam * d * torch.exp(self.lam * m)
-        if self.log_scale is not None:
-            step = step * torch.exp(self.log_scale)[ctx.category].index_select(0, ctx.tensor_id)
+        out = self.out(h)
+        step = None
+        if self.additive:
+            d, m = out[:, 0], out[:, 1]
+            step = self.lam * d * torch.exp(self.lam * m)
+            if self.log_scale is not None:
+                step = step * torch.exp(self.log_scale)[ctx.category].index_select(0, ctx.tensor_id)
         if self.adam_residual:
-            step = step - torch.exp(self.log_adam_lr)[ctx.category].index_select(0, ctx.tensor_id) * adam_dir
+            adam_step = torch.exp(self.log_adam_lr)[ctx.category].index_select(0, ctx.tensor_id) * adam_dir
+            if self.adam_scale:
+                adam_step = adam_step * torch.exp(self.adam_scale * torch.tanh(out[:, 2]))
+            step = -adam_step if step is None else step - adam_step
         return step

@@ -49,11 +49,12 @@ class LearnedOptimizer(Optimizer):
     state_floats_per_param = 6  # 5 momenta + second moment
 
     def __init__(self, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
-                 lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3):
+                 lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
+                 adam_scale: float = 0.0, additive: bool = True):
         super().__init__()
         self.features = features
         self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
-                               layer_scale, adam_residual, adam_lr)
+                               layer_scale, adam_residual, adam_lr, adam_scale, additive)
 
     def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
         return init_moments(params.numel(), params.dtype, params.device)
