@@ -30,15 +30,16 @@ RESULTS = ROOT / "results"
 CHECKPOINTS = RESULTS / "checkpoints"
 
 # name -> (config file, meta-training seed). Every config extends fmnist.toml: one shared budget.
+# Trained in this order (one of each family first, then the extra NG-GNN seeds).
 SHIPPED = {
     "ng-gnn": ("ng-gnn.toml", 0),
-    "ng-gnn-seed1": ("ng-gnn.toml", 1),
-    "ng-gnn-seed2": ("ng-gnn.toml", 2),
-    "ng-t": ("ng-t.toml", 0),
     "dng": ("dng.toml", 0),
-    "nfn": ("nfn.toml", 0),
     "ff": ("ff.toml", 0),
     "lstm": ("lstm.toml", 0),
+    "nfn": ("nfn.toml", 0),
+    "ng-t": ("ng-t.toml", 0),
+    "ng-gnn-seed1": ("ng-gnn.toml", 1),
+    "ng-gnn-seed2": ("ng-gnn.toml", 2),
 }
 GRAPH_FAMILIES = ("ng-gnn", "ng-t", "dng", "nfn")
 TASKS = ("fmnist-conv", "cifar10-conv")
@@ -68,7 +69,7 @@ def train_all(names: list[str], runs: Path, data_root: str | None = None, max_mi
                 print(f"== {name}: stopped before the end of its budget; rerun to continue")
                 continue
         ship(name, out)
-    choose_default()
+        choose_default()  # after every run, so the evaluation stages can start before all families are done
 
 
 def _finished(run: Path, outer_steps: int) -> bool:
