@@ -95,7 +95,8 @@ def ship(name: str, run: Path) -> Path:
     card = [
         f"# `{name}.pt`: {cfg['family']} learned optimizer", "",
         (f"- **Family / config:** `{cfg['family']}`, hidden {cfg['hidden']}, depth {cfg['depth']}, head hidden "
-        f"{cfg['head_hidden']}, Adam residual {cfg['adam_residual']} (initial lr {cfg['adam_lr']}), features "
+        f"{cfg['head_hidden']}, Adam residual {cfg['adam_residual']} (initial lr {cfg['adam_lr']}, per-element "
+        f"multiplier range e^+-{cfg.get('adam_scale', 0.0)}, additive term {cfg.get('additive', True)}), features "
         f"`{cfg['preprocess']}`, encoder options {cfg['encoder_options'] or '{}'}; {n_params:,} meta-parameters."),
         (f"- **Meta-training data:** Fashion-MNIST CNN family `{t.get('family')}` (width multipliers "
         f"{t.get('widths')}, depths {t.get('depths')}), training split only; validation on `fmnist-conv` "
@@ -103,15 +104,22 @@ def ship(name: str, run: Path) -> Path:
         (f"- **Budget:** {m.get('outer_steps')} outer steps x {m.get('tasks_per_process')} tasks x truncation "
         f"{m.get('truncation')} ({m.get('estimator')}, horizons {m.get('horizon')}..{m.get('horizon_max')}), "
         f"meta-lr {m.get('lr')}, meta-training seed {meta.get('run', {}).get('seed')}."),
-        (f"- **Selected:** outer step {summary.get('best_step')} of {summary.get('outer_step')} by Fashion-MNIST "
+        (f"- **Selected:** outer step {summary.get('best_step')} of {m.get('outer_steps')} by Fashion-MNIST "
         f"validation accuracy {_pct(summary.get('best_val_score'))}."),
-        f"- **Wall time:** {summary.get('wall_s', 0) / 60:.1f} min on {summary.get('machine')}.",
+        f"- **Wall time:** {_run_minutes(run):.1f} min for the whole run on {summary.get('machine')} (shared with "
+        f"other jobs, so an upper bound).",
         f"- **Commit:** `{summary.get('commit')}`.",
         (f"- **Reproduce:** `python -m meta_train.transfer --stages train --only {name}` "
         f"(config `meta_train/configs/{SHIPPED[name][0]}`, seed {SHIPPED[name][1]})."), ""]
     dst.with_suffix(".md").write_text("\n".join(card))
     print(f"   shipped {dst} (+ model card)")
     return dst
+
+
+def _run_minutes(run: Path) -> float:
+    lines = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] if (
+        run / "metrics.jsonl").exists() else []
+    return json.loads(lines[-1])["wall_s"] / 60 if lines else float("nan")
 
 
 def _pct(x) -> str:
