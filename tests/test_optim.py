@@ -1,9 +1,8 @@
 """Learned optimizers and NeuralGraphOptimizer: the torch.optim contract, exact resume, equivariance, checkpoints."""
 from __future__ import annotations
 
-import math
-
 import copy
+import math
 
 import pytest
 import torch
@@ -305,3 +304,42 @@ def test_context_batching_keeps_layouts():
         p, q = torch.cat([pa, pb]), torch.cat([qa, qb])
         n, _ = learned.update(both, p, q, learned.init_state(both, p))
     torch.testing.assert_close(n, torch.cat([na, nb]), rtol=1e-5, atol=1e-7)
+
+
+def test_step_stats_measures_the_adam_multiplier():
+    """The diagnostic recovers a known multiplier: a learned optimizer whose head is forced to exp(-adam_scale)
+    (tanh saturated negative) takes exactly e^-1 times Adam's step, in Adam's direction."""
+    from meta_train.step_stats import step_stats
+    from tasks.regression import RegressionTask
+
+    learned, _ = make_opt("ff", adam_residual=True, adam_lr=1e-2, adam_scale=1.0, additive=False)
+    with torch.no_grad():
+        learned.head.out.bias[2] = -50.0
+    recs = step_stats(learned, RegressionTask(4, 0), steps=12, ref_lr=1e-2, every=5)
+    assert [r["step"] for r in recs] == [0, 5, 10, 11]
+    for r in recs:
+        for name in ("in_weight", "out_weight"):  # a 4 -> 1 linear model: its first layer is also the last
+            if name in r:
+                assert r[name]["ratio"] == pytest.approx(math.exp(-1.0), rel=1e-4)
+                assert r[name]["cos"] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="keeps no Adam moments"):
+        step_stats(make_opt("adam")[0], RegressionTask(4, 0), steps=1, ref_lr=1e-2)
+
+
+def test_shipped_default_checkpoint_trains_a_cnn():
+    if not ngo_module.DEFAULT_CHECKPOINT.is_file():
+        pytest.skip("no shipped default checkpoint (results/checkpoints/default.pt)")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    opt = NeuralGraphOptimizer(model)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.9 * losses[0]
