@@ -336,10 +336,10 @@ def test_shipped_default_checkpoint_trains_a_cnn():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
     losses = []
-    for _ in range(20):
+    for _ in range(60):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         losses.append(float(loss))
-    assert losses[-1] < 0.9 * losses[0]
+    assert losses[-1] < 0.93 * losses[0] and all(math.isfinite(v) for v in losses)
