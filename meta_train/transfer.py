@@ -2,7 +2,8 @@
 
     python -m meta_train.transfer [--stages train eval sweep report] [--steps 1000] [--seeds 5]
 
-Stages (each skips what is already done, so a killed run continues where it stopped):
+Stages (each skips what is already done, so a killed run continues where it stopped; ``ship`` re-copies the
+checkpoints of finished runs and rewrites their model cards without training):
 
 1. ``train``: meta-train every shipped optimizer (:data:`SHIPPED`: NG-GNN with three meta-training seeds, NG-T,
    DNG, NFN, FF, LSTM) on the Fashion-MNIST family with the same budget (``meta_train/configs/fmnist.toml`` through
@@ -70,6 +71,16 @@ def train_all(names: list[str], runs: Path, data_root: str | None = None, max_mi
                 continue
         ship(name, out)
         choose_default()  # after every run, so the evaluation stages can start before all families are done
+
+
+def ship_finished(names: list[str], runs: Path) -> None:
+    from .config import load_config
+
+    for name in names:
+        cfg = load_config(CONFIGS / SHIPPED[name][0], [])
+        if _finished(runs / name, cfg.meta.outer_steps):
+            ship(name, runs / name)
+    choose_default()
 
 
 def _finished(run: Path, outer_steps: int) -> bool:
@@ -265,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="python -m meta_train.transfer", description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", nargs="+", default=["train", "eval", "sweep", "report"],
-                   choices=["train", "eval", "sweep", "report"])
+                   choices=["train", "ship", "eval", "sweep", "report"],
+                   help="ship: re-copy the best checkpoints of finished runs and rewrite their model cards")
     p.add_argument("--only", nargs="+", choices=list(SHIPPED), help="train only these shipped optimizers")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, default=5)
@@ -284,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if "train" in args.stages:
         train_all(args.only or list(SHIPPED), Path(args.runs), max_minutes=args.max_minutes)
+    if "ship" in args.stages:
+        ship_finished(args.only or list(SHIPPED), Path(args.runs))
     if "eval" in args.stages:
         eval_all(args.steps, args.seeds, out, args.tasks)
     if "sweep" in args.stages:
