@@ -137,6 +137,55 @@ def _pct(x) -> str:
     return f"{100 * x:.2f} %" if isinstance(x, (int, float)) else "n/a"
 
 
+def reference_validation(config: str = "ng-gnn.toml") -> dict:
+    """The meta-training validation score of the *untrained* optimizer (exactly Adam at the initial residual
+    learning rate): the line every meta-trained checkpoint has to clear. Cached in
+    ``results/checkpoints/reference.json``."""
+    from l2o.optim import OptimizerConfig, build_optimizer
+
+    from .config import load_config
+    from .train import validate
+
+    path = CHECKPOINTS / "reference.json"
+    cfg = load_config(CONFIGS / config, [])
+    key = {"validation_task": cfg.run.validation_task, "validation_steps": cfg.run.validation_steps,
+           "validation_seeds": cfg.run.validation_seeds, "adam_lr": cfg.optimizer.adam_lr}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    adam = build_optimizer(OptimizerConfig(family="adam", lr=cfg.optimizer.adam_lr))
+    ref = {"key": key, "optimizer": f"adam:lr={cfg.optimizer.adam_lr}", "val_score": validate(adam, cfg, "cpu")}
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ref, indent=2) + "\n")
+    return ref
+
+
+def write_index() -> None:
+    """``results/checkpoints/README.md``: every shipped checkpoint with its selection score beside the reference."""
+    from l2o.optim import read_checkpoint
+
+    ref = reference_validation()
+    lines = ["# Shipped learned optimizers", "",
+             "Meta-trained on the Fashion-MNIST CNN family with one shared budget (`meta_train/configs/fmnist.toml`) by "
+             "`python -m meta_train.transfer --stages train`; each file has a model card (`<name>.md`). "
+             "`default.pt` (the default of `NeuralGraphOptimizer(model)`) is the graph optimizer with the best "
+             "Fashion-MNIST validation accuracy.", "",
+             f"Validation: `{ref['key']['validation_task']}` validation split, {ref['key']['validation_steps']} inner "
+             f"steps, {ref['key']['validation_seeds']} seeds. The untrained optimizer of every family is exactly "
+             f"Adam at lr {ref['key']['adam_lr']:g}, which scores **{_pct(ref['val_score'])}**.", "",
+             "| checkpoint | family | FMNIST validation | selected outer step | meta-parameters |", "|---|---|---|---|---|"]
+    for name in SHIPPED:
+        path = CHECKPOINTS / f"{name}.pt"
+        if path.exists():
+            payload = read_checkpoint(path)
+            summary = payload["summary"]
+            n = sum(v.numel() for v in payload["state_dict"].values())
+            lines.append(f"| `{name}.pt` | {payload['family']} | {_pct(summary.get('best_val_score'))} | "
+                         f"{summary.get('best_step')} | {n:,} |")
+    (CHECKPOINTS / "README.md").write_text("\n".join(lines) + "\n")
+
+
 def choose_default() -> Path | None:
     """The graph optimizer with the best Fashion-MNIST validation accuracy becomes ``default.pt``."""
     from l2o.optim import read_checkpoint
@@ -158,6 +207,7 @@ def choose_default() -> Path | None:
         f"optimizers ({', '.join(n for _, n in sorted(scored, reverse=True))}), the one with the best Fashion-MNIST "
         f"validation accuracy ({_pct(score)}). See `{name}.md` for its card.\n")
     print(f"== default.pt = {name}.pt (Fashion-MNIST validation {_pct(score)})")
+    write_index()
     return dst
 
 

@@ -15,6 +15,8 @@ from meta_train import transfer
 def results_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "CHECKPOINTS", tmp_path / "checkpoints")
     monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    key = {"validation_task": "fmnist-conv", "validation_steps": 20, "validation_seeds": 1, "adam_lr": 3e-3}
+    monkeypatch.setattr(transfer, "reference_validation", lambda: {"key": key, "val_score": 0.5})
     return tmp_path
 
 
@@ -40,6 +42,8 @@ def test_ship_writes_checkpoint_and_card_and_default_is_best_graph_optimizer(res
     default = transfer.choose_default()
     assert read_checkpoint(default)["summary"]["best_val_score"] == 0.74
     assert "ng-gnn-seed1" in (results_dir / "checkpoints" / "default.md").read_text()
+    index = (results_dir / "checkpoints" / "README.md").read_text()
+    assert "**50.00 %**" in index and "| `dng.pt` | dng | 72.00 % | 10 |" in index
 
 
 def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
