@@ -103,7 +103,24 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--evals", nargs="+", required=True, help="folders written by `evaluate --out`")
     rp.add_argument("--out", default="results")
 
+    from .weight_space import add_parser as _add_weight_space
+
+    _add_weight_space(sub)
+
+    sub.add_parser("results", add_help=False,
+                   help="the full transfer results (make results); same options as python -m meta_train.transfer")
+    sub.add_parser("step-stats", add_help=False,
+                   help="a learned optimizer's update size and direction vs Adam's along a run")
+
     raw_argv = list(sys.argv[1:] if argv is None else argv)
+    if raw_argv[:1] == ["results"]:  # forwarded whole: these have their own parsers
+        from .transfer import main as transfer_main
+
+        return transfer_main(raw_argv[1:])
+    if raw_argv[:1] == ["step-stats"]:
+        from .step_stats import main as step_stats_main
+
+        return step_stats_main(raw_argv[1:])
     args = ap.parse_args(raw_argv)
     from l2o.runtime import tune_cpu_allocator
 
@@ -142,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             from .report import write
 
             write([Path(d) for d in args.evals], Path(args.out))
+        elif args.command == "weight-space":
+            from .weight_space import weight_space_main
+
+            weight_space_main(args)
         elif args.command == "export":
             from .train import export_run
 

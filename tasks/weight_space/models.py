@@ -1,0 +1,301 @@
+"""Weight-space task models: a feature extractor (a graph encoder, or a baseline) plus a task head.
+
+Graph models use the ``l2o.encoders`` modules unchanged (built with ``build_encoder``); a task only adds a head:
+
+* :class:`WeightSpaceClassifier`: pooled features -> MLP -> class logits; optionally an INR2JLS-style auxiliary
+  decoder (Wu et al.'s DNG paper: a decoder reconstructs the image from the encoding, an extra loss that shapes the
+  embedding; here an MLP from the pooled features to the ``H x W`` pixels, trained with MSE beside the
+  cross-entropy).
+* :class:`AccuracyPredictor`: pooled features -> MLP -> one logit; ``sigmoid`` of it is the predicted accuracy.
+* :class:`WeightSpaceEditor`: per-edge / per-node outputs of the encoder -> ``unscatter`` -> one delta per
+  parameter element (equivariant to hidden-neuron permutations); edited parameters = parameters + delta.
+
+Feature extractors (``[B, out_dim]`` per batch, :func:`build_features`):
+
+* :class:`PooledGraph`: encoder -> :class:`Readout`: the mean of hidden and output node embeddings, the mean of
+  edge embeddings (``graph_readout``), and the embeddings of the output neurons in their fixed order (output
+  neurons are not permutable, so concatenating them keeps invariance; the output neuron of an INR is where the
+  image comes out). Invariant to hidden-neuron permutations.
+* :class:`FlatMLP`: the normalised flat parameters (zero padded to the longest architecture) -> MLP. Not invariant:
+  the baseline the graph encoders must beat.
+* :class:`StatNN`: per-tensor statistics (Unterthiner et al. 2020; ``batching.statnn_features``) -> MLP.
+  Invariant by construction. It has no per-weight output, so it does not apply to editing.
+
+Probe features (:class:`ProbeFeatures`, INRs only): ``n`` learned input points (coordinates in ``[-1, 1]^2``); the
+INR of every member runs on them and each neuron's activation at the points (post-activation for hidden neurons,
+the raw output for output neurons, the coordinates for input nodes) is appended to its node feature, so the
+encoder's input projection maps them into the node state. A neuron's probe values move with the neuron under a
+permutation, so the model stays invariant / equivariant.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from l2o.encoders import build_encoder, graph_readout
+from l2o.graph import ROLE_OUTPUT, NeuralGraph
+from l2o.graph.activations import module_activation
+
+from .batching import WeightBatch, rows_to_params
+
+__all__ = ["MLP", "ProbeFeatures", "Readout", "GraphBackbone", "PooledGraph", "FlatMLP", "StatNN",
+           "WeightSpaceClassifier", "AccuracyPredictor", "WeightSpaceEditor", "FlatEditor", "build_features",
+           "GRAPH_ENCODERS", "BASELINES"]
+
+GRAPH_ENCODERS = ("ng-gnn", "ng-t", "dng", "nfn")
+BASELINES = ("mlp", "statnn")
+
+
+class MLP(nn.Sequential):
+    """``in -> hidden (SiLU) x layers-1 -> out``; ``zero_last`` starts the output at exactly zero."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, layers: int = 2, dropout: float = 0.0,
+                 zero_last: bool = False):
+        mods: list[nn.Module] = []
+        d = in_dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(d, hidden), nn.SiLU()]
+            if dropout:
+                mods.append(nn.Dropout(dropout))
+            d = hidden
+        mods.append(nn.Linear(d, out_dim))
+        super().__init__(*mods)
+        if zero_last:
+            nn.init.zeros_(mods[-1].weight)
+            nn.init.zeros_(mods[-1].bias)
+
+
+# ---------------------------------------------------------------------------------------------------------------- probes
+class ProbeFeatures(nn.Module):
+    """Per-neuron activations of an INR at ``n`` learned input points (module docstring).
+
+    Args:
+        template: the INR architecture: a chain of ``nn.Linear`` and elementwise activation modules (an
+            ``nn.Sequential``, or a module whose ``net`` is one, as ``Siren``).
+        graph: its single neural graph (layer names are the Linear module paths).
+        n: number of probe points. init: ``"uniform"`` in ``[-1, 1]^in`` (seeded by the global RNG).
+    Shapes: ``forward(batch) -> [N, n]`` node features aligned with ``batch.graph``.
+    """
+
+    def __init__(self, template: nn.Module, graph: NeuralGraph, n: int = 32):
+        super().__init__()
+        chain = []
+        for name, mod in template.named_modules():
+            if len(list(mod.children())):
+                continue
+            if isinstance(mod, nn.Linear):
+                chain.append((name, "linear", None))
+            elif module_activation(mod) is not None:
+                chain.append((name, "act", mod))
+            elif not isinstance(mod, (nn.Identity, nn.Dropout)):
+                raise ValueError(f"probe features need a chain of Linear layers and activations; got {type(mod).__name__} "
+                                 f"at {name!r}")
+        layer_of = {info.name: info.index for info in graph.layers[0]}
+        missing = [name for name, kind, _ in chain if kind == "linear" and name not in layer_of]
+        if missing:
+            raise ValueError(f"Linear layers {missing} are not node sets of the graph")
+        first = next(template.get_submodule(name) for name, kind, _ in chain if kind == "linear")
+        self.in_features = first.in_features
+        self.graph = graph
+        self.chain = [(name, kind) for name, kind, _ in chain]
+        self.acts = nn.ModuleDict({name.replace(".", "_"): mod for name, kind, mod in chain if kind == "act"})
+        self.layer_of = layer_of
+        self.num_layers = graph.num_layers
+        self.n = n
+        self.points = nn.Parameter(torch.rand(n, self.in_features) * 2 - 1)
+
+    def activations(self, params: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """``{name: [B, *shape]}`` -> ``{graph layer: [B, n_points, width]}``."""
+        B = next(iter(params.values())).shape[0]
+        h = self.points.expand(B, -1, -1)
+        out = {0: h}
+        current = None
+        for name, kind in self.chain:
+            if kind == "linear":
+                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+                h = torch.einsum("bpi,boi->bpo", h, w)
+                if b is not None:
+                    h = h + b[:, None, :]
+                current = self.layer_of[name]
+            else:
+                h = self.acts[name.replace(".", "_")](h)
+            out[current if current is not None else 0] = h
+        return out
+
+    def forward(self, batch: WeightBatch) -> torch.Tensor:
+        acts = self.activations(rows_to_params(self.graph, batch.rows))
+        g = batch.graph
+        B, n = batch.size, self.n
+        width = max(a.shape[-1] for a in acts.values())
+        dense = batch.node.new_zeros(self.num_layers, B, width, n)
+        for t, a in acts.items():
+            dense[t, :, : a.shape[-1]] = a.transpose(1, 2)
+        return dense[g.node_layer, g.node_graph, g.node_index]
+
+
+# -------------------------------------------------------------------------------------------------------------- readout
+class Readout(nn.Module):
+    """Invariant pooling: ``[mean(hidden+output nodes), mean(edges), output-node embeddings]`` -> ``[G, (2+n_out) d]``."""
+
+    def __init__(self, hidden: int, n_outputs: int):
+        super().__init__()
+        self.hidden, self.n_outputs = hidden, n_outputs
+        self.out_dim = (2 + n_outputs) * hidden
+
+    def forward(self, graph: NeuralGraph, node_emb: torch.Tensor, edge_emb: torch.Tensor) -> torch.Tensor:
+        pooled = graph_readout(graph, node_emb, edge_emb, reduce="mean")
+        G, d = graph.num_graphs, node_emb.shape[1]
+        is_out = graph.node_role == ROLE_OUTPUT
+        outs = node_emb.new_zeros(G, self.n_outputs, d)
+        idx = graph.node_index[is_out]
+        keep = idx < self.n_outputs
+        outs = outs.index_put((graph.node_graph[is_out][keep], idx[keep]), node_emb[is_out][keep])
+        return torch.cat([pooled, outs.flatten(1)], 1)
+
+
+class GraphBackbone(nn.Module):
+    """Graph encoder (``l2o.encoders``, unchanged) on the batch's node/edge features (+ probe features)."""
+
+    def __init__(self, encoder: str, kmax: int, hidden: int = 32, depth: int = 2, probes: ProbeFeatures | None = None,
+                 channels: int = 1, **options):
+        super().__init__()
+        self.probes, self.channels = probes, channels
+        node_in = channels + (probes.n if probes is not None else 0)
+        self.encoder = build_encoder(encoder, node_in, kmax * kmax * channels, hidden=hidden, depth=depth, kmax=kmax,
+                                     **options)
+        self.hidden = hidden
+
+    def forward(self, batch: WeightBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        node = batch.node
+        if self.probes is not None:
+            node = torch.cat([node, self.probes(batch)], 1)
+        return self.encoder(batch.graph, node, batch.edge)
+
+
+class PooledGraph(nn.Module):
+    """``batch -> [B, out_dim]``: encoder + :class:`Readout`."""
+
+    def __init__(self, backbone: GraphBackbone, n_outputs: int):
+        super().__init__()
+        self.backbone = backbone
+        self.readout = Readout(backbone.hidden, n_outputs)
+        self.out_dim = self.readout.out_dim
+
+    def forward(self, batch: WeightBatch) -> torch.Tensor:
+        node_emb, edge_emb = self.backbone(batch)
+        return self.readout(batch.graph, node_emb, edge_emb)
+
+
+class FlatMLP(nn.Module):
+    """Baseline: normalised flattened weights (zero padded to ``in_dim``) -> MLP -> ``[B, out_dim]``."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(MLP(in_dim, hidden, hidden, layers, dropout), nn.SiLU())
+        self.out_dim = hidden
+
+    def forward(self, batch: WeightBatch) -> torch.Tensor:
+        return self.net(batch.dense)
+
+
+class StatNN(nn.Module):
+    """Baseline (Unterthiner et al. 2020): standardised per-layer weight/bias statistics -> MLP -> ``[B, out_dim]``."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(MLP(in_dim, hidden, hidden, layers, dropout), nn.SiLU())
+        self.out_dim = hidden
+
+    def forward(self, batch: WeightBatch) -> torch.Tensor:
+        return self.net(batch.stats)
+
+
+def build_features(name: str, *, kmax: int, n_outputs: int, flat_dim: int, stat_dim: int, hidden: int = 32,
+                   depth: int = 2, baseline_hidden: int = 256, probes: ProbeFeatures | None = None,
+                   channels: int = 1, **encoder_options) -> nn.Module:
+    """A feature extractor by name: a graph encoder (``ng-gnn``, ``ng-t``, ``dng``, ``nfn``), ``mlp`` or ``statnn``."""
+    if name in GRAPH_ENCODERS:
+        return PooledGraph(GraphBackbone(name, kmax, hidden, depth, probes, channels, **encoder_options), n_outputs)
+    if name == "mlp":
+        return FlatMLP(flat_dim, baseline_hidden)
+    if name == "statnn":
+        return StatNN(stat_dim, baseline_hidden)
+    raise KeyError(f"unknown weight-space model {name!r}; choose from {GRAPH_ENCODERS + BASELINES}")
+
+
+# ---------------------------------------------------------------------------------------------------------------- tasks
+class WeightSpaceClassifier(nn.Module):
+    """Features -> MLP -> class logits; optional auxiliary image decoder (INR2JLS-style).
+
+    ``forward(batch) -> {"logits": [B, C]}`` plus ``"recon": [B, H*W]`` (pixels in [0, 1] after a sigmoid)
+    when ``image_pixels`` is set.
+    """
+
+    def __init__(self, features: nn.Module, num_classes: int, head_hidden: int = 128, dropout: float = 0.0,
+                 image_pixels: int = 0):
+        super().__init__()
+        self.features = features
+        self.head = MLP(features.out_dim, head_hidden, num_classes, 2, dropout)
+        self.decoder = MLP(features.out_dim, 256, image_pixels, 2) if image_pixels else None
+
+    def forward(self, batch: WeightBatch) -> dict[str, torch.Tensor]:
+        z = self.features(batch)
+        out = {"logits": self.head(z)}
+        if self.decoder is not None:
+            out["recon"] = torch.sigmoid(self.decoder(z))
+        return out
+
+
+class AccuracyPredictor(nn.Module):
+    """Features -> MLP -> logit; ``forward -> {"logit": [B], "pred": sigmoid(logit)}`` (accuracy in [0, 1])."""
+
+    def __init__(self, features: nn.Module, head_hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.features = features
+        self.head = MLP(features.out_dim, head_hidden, 1, 2, dropout)
+
+    def forward(self, batch: WeightBatch) -> dict[str, torch.Tensor]:
+        logit = self.head(self.features(batch)).squeeze(-1)
+        return {"logit": logit, "pred": torch.sigmoid(logit)}
+
+
+class WeightSpaceEditor(nn.Module):
+    """Equivariant per-weight edits: encoder -> per-edge ``[E, K]`` and per-node ``[N, 1]`` outputs -> ``unscatter``.
+
+    Each edge's head sees ``[edge embedding, edge's own input features]``; each node's ``[node embedding, bias]``.
+    The outputs are in normalised units and are multiplied by the normaliser's per-tensor std, so an output of 1 is
+    one standard deviation of that layer. The last layers start at zero (the untrained editor is the identity).
+    ``forward(batch) -> {"delta": [P_total], "rows": [B, P] edited parameters}``.
+    """
+
+    def __init__(self, backbone: GraphBackbone, head_hidden: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        d, K, C = backbone.hidden, backbone.encoder.kmax ** 2, backbone.channels
+        self.edge_head = MLP(d + K * C, head_hidden, K, 2, zero_last=True)
+        self.node_head = MLP(d + C, head_hidden, 1, 2, zero_last=True)
+
+    def forward(self, batch: WeightBatch) -> dict[str, torch.Tensor]:
+        node_emb, edge_emb = self.backbone(batch)
+        g = batch.graph
+        e_out = self.edge_head(torch.cat([edge_emb, batch.edge], 1))
+        n_out = self.node_head(torch.cat([node_emb, batch.node[:, : self.backbone.channels]], 1))
+        delta = g.unscatter_flat(n_out, e_out.reshape(g.num_edges, -1, 1)).squeeze(-1) * batch.std
+        return {"delta": delta, "rows": batch.edited_rows(delta)}
+
+
+class FlatEditor(nn.Module):
+    """Baseline editor: flattened normalised weights -> MLP -> a flat delta per parameter (not equivariant)."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.net = MLP(in_dim, hidden, in_dim, layers, zero_last=True)
+
+    def forward(self, batch: WeightBatch) -> dict[str, torch.Tensor]:
+        n = batch.rows.shape[1]
+        delta = self.net(batch.dense)[:, :n] * batch.std_rows * batch.mask
+        return {"delta": delta[batch.mask], "rows": batch.rows + delta}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
