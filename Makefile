@@ -7,7 +7,7 @@ L2O_DATA ?= $(firstword $(wildcard ../shared/datasets) $(HOME)/.cache/l2o/data)
 export L2O_DATA
 TORCH_PIN := torch==2.13.0
 
-.PHONY: run demo test test-all bench results install clean
+.PHONY: run demo test test-all bench results weight-space install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: install
 # sweep, results/transfer.json): hours on 2 cores; resumable, rerun to continue.
 results: install
 	$(PY) -m meta_train.transfer --data-root "$(L2O_DATA)"
+
+# Weight-space tasks (builds the INR and CNN zoos under $(L2O_DATA)/weight_space on first use, then every
+# task x encoder x seed; about an hour on one core; resumable) -> results/weight_space.{md,json}, results/weight_space/
+weight-space: install
+	OMP_NUM_THREADS=1 $(PY) -m meta_train weight-space all --data-root "$(L2O_DATA)"
 
 demo: install
 	$(PY) -m meta_train demo --data-root "$(L2O_DATA)"

@@ -247,8 +247,9 @@ class RunSpec:
 # training cost per network and epoch (batch 64, hidden 32, depth 2, one thread, a second job on the other core):
 # INR classification with 128 probes: NG-GNN 10.6 ms, NG-T 8.7, DNG 2.0, NFN 1.5, MLP 0.15; editing (render +
 # MSE included): NG-GNN 12.1, NG-T 10.7, DNG 3.2, NFN 2.9, MLP 0.5. So classification uses 2,500 of the 10,000
-# train INRs for 5 epochs (~5 min per seed for all six models), editing 1,000 for 5 epochs; the CNN zoos (1,050
-# train networks, graphs of 20-60 nodes) are trained on fully for 20 epochs.
+# train INRs for 5 epochs (~6.5 min per seed for all six models, evaluation included), editing 1,000 for 5 epochs;
+# the CNN zoos (1,050 train networks, graphs of 20-60 nodes) are trained on fully for 20 epochs. The complete `all`
+# (main plan + EXTRA_PLAN, 74 runs) took 50.5 min of run time.
 TASK_DEFAULTS: dict[str, dict] = {
     "classify": dict(epochs=5, lr=3e-3, probes=128, train_size=2500, val_size=500, test_size=None),
     "edit": dict(epochs=5, lr=1e-3, probes=32, train_size=1000, val_size=300, test_size=500),
