@@ -303,8 +303,13 @@ def plot_sweep(recs: list[dict], path: Path) -> None:
 
 
 def report_all(out: Path) -> None:
+    from .evaluate import write_report
     from .report import write
 
+    for t in TASKS:  # tables and figures from whatever finished, also when an evaluation was stopped midway
+        path = out / t / "results.json"
+        if path.exists() and json.loads(path.read_text())["runs"]:
+            write_report(json.loads(path.read_text()), out / t)
     dirs = [out / t for t in TASKS if (out / t / "summary.json").exists()]
     if dirs:
         write(dirs, RESULTS)
