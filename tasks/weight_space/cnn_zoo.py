@@ -51,10 +51,30 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from tqdm import tqdm
 
-from tasks.data import (BatchStream, CorruptDataError, DataNotFoundError, ImageDataset, dataset_info, load_dataset,
-                        resolve_data_root)
-from tasks.weight_space.zoo_cnn import (ACTIVATIONS, DEPTHS, INIT_SCALE_RANGE, KERNELS, KMAX, LR_RANGE, WIDTHS, CnnSpec,
-                                        build_cnn, log_uniform, sample_architecture)
+from tasks.data import (
+    BatchStream,
+    CorruptDataError,
+    DataNotFoundError,
+    ImageDataset,
+    dataset_info,
+    load_dataset,
+    resolve_data_root,
+)
+from tasks.weight_space.zoo_cnn import (
+    ACTIVATIONS,
+    DEPTHS,
+    INIT_SCALE_RANGE,
+    KERNELS,
+    KMAX,
+    LR_RANGE,
+    WIDTHS,
+    CnnSpec,
+    build_cnn,
+    log_uniform,
+    sample_architecture,
+)
+
+from .storage import atomic_save
 
 VERSION = 1
 ZOO_DIR_ENV = "L2O_ZOO_DIR"
@@ -345,14 +365,6 @@ def run_splits(n_runs: int, fractions: Sequence[float], seed: int) -> np.ndarray
     return labels[np.random.default_rng([seed, 104729]).permutation(n_runs)]
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _build_group(specs: list[CnnSpec], train: ImageDataset, snapshots: Sequence[int], x_test: torch.Tensor,
@@ -432,7 +444,7 @@ def build_cnn_zoo(dataset: str, root: str | Path | None = None, n_archs: int | N
             arch = group[0]
             desc = f"  {gi + 1}/{len(groups)} {arch.activation} {list(arch.channels)} k{arch.kernel_size}"
             members = _build_group(group, train, settings["snapshots"], x_test, y_test, run0, desc if progress else "")
-            _atomic_save(members, part)
+            atomic_save(members, part)
         built.append(members)
         run0 += len(group)
         if members["correct"]:
@@ -461,7 +473,7 @@ def build_cnn_zoo(dataset: str, root: str | Path | None = None, n_archs: int | N
                  "build_seconds": float(time.time() - start), "kmax": KMAX},
         "settings": settings,
     }
-    _atomic_save(zoo, path)
+    atomic_save(zoo, path)
     shutil.rmtree(parts, ignore_errors=True)
     return path
 

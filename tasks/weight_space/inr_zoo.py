@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -39,9 +38,16 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm import tqdm
 
-from tasks.data import CorruptDataError, DataNotFoundError, dataset_info, load_dataset, resolve_data_root
+from tasks.data import (
+    CorruptDataError,
+    DataNotFoundError,
+    dataset_info,
+    load_dataset,
+    resolve_data_root,
+)
 
 from .siren import Siren, make_coords, render, sample_siren_params, siren_param_shapes
+from .storage import atomic_save
 
 __all__ = [
     "FORMAT_VERSION", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_BATCH", "SPLIT_CODES", "InrZoo", "InrZooError",
@@ -367,7 +373,7 @@ class InrZoo:
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file in the same folder, then rename)."""
         path = Path(path)
-        _atomic_save({k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in self.to_dict().items()},
+        atomic_save({k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in self.to_dict().items()},
                      path)
         self.path = path
         return path
@@ -495,15 +501,6 @@ def _build_hint(path: Path | None) -> str:
     return "Build zoos with: python -m tasks.weight_space.inr_zoo --dataset mnist|fmnist [--data-root ROOT]."
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _fit_settings(steps: int, lr: float, schedule: str, hidden: Sequence[int], w0: float) -> dict:
@@ -586,7 +583,7 @@ def build_inr_zoo(dataset: str, root: str | Path | None = None, n_train: int = 1
             params, scores = fit_inrs(images_t[start:stop], steps, lr, seeds[start:stop], hidden=hidden, w0=w0,
                                       schedule=schedule, micro_batch=micro_batch)
             chunk = {"key": key, "start": start, "stop": stop, "params": params, "psnr": scores}
-            _atomic_save(chunk, chunk_file)
+            atomic_save(chunk, chunk_file)
         chunks.append(chunk)
         bar.set_postfix(psnr=f"{float(torch.cat([c['psnr'] for c in chunks]).mean()):.2f}dB", refresh=False)
         bar.update(stop - start)
