@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ESTIMATORS = ("tbptt", "greedy", "pes")
+ESTIMATORS = ("tbptt", "greedy", "pes", "window")
 META_LOSSES = ("train", "same", "fresh")
 
 
@@ -32,7 +32,8 @@ class MetaConfig:
     truncation: int = 100  # K inner steps per outer step
     horizon: int = 100  # T: a task is reset after this many inner steps ...
     horizon_max: int = 0  # ... or, when > horizon, after a log-uniform number in [horizon, horizon_max]
-    estimator: str = "greedy"  # tbptt | greedy (one-step, trajectory detached each step) | pes
+    estimator: str = "greedy"  # tbptt | greedy (one-step, trajectory detached each step) | pes | window
+    window: int = 200  # window: each step is credited with the first-order gradient of the next `window` losses
     meta_loss: str = "train"  # train: loss at the next params on the next batch | same: same batch | fresh: a held-out batch
     log_loss: bool = False  # meta-loss on log(loss)
     second_order: bool = False  # differentiate through the inner gradients too (tbptt only)
@@ -51,6 +52,8 @@ class MetaConfig:
             raise ValueError(f"meta.meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
         if self.second_order and self.estimator != "tbptt":
             raise ValueError("meta.second_order needs estimator = 'tbptt'")
+        if self.estimator == "window" and (self.window < 1 or self.meta_loss != "train" or self.second_order):
+            raise ValueError("meta.estimator = 'window' needs meta.window >= 1, meta.meta_loss = 'train' and first order")
         if self.truncation < 1 or self.horizon < 1 or self.outer_steps < 1:
             raise ValueError("meta.truncation, meta.horizon and meta.outer_steps must be >= 1")
 

@@ -6,6 +6,9 @@ meta-gradient in ``.grad`` of the learned optimizer's parameters.
   after it (the published one-step protocol of Kofinas et al.).
 * :class:`PES`: persistent evolution strategies with antithetic pairs (Vicol et al. 2021): unbiased across
   truncations, no backprop, noisier.
+* :class:`WindowCredit` (``window``): the first-order meta-gradient of the next ``W`` losses after *every* step (a
+  sliding window, up to the task's horizon), at the memory of ``W`` stored step inputs instead of ``W`` autograd
+  graphs. Counters the short-horizon bias of 10-step truncations (see the class).
 
 First-order meta-gradients use a surrogate instead of a second optimizee backward: with inner gradients treated as
 inputs, d meta-loss / d theta = sum_k h_k . d p_{k+1} / d theta, where h_k = d L_k / d p_{k+1} is *exactly* the
@@ -184,6 +187,102 @@ class PES(Estimator):
         return _stats(meta_values, inner_values, blowups, 2 * K * n)
 
 
+class WindowCredit(Estimator):
+    """First-order credit assignment over a sliding window of ``W = cfg.window`` future losses.
+
+    With inner gradients treated as inputs (as in the first-order ``tbptt``), moving ``p_{j+1}`` by ``delta`` moves
+    every later parameter vector by ``delta``, so the meta-gradient of the losses ``L_j .. L_{j+W-1}`` through step
+    ``j``'s update ``u_j(theta)`` is ``c_j . d u_j / d theta`` with the *credit* ``c_j = sum_{k=j}^{j+W-1} w_k h_k``
+    (``h_k = dL_k / dp_{k+1}``, the inner gradient the next step computes anyway; ``w_k = 1 / L_k`` for the log-loss).
+
+    Truncated backprop over ``K`` steps gives step ``j`` of a truncation only the ``K - j`` losses left in it (K/2 on
+    average): with ``K = 10`` the meta-objective sees ~5 steps ahead, and every shipped optimizer learned to shrink
+    Adam's step to its lower bound (short-horizon bias, results/README.md). Here every step is judged by the ``W``
+    losses after it (or all of those left before its task's horizon).
+
+    Per task, the unroll runs without autograd and stores each step's inputs (params, grads, state) together with the
+    running sum ``S`` of weighted inner gradients at that moment; once ``W`` further losses are in (or the task
+    ends), ``c_j = S_now - S_before_j`` and the update is recomputed with autograd and back-propagated against
+    ``c_j`` (with the current theta: the meta-gradient is at most ``W`` inner steps stale). One optimizee
+    forward+backward per inner step, plus the update twice (once without autograd).
+    Every stored input is in the pool's checkpoint, so a resumed run continues exactly.
+    """
+
+    chunk = 8  # stored steps recomputed together (batched graphs)
+
+    def step(self, pool: TaskPool) -> dict:
+        cfg, learned = self.cfg, self.learned
+        W, K, n = cfg.window, cfg.truncation, len(pool.tasks)
+        meta_values, inner_values, blowups = [], [], 0
+        matured: list[tuple] = []  # (ctx, entry, credit)
+        for _ in range(K):
+            tasks = pool.tasks
+            for t in tasks:
+                if t.pending is None:
+                    t.pending = t.loss_and_grad(t.params, t.step)
+                if not t.credit:
+                    t.credit = {"S": torch.zeros_like(t.params), "entries": []}
+            bad = [not (_ok(t.pending[0], cfg.loss_clip) and bool(torch.isfinite(t.pending[1]).all())) for t in tasks]
+            grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
+            sizes = [t.params.numel() for t in tasks]
+            with torch.no_grad():
+                new_p, new_s = learned.update(pool.contexts(), torch.cat([t.params for t in tasks]), torch.cat(grads),
+                                              batch_states([t.state for t in tasks], sizes))
+            new_params = torch.split(new_p, sizes)
+            new_states = split_state(new_s, sizes, {"step"})
+            for i, t in enumerate(tasks):
+                inner_values.append(float(t.pending[0]) if not bad[i] else float("nan"))
+                next_pending = None
+                if not bad[i] and bool(torch.isfinite(new_params[i]).all()):
+                    t.credit["entries"].append({"params": t.params, "grads": grads[i], "state": t.state,
+                                                "before": t.credit["S"]})
+                    L, h = t.loss_and_grad(new_params[i], t.step + 1)
+                    if _ok(L, cfg.loss_clip) and bool(torch.isfinite(h).all()):
+                        meta_values.append(math.log(float(L)) if cfg.log_loss else float(L))
+                        t.credit["S"] = t.credit["S"] + (h / float(L) if cfg.log_loss else h)
+                        next_pending = (L, h)
+                    else:
+                        bad[i] = True
+                else:
+                    bad[i] = True
+                t.params, t.state, t.pending, t.step = new_params[i], new_states[i], next_pending, t.step + 1
+                entries = t.credit["entries"]
+                finished = bad[i] or t.step >= t.horizon
+                while entries and (finished or len(entries) >= W):
+                    e = entries.pop(0)
+                    matured.append((t.ctx, e, t.credit["S"] - e["before"]))
+            for i, t in enumerate(list(pool.tasks)):
+                if bad[i] or t.step >= t.horizon:
+                    blowups += int(bad[i])
+                    pool.reset(i)
+        # Each matured step carries a sum of up to W loss gradients: 1 / (K n W) makes the surrogate a mean loss.
+        scale = 1.0 / (K * n * W)
+        for c in range(0, len(matured), self.chunk):
+            part = matured[c:c + self.chunk]
+            ctx = _batched_context(self, [m[0] for m in part])
+            sizes = [m[1]["params"].numel() for m in part]
+            new_p, _ = learned.update(ctx, torch.cat([m[1]["params"] for m in part]),
+                                      torch.cat([m[1]["grads"] for m in part]),
+                                      batch_states([m[1]["state"] for m in part], sizes))
+            (scale * (torch.cat([m[2] for m in part]) * new_p).sum()).backward()
+        stats = _stats(meta_values, inner_values, blowups, K * n)
+        stats["credited"] = len(matured)
+        return stats
+
+
+def _batched_context(owner, contexts: list) -> "ParamContext":
+    """``ParamContext.batch`` cached by the identities of the contexts (the pool shares one per architecture)."""
+    from l2o.optim import ParamContext
+
+    cache = owner.__dict__.setdefault("_ctx_cache", {})
+    key = tuple(id(c) for c in contexts)
+    if key not in cache:
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = (ParamContext.batch(contexts), contexts)  # keep the contexts alive: ids stay unique
+    return cache[key][0]
+
+
 def _stats(meta_values: list[float], inner_values: list[float], blowups: int, inner_steps: int) -> dict:
     finite = [v for v in inner_values if math.isfinite(v)]
     return {"meta_loss": sum(meta_values) / len(meta_values) if meta_values else float("nan"),
@@ -194,4 +293,6 @@ def _stats(meta_values: list[float], inner_values: list[float], blowups: int, in
 def build_estimator(cfg: MetaConfig, learned: torch.nn.Module) -> Estimator:
     if cfg.estimator == "pes":
         return PES(cfg, learned)
+    if cfg.estimator == "window":
+        return WindowCredit(cfg, learned)
     return TruncatedBackprop(cfg, learned, greedy=cfg.estimator == "greedy")

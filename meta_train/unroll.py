@@ -33,6 +33,7 @@ class InnerTask:
     fresh_stream: object | None = None
     pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (loss, grad) at params on batch `step`
     pes: dict = field(default_factory=dict)  # PES: antithetic states and accumulated noise
+    credit: dict = field(default_factory=dict)  # window estimator: running gradient sum "S" and stored "entries"
 
     def loss_and_grad(self, params: torch.Tensor, step: int, fresh: bool = False, create_graph: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +136,8 @@ class TaskPool:
                        "params": t.params.detach().cpu(), "state": {k: v.detach().cpu() for k, v in t.state.items()},
                        "pending": None if t.pending is None else [x.detach().cpu() for x in t.pending],
                        "pes": {k: v.detach().cpu() if torch.is_tensor(v) else
-                               {kk: vv.detach().cpu() for kk, vv in v.items()} for k, v in t.pes.items()}}
+                               {kk: vv.detach().cpu() for kk, vv in v.items()} for k, v in t.pes.items()},
+                       "credit": _pack_credit(t.credit)}
                       for t in self.tasks],
         }
 
@@ -152,8 +154,32 @@ class TaskPool:
                 t.pending = tuple(x.to(self.device) for x in rec["pending"])
             t.pes = {k: v.to(self.device) if torch.is_tensor(v) else {kk: vv.to(self.device) for kk, vv in v.items()}
                      for k, v in rec["pes"].items()}
+            t.credit = _unpack_credit(rec.get("credit", {}), self.device)
             tasks.append(t)
         self.tasks = tasks
+
+
+def _pack_credit(credit: dict) -> dict:
+    """The window estimator's per-task buffer as stacked tensors: ``S [P]`` and, per stored step, ``[n, ...]``."""
+    if not credit:
+        return {}
+    entries = credit["entries"]
+    out = {"S": credit["S"].detach().cpu(), "n": torch.tensor(len(entries))}
+    if entries:
+        for key in ("params", "grads", "before"):
+            out[key] = torch.stack([e[key] for e in entries]).detach().cpu()
+        out["state"] = {k: torch.stack([e["state"][k] for e in entries]).detach().cpu() for k in entries[0]["state"]}
+    return out
+
+
+def _unpack_credit(packed: dict, device) -> dict:
+    if not packed:
+        return {}
+    entries = [{"params": packed["params"][j].to(device), "grads": packed["grads"][j].to(device),
+                "before": packed["before"][j].to(device),
+                "state": {k: v[j].to(device) for k, v in packed["state"].items()}}
+               for j in range(int(packed["n"]))]
+    return {"S": packed["S"].to(device), "entries": entries}
 
 
 def _task_spec(task) -> dict:
