@@ -64,6 +64,7 @@ class TaskConfig:
     widths: list = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 2.0])
     depths: list = field(default_factory=lambda: [2, 3, 4])
     batch_size: int = 128
+    batch_sizes: list | None = None  # fmnist family: draw each task's batch size from this list instead
     regression_dims: list = field(default_factory=lambda: [4, 8, 16])
 
 

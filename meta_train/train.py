@@ -43,7 +43,8 @@ def make_task_sampler(cfg: Config):
 
     t = cfg.tasks
     if t.family == "fmnist":
-        fam = TaskFamily(widths=tuple(t.widths), depths=tuple(t.depths), batch_size=t.batch_size)
+        fam = TaskFamily(widths=tuple(t.widths), depths=tuple(t.depths), batch_size=t.batch_size,
+                         batch_sizes=tuple(t.batch_sizes) if t.batch_sizes else None)
         return fam.sample
     if t.family == "regression":
         return RegressionFamily(tuple(t.regression_dims)).sample
@@ -111,8 +112,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
     n = cfg.meta.tasks_per_process
     slots = list(range(acc.process_index * n, (acc.process_index + 1) * n))
     pool = TaskPool(make_task_sampler(cfg), core, slots, cfg.meta.horizon, cfg.meta.horizon_max, seed=cfg.run.seed,
-                    batch_size=cfg.tasks.batch_size
-                    if cfg.tasks.family != "regression" else None, device=acc.device)
+                    batch_size=None if cfg.tasks.family == "regression" or cfg.tasks.batch_sizes else
+                    cfg.tasks.batch_size, device=acc.device)
     estimator = build_estimator(cfg.meta, core)
     start, best, counters = 0, {"score": -math.inf, "step": 0}, {"blowups": 0, "skipped": 0, "wall_s": 0.0}
 

@@ -39,9 +39,11 @@ class TaskFamily:
     Width: a multiplier of `base_channels`, drawn uniformly from the list `widths` or, when
     `width_range = (lo, hi)` is given instead, log-uniformly from [lo, hi]; neither given means DEFAULT_WIDTHS.
     Depth: drawn uniformly from the list `depths` or from lo..hi inclusive for `depth_range = (lo, hi)`;
-    neither given means DEFAULT_DEPTH_RANGE. Data set: uniformly from `datasets`.
+    neither given means DEFAULT_DEPTH_RANGE. Data set: uniformly from `datasets`. Batch size: `batch_size`, or
+    uniformly from the list `batch_sizes` when given (smaller batches mean noisier gradients and a smaller best
+    learning rate: a family that mixes them asks a learned optimizer to read the noise level from its features).
 
-    Each sample draws exactly three numbers from the generator (data set, width, depth) whatever the
+    Each sample draws exactly four numbers from the generator (data set, width, depth, batch size) whatever the
     configuration, so the stream position after k samples is always the same.
     """
 
@@ -52,6 +54,7 @@ class TaskFamily:
     width_range: tuple[float, float] | None = None
     depth_range: tuple[int, int] | None = None
     batch_size: int = 128
+    batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise fields through object.__setattr__ (lists -> tuples, defaults filled in).
@@ -78,6 +81,10 @@ class TaskFamily:
             put("width_range", (float(self.width_range[0]), float(self.width_range[1])))
             if not 0 < self.width_range[0] <= self.width_range[1]:
                 raise ValueError(f"width_range must satisfy 0 < lo <= hi, got {self.width_range}")
+        if self.batch_sizes is not None:
+            put("batch_sizes", tuple(int(b) for b in self.batch_sizes))
+            if not self.batch_sizes or min(self.batch_sizes) < 1:
+                raise ValueError(f"batch_sizes must be a non-empty list of positive sizes, got {self.batch_sizes}")
         if self.depths is None:
             lo, hi = self.depth_range if self.depth_range is not None else DEFAULT_DEPTH_RANGE
             put("depth_range", (int(lo), int(hi)))
@@ -89,8 +96,8 @@ class TaskFamily:
                 raise ValueError(f"depths must be a non-empty list of depths >= 1, got {self.depths}")
 
     def sample(self, generator: torch.Generator) -> Task:
-        """One task; depends only on `generator` (advanced by three draws)."""
-        u_data, u_width, u_depth = torch.rand(3, generator=generator, dtype=torch.float64).tolist()
+        """One task; depends only on `generator` (advanced by four draws)."""
+        u_data, u_width, u_depth, u_batch = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
         dataset = self.datasets[_pick(u_data, len(self.datasets))]
         if self.widths is not None:
             multiplier = self.widths[_pick(u_width, len(self.widths))]
@@ -102,7 +109,8 @@ class TaskFamily:
         else:
             lo_d, hi_d = self.depth_range  # type: ignore[misc]
             depth = lo_d + _pick(u_depth, hi_d - lo_d + 1)
-        return conv_task(dataset, channels_for(self.base_channels, depth, multiplier), batch_size=self.batch_size)
+        batch = self.batch_sizes[_pick(u_batch, len(self.batch_sizes))] if self.batch_sizes else self.batch_size
+        return conv_task(dataset, channels_for(self.base_channels, depth, multiplier), batch_size=batch)
 
 
 def _pick(u: float, n: int) -> int:

@@ -231,3 +231,17 @@ def test_family_ranges_and_datasets():
 
 def test_sampled_task_type():
     assert isinstance(fmnist_family().sample(torch.Generator().manual_seed(0)), Task)
+
+
+def test_family_batch_sizes():
+    fixed, mixed = TaskFamily(batch_size=64), TaskFamily(batch_sizes=[16, 32, 128])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = [fixed.sample(g1) for _ in range(40)]
+    b = [mixed.sample(g2) for _ in range(40)]
+    assert {t.batch_size for t in a} == {64} and {t.batch_size for t in b} == {16, 32, 128}
+    # Same draws either way: the architecture sequence does not depend on the batch-size option.
+    assert [t.make_model(0).channels for t in a] == [t.make_model(0).channels for t in b]
+    with pytest.raises(ValueError, match="batch_sizes"):
+        TaskFamily(batch_sizes=[])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        TaskFamily(batch_sizes=[0, 16])
