@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--tune-steps", type=int, default=None, help="horizon of the tuning runs (default: --steps)")
     ev.add_argument("--out", default="results/eval")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--resume", action="store_true",
+                    help="keep optimizers already finished in --out (same task, steps, seeds and checkpoint file)")
     _add_data_root(ev)
 
     ex = sub.add_parser("export", help="write a learned-optimizer checkpoint from a run's newest training state")
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             from .evaluate import evaluate
 
             evaluate(args.task, args.optimizers, args.steps, args.seeds, Path(args.out), args.eval_every,
-                     args.tune_steps, args.device)
+                     args.tune_steps, args.device, resume=args.resume)
         elif args.command == "main-job":
             from .main_job import main_job
 
