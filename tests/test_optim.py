@@ -271,6 +271,30 @@ def test_adam_scale_is_a_bounded_per_element_lr_multiplier():
         make_opt("ng-gnn", additive=False)
 
 
+def test_relative_step_is_adam_with_per_tensor_lr_times_the_tensor_rms():
+    """Untrained, a relative optimizer is Adam whose learning rate for each tensor is adam_lr x that tensor's RMS
+    before the step (floored), i.e. torch's Adam with one parameter group per tensor, re-set every step."""
+    from l2o.optim.heads import RELATIVE_FLOOR
+
+    learned, _ = make_opt("dng", adam_residual=True, adam_lr=0.1, adam_scale=1.0, additive=False, relative=True)
+    a, b = mlp(0), mlp(0)
+    with torch.no_grad():  # one tensor below the floor: it must still move, at adam_lr x floor
+        a[0].bias.zero_()
+        b[0].bias.zero_()
+    oa = NeuralGraphOptimizer(a, optimizer=learned)
+    ob = torch.optim.Adam([{"params": [p]} for p in b.parameters()], lr=0.1)
+    for s in range(4):
+        for g in ob.param_groups:
+            g["lr"] = 0.1 * max(RELATIVE_FLOOR, float(g["params"][0].detach().pow(2).mean().sqrt()))
+        train(a, oa, 1, start=s)
+        train(b, ob, 1, start=s)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    assert a[0].bias.abs().max() > 0
+    with pytest.raises(ValueError, match="relative"):
+        make_opt("ff", relative=True)
+
+
 def test_state_is_at_most_ten_floats_per_parameter():
     model = mixed_kernel_cnn(0)
     opt = NeuralGraphOptimizer(model, optimizer=make_opt("ng-gnn", kmax=5)[0])

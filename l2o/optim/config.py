@@ -31,6 +31,7 @@ class OptimizerConfig:
     adam_lr: float = 1e-3
     adam_scale: float = 0.0  # > 0: learned per-element Adam lr multiplier in [e^-adam_scale, e^adam_scale]
     additive: bool = True  # False: no free-form additive term (only the modulated Adam step)
+    relative: bool = False  # Adam residual step x RMS of its tensor: adam_lr is then a relative learning rate
     lstm_hidden: int = 8
     # hand-designed optimizers
     lr: float = 1e-3
@@ -57,7 +58,7 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
     """A freshly initialised optimizer module for ``cfg`` (use ``torch.manual_seed`` first for a fixed init)."""
     head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
-                additive=cfg.additive)
+                additive=cfg.additive, relative=cfg.relative)
     feats = FeatureConfig(preprocess=cfg.preprocess)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(cfg.family, cfg.hidden, cfg.depth, cfg.kmax, dict(cfg.encoder_options), feats,

@@ -12,6 +12,12 @@ With ``adam_scale > 0`` the head also outputs a third value ``s`` per element an
 ``[e^-adam_scale, e^adam_scale]``. With ``additive=False`` the ``lam * d * exp(lam * m)`` term is dropped, so the
 optimizer can only re-scale Adam's steps per element: it cannot stall or reverse Adam's progress (see
 ``results/README.md``: an unbounded additive term meta-trained on Fashion-MNIST stalled CIFAR-10 training).
+
+With ``relative=True`` the Adam step of every element is also multiplied by the RMS of its tensor (floored at
+``RELATIVE_FLOOR``), so the learned learning rates are *relative* (LARS / LAMB-style): a layer with small weights
+(large fan-in) takes proportionally small steps and the first layer (small fan-in, large weights) large ones. By
+hand on CIFAR-10 this per-layer structure is worth several points over Adam with one learning rate
+(``results/README.md``), and it carries across widths without retuning.
 """
 from __future__ import annotations
 
@@ -23,12 +29,17 @@ import torch.nn.functional as F
 
 from .context import NUM_CATEGORIES, ParamContext
 
+RELATIVE_FLOOR = 1e-3  # a zero-initialised tensor still moves (and then grows geometrically)
+
 
 class UpdateHead(nn.Module):
     def __init__(self, num_features: int, time_features: int, embed_dim: int = 0, hidden: int = 32,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False,
-                 adam_lr: float = 1e-3, adam_scale: float = 0.0, additive: bool = True):
+                 adam_lr: float = 1e-3, adam_scale: float = 0.0, additive: bool = True, relative: bool = False):
         super().__init__()
+        if relative and not adam_residual:
+            raise ValueError("relative=True scales the Adam residual: it needs adam_residual=True")
+        self.relative = relative
         if adam_scale < 0 or (adam_scale and not adam_residual):
             raise ValueError(f"adam_scale={adam_scale} must be >= 0 and needs adam_residual=True")
         if not additive and not adam_residual:
@@ -56,7 +67,8 @@ class UpdateHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat: torch.Tensor,
-                adam_dir: torch.Tensor | None) -> torch.Tensor:
+                adam_dir: torch.Tensor | None, params: torch.Tensor | None = None) -> torch.Tensor:
+        """``params [P]`` (the current parameters) is needed only with ``relative=True``."""
         h = self.feat_in(feats) + self.time_in(tfeat)
         if embed is not None:
             h = h + embed
@@ -73,5 +85,9 @@ class UpdateHead(nn.Module):
             adam_step = torch.exp(self.log_adam_lr)[ctx.category].index_select(0, ctx.tensor_id) * adam_dir
             if self.adam_scale:
                 adam_step = adam_step * torch.exp(self.adam_scale * torch.tanh(out[:, 2]))
+            if self.relative:
+                if params is None:
+                    raise ValueError("a relative update head needs the current parameters")
+                adam_step = adam_step * ctx.tensor_rms(params[:, None]).squeeze(1).clamp_min(RELATIVE_FLOOR)
             step = -adam_step if step is None else step - adam_step
         return step

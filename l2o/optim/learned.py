@@ -50,11 +50,11 @@ class LearnedOptimizer(Optimizer):
 
     def __init__(self, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
-                 adam_scale: float = 0.0, additive: bool = True):
+                 adam_scale: float = 0.0, additive: bool = True, relative: bool = False):
         super().__init__()
         self.features = features
         self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
-                               layer_scale, adam_residual, adam_lr, adam_scale, additive)
+                               layer_scale, adam_residual, adam_lr, adam_scale, additive, relative)
 
     def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
         return init_moments(params.numel(), params.dtype, params.device)
@@ -70,7 +70,7 @@ class LearnedOptimizer(Optimizer):
         new_state = update_moments(grads, state)
         feats = param_features(ctx, params, grads, new_state, self.features)
         emb, extra = self.embed(ctx, feats, state)
-        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_direction(new_state))
+        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_direction(new_state), params)
         new_state.update(extra)
         return params + lr * step, new_state
 
