@@ -20,7 +20,7 @@ from ..encoders import build_encoder
 from .context import ParamContext
 from .features import (FeatureConfig, adam_direction, init_moments, param_features, time_features,
                        update_moments)
-from .heads import UpdateHead
+from .heads import UpdateHead, relative_scale
 
 
 class Optimizer(nn.Module):
@@ -55,9 +55,14 @@ class LearnedOptimizer(Optimizer):
         self.features = features
         self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
                                layer_scale, adam_residual, adam_lr, adam_scale, additive, relative)
+        # + the per-element scale of relative steps (the tensor's RMS when the state was created)
+        self.state_floats_per_param = type(self).state_floats_per_param + int(relative)
 
     def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
-        return init_moments(params.numel(), params.dtype, params.device)
+        state = init_moments(params.numel(), params.dtype, params.device)
+        if self.head.relative:
+            state["scale"] = relative_scale(ctx, params)
+        return state
 
     def embed(self, ctx: ParamContext, feats: torch.Tensor, state: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -70,7 +75,8 @@ class LearnedOptimizer(Optimizer):
         new_state = update_moments(grads, state)
         feats = param_features(ctx, params, grads, new_state, self.features)
         emb, extra = self.embed(ctx, feats, state)
-        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_direction(new_state), params)
+        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_direction(new_state),
+                         state.get("scale"))
         new_state.update(extra)
         return params + lr * step, new_state
 
@@ -127,7 +133,7 @@ class LSTMOptimizer(LearnedOptimizer):
         super().__init__(features=features, embed_dim=lstm_hidden, **head)
         self.lstm_hidden = lstm_hidden
         self.cell = nn.LSTMCell(features.num_features, lstm_hidden)
-        self.state_floats_per_param = 6 + 2 * lstm_hidden
+        self.state_floats_per_param += 2 * lstm_hidden
 
     def init_state(self, ctx, params):
         state = super().init_state(ctx, params)

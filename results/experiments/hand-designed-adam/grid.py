@@ -1,0 +1,11 @@
+import sys; sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3]))
+import torch
+from l2o.optim import OptimizerConfig, build_optimizer
+from meta_train.inner_train import train_optimizee
+from tasks import get_task
+torch.set_num_threads(1)
+steps = int(sys.argv[1])
+for spec in sys.argv[2:]:
+    name, lr = spec.split("@")
+    r = train_optimizee(build_optimizer(OptimizerConfig(family="adam", lr=float(lr))), get_task(name), steps, seed=1000, eval_split="val")
+    print(spec, round(100 * r["acc"], 2), flush=True)
