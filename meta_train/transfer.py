@@ -106,14 +106,17 @@ def ship(name: str, run: Path) -> Path:
     card = [
         f"# `{name}.pt`: {cfg['family']} learned optimizer", "",
         (f"- **Family / config:** `{cfg['family']}`, hidden {cfg['hidden']}, depth {cfg['depth']}, head hidden "
-        f"{cfg['head_hidden']}, Adam residual {cfg['adam_residual']} (initial lr {cfg['adam_lr']}, per-element "
+        f"{cfg['head_hidden']}, Adam residual {cfg['adam_residual']} (initial "
+        f"{'relative rate' if cfg.get('relative') else 'lr'} {cfg['adam_lr']}, per-element "
         f"multiplier range e^+-{cfg.get('adam_scale', 0.0)}, additive term {cfg.get('additive', True)}), features "
         f"`{cfg['preprocess']}`, encoder options {cfg['encoder_options'] or '{}'}; {n_params:,} meta-parameters."),
         (f"- **Meta-training data:** Fashion-MNIST CNN family `{t.get('family')}` (width multipliers "
         f"{t.get('widths')}, depths {t.get('depths')}), training split only; validation on `fmnist-conv` "
         f"({meta.get('run', {}).get('validation_steps')} inner steps, validation split)."),
         (f"- **Budget:** {m.get('outer_steps')} outer steps x {m.get('tasks_per_process')} tasks x truncation "
-        f"{m.get('truncation')} ({m.get('estimator')}, horizons {m.get('horizon')}..{m.get('horizon_max')}), "
+        f"{m.get('truncation')} ({m.get('estimator')}"
+        f"{', window ' + str(m.get('window')) if m.get('estimator') == 'window' else ''}, horizons "
+        f"{m.get('horizon')}..{m.get('horizon_max')}), "
         f"meta-lr {m.get('lr')}, meta-training seed {meta.get('run', {}).get('seed')}."),
         (f"- **Selected:** outer step {summary.get('best_step')} of {m.get('outer_steps')} by Fashion-MNIST "
         f"validation accuracy {_pct(summary.get('best_val_score'))}."),
