@@ -120,6 +120,10 @@ class TaskPool:
         self.tasks[i] = self._new_task(i)
         self.resets += 1
 
+    def _probe_context(self) -> ParamContext:
+        """A one-element context (graph-free): enough to ask the optimizer which state keys it keeps."""
+        return ParamContext.build(None, ["probe"], [torch.Size([1])])
+
     def contexts(self) -> ParamContext:
         """One context over all tasks (graphs batched), rebuilt only when the set of architectures changes."""
         key = tuple(id(t.ctx) for t in self.tasks)
@@ -147,6 +151,12 @@ class TaskPool:
         self.resets = sd["resets"]
         tasks = []
         for rec in sd["tasks"]:
+            need = set(self.learned.init_state(self._probe_context(), torch.zeros(1)).keys())
+            if set(rec["state"]) != need:
+                raise ValueError(
+                    f"the checkpointed task pool holds optimizer state {sorted(rec['state'])}, but this optimizer "
+                    f"keeps {sorted(need)}: the optimizer config changed since the checkpoint was written. Resume "
+                    f"with the original config, or start a fresh run (another run.out_dir / --out-dir).")
             task = _task_from_spec(rec["task"])
             t = self._build(task, rec["seed"], rec["step"], rec["horizon"], rec["params"].to(self.device),
                             {k: v.to(self.device) for k, v in rec["state"].items()})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2o.optim import build_optimizer, load_checkpoint
+from l2o.optim import OptimizerConfig, build_optimizer, load_checkpoint
 from meta_train import train as train_module
 from meta_train.config import load_config
 from meta_train.inner_train import train_optimizee
@@ -155,3 +155,16 @@ def test_config_errors_are_clear(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ValueError, match="section.key=value"):
         load_config(REGRESSION, ["lr=3"])
+
+
+def test_pool_checkpoint_from_another_optimizer_config_is_refused():
+    from meta_train.unroll import TaskPool
+
+    def pool(**kw):
+        learned = build_optimizer(OptimizerConfig(family="ff", adam_residual=True, **kw))
+        return TaskPool(RegressionFamily((4,)).sample, learned, [0, 1], 10, 0, seed=0)
+
+    sd = pool().state_dict()
+    pool().load_state_dict(sd)  # same config: fine
+    with pytest.raises(ValueError, match="config changed"):
+        pool(relative=True).load_state_dict(sd)
