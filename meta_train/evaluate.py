@@ -112,8 +112,10 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
         cand = parse_spec(spec)
         done = (old or {}).get("runs", {}).get(cand.label)
         digest = file_digest(cand.checkpoint) if cand.checkpoint else None
-        if done and done.get("checkpoint") == cand.checkpoint and done.get("digest") == digest and len(
-                done["runs"]) == seeds and (
+        same_file = (done or {}).get("checkpoint") == cand.checkpoint or (
+            done and done.get("checkpoint") and cand.checkpoint
+            and Path(done["checkpoint"]).resolve() == Path(cand.checkpoint).resolve())
+        if done and same_file and done.get("digest") == digest and len(done["runs"]) == seeds and (
                 cand.hyper is None or done.get("hyper") == cand.hyper):
             print(f"{cand.label}: kept from {out / 'results.json'}")
             results["runs"][cand.label] = done

@@ -88,6 +88,11 @@ def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch
     monkeypatch.setattr(ev, "train_optimizee", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
     assert calls == [] and again["runs"] == json.loads(json.dumps(first["runs"]))  # nothing rerun, tuning reused
+    monkeypatch.chdir(tmp_path)  # the same file under a relative path is the same checkpoint
+    ev.evaluate("fmnist-conv", ["adam", "ff=ff.pt"], steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
+    assert calls == []
+    ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
+    assert calls == []
     torch.manual_seed(1)  # a retrained checkpoint at the same path is evaluated again
     save_checkpoint(ck, build_optimizer(cfg), cfg)
     ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
