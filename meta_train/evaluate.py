@@ -63,10 +63,16 @@ def parse_spec(spec: str) -> Candidate:
     return Candidate(family if hyper is None else spec, family, hyper=hyper)
 
 
-def tune(cand: Candidate, task, steps: int, device, seed: int = 1000) -> tuple[dict, list[dict]]:
-    """Best grid point on the validation split (one seed, distinct from the evaluation seeds)."""
-    trials = []
-    for hyper in tqdm(GRIDS[cand.family], desc=f"tune {cand.family}", leave=False):
+def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: list[dict] | None = None
+         ) -> tuple[dict, list[dict]]:
+    """Best grid point on the validation split (one seed, distinct from the evaluation seeds).
+
+    ``cached``: trials of an earlier call (``{**hyper, "val_acc"}``); only the grid points missing from it are run,
+    so a grown grid costs just its new points and trials outside the grid are dropped."""
+    grid = GRIDS[cand.family]
+    trials = [t for t in (cached or []) if {k: v for k, v in t.items() if k != "val_acc"} in grid]
+    have = [{k: v for k, v in t.items() if k != "val_acc"} for t in trials]
+    for hyper in tqdm([h for h in grid if h not in have], desc=f"tune {cand.family}", leave=False):
         r = train_optimizee(cand.build(hyper), task, steps, seed=seed, device=device, eval_split="val")
         acc = r["acc"] if math.isfinite(r["acc"]) else -1.0
         trials.append({**hyper, "val_acc": acc})
@@ -115,27 +121,21 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
         same_file = (done or {}).get("checkpoint") == cand.checkpoint or (
             done and done.get("checkpoint") and cand.checkpoint
             and Path(done["checkpoint"]).resolve() == Path(cand.checkpoint).resolve())
-        if done and same_file and done.get("digest") == digest and len(done["runs"]) == seeds and (
-                cand.hyper is None or done.get("hyper") == cand.hyper):
-            print(f"{cand.label}: kept from {out / 'results.json'}")
-            results["runs"][cand.label] = done
-            if cand.family in old.get("tuning", {}):
-                results["tuning"][cand.family] = old["tuning"][cand.family]
-            continue
         hyper = None
-        if cand.checkpoint is None and cand.hyper is None:
+        if cand.checkpoint is None and cand.hyper is None:  # a tuned hand-designed baseline
             if tuned and cand.family in tuned:
                 hyper = tuned[cand.family]
-            elif old and cand.family in old.get("tuning", {}):  # resume: the grid was already run
-                trials = old["tuning"][cand.family]
-                best = max(trials, key=lambda t: t["val_acc"])
-                hyper = {k: v for k, v in best.items() if k != "val_acc"}
-                results["tuning"][cand.family] = trials
             else:
-                hyper, trials = tune(cand, task, tune_steps or steps, device)
+                cached = (old or {}).get("tuning", {}).get(cand.family, [])
+                hyper, trials = tune(cand, task, tune_steps or steps, device, cached=cached)
                 results["tuning"][cand.family] = trials
-                (out / "results.json").write_text(json.dumps(results) + "\n")
+                _save_partial(out, results, old)
             print(f"{cand.label}: tuned on validation -> {hyper}")
+        if done and same_file and done.get("digest") == digest and len(done["runs"]) == seeds and (
+                done.get("hyper") == (hyper or cand.hyper)):
+            print(f"{cand.label}: kept from {out / 'results.json'}")
+            results["runs"][cand.label] = done
+            continue
         runs = []
         for s in tqdm(range(seeds), desc=f"{cand.label} on {task_name}"):
             r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
@@ -144,9 +144,19 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
                          "step_ms": r["step_ms"], "diverged": r["diverged"]})
         results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
                                        "hyper": hyper or cand.hyper, "runs": runs}
-        (out / "results.json").write_text(json.dumps(results) + "\n")  # partial results survive a kill
+        _save_partial(out, results, old)  # partial results survive a kill
+    (out / "results.json").write_text(json.dumps(results) + "\n")  # exactly the optimizers asked for
     write_report(results, out)
     return results
+
+
+def _save_partial(out: Path, results: dict, old: dict | None) -> None:
+    """Write what is done so far, keeping the earlier call's finished runs and tuning trials that this call has not
+    reached yet: a kill midway must not lose them."""
+    old = old or {}
+    merged = {**results, "runs": {**old.get("runs", {}), **results["runs"]},
+              "tuning": {**old.get("tuning", {}), **results["tuning"]}}
+    (out / "results.json").write_text(json.dumps(merged) + "\n")
 
 
 def summarise(results: dict) -> list[dict]:

@@ -99,3 +99,10 @@ def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch
     assert len(calls) == 1
     ev.evaluate("fmnist-conv", specs, steps=5, seeds=2, out=tmp_path / "o", eval_every=0, resume=True)
     assert len(calls) == 1 + 1 + 2 + 2  # other seeds: everything reruns (adam: 1 tuning run + 2 seeds; ff: 2)
+    # A grown grid runs only its new points; the tuned baseline reruns only if its best setting changed.
+    monkeypatch.setitem(ev.GRIDS, "adam", [{"lr": 3e-3}, {"lr": 1e-2}])
+    n = len(calls)
+    res = ev.evaluate("fmnist-conv", specs, steps=5, seeds=2, out=tmp_path / "o", eval_every=0, resume=True)
+    best = max(res["tuning"]["adam"], key=lambda t: t["val_acc"])["lr"]
+    assert len(res["tuning"]["adam"]) == 2 and res["runs"]["adam"]["hyper"] == {"lr": best}
+    assert len(calls) - n == 1 + 2 * (best != 3e-3)
