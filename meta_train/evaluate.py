@@ -168,7 +168,8 @@ def summarise(results: dict) -> list[dict]:
         rows.append({
             "task": results["task"], "optimizer": label, "family": entry["family"],
             "checkpoint": entry["checkpoint"], "hyper": entry["hyper"], "steps": results["steps"],
-            "seeds": len(accs), "test_acc_mean": 100 * statistics.mean(ok) if ok else float("nan"),
+            "seeds": len(accs), "test_accs": [100 * a for a in accs],
+            "test_acc_mean": 100 * statistics.mean(ok) if ok else float("nan"),
             "test_acc_std": 100 * statistics.stdev(ok) if len(ok) > 1 else 0.0,
             "diverged": sum(r["diverged"] for r in entry["runs"]),
             "step_ms": statistics.mean(r["step_ms"] for r in entry["runs"]),

@@ -65,12 +65,21 @@ def test_report_collects_summaries(tmp_path):
     from meta_train.report import write
 
     rows = [{"task": "cifar10-conv", "optimizer": "adam", "family": "adam", "checkpoint": None, "hyper": {"lr": 3e-3},
-             "steps": 1000, "seeds": 5, "test_acc_mean": 55.0, "test_acc_std": 0.5, "diverged": 0, "step_ms": 0.3}]
+             "steps": 1000, "seeds": 3, "test_accs": [55.0, 54.0, 56.0], "test_acc_mean": 55.0, "test_acc_std": 1.0,
+             "diverged": 0, "step_ms": 0.3},
+            {"task": "cifar10-conv", "optimizer": "ng-gnn", "family": "ng-gnn", "checkpoint": "x.pt", "hyper": None,
+             "steps": 1000, "seeds": 3, "test_accs": [57.0, 55.0, 57.0], "test_acc_mean": 56.33, "test_acc_std": 1.15,
+             "diverged": 0, "step_ms": 9.0}]
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "summary.json").write_text(json.dumps(rows))
     records = write([tmp_path / "e"], tmp_path / "out")
-    assert records[0]["published_acc"] == 54.76
+    assert records[0]["published_acc"] == 54.76 and records[1]["published_acc"] == 64.37
+    assert records[0]["vs_adam_mean"] is None
+    # paired per seed: differences 2, 1, 1
+    assert records[1]["vs_adam_mean"] == pytest.approx(4 / 3) and records[1]["vs_adam_std"] == pytest.approx(0.57735, 1e-4)
     assert json.loads((tmp_path / "out" / "transfer.json").read_text())[0]["test_acc_mean"] == 55.0
+    table = (tmp_path / "out" / "transfer.md").read_text()
+    assert "| +1.33 +- 0.58 |" in table and "| lr 0.003 |" in table
     with pytest.raises(FileNotFoundError, match="evaluate"):
         write([tmp_path / "missing"], tmp_path / "out")
 
