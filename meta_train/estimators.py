@@ -210,6 +210,21 @@ class WindowCredit(Estimator):
 
     chunk = 8  # stored steps recomputed together (batched graphs)
 
+    def __init__(self, cfg: MetaConfig, learned: torch.nn.Module):
+        super().__init__(cfg, learned)
+        self._contexts: dict[tuple, tuple] = {}  # ids of the contexts -> (batched context, the contexts kept alive)
+
+    def _batched(self, contexts: list) -> "ParamContext":
+        """``ParamContext.batch`` cached by the contexts' identities (the pool shares one per architecture)."""
+        from l2o.optim import ParamContext
+
+        key = tuple(id(c) for c in contexts)
+        if key not in self._contexts:
+            if len(self._contexts) > 64:
+                self._contexts.clear()
+            self._contexts[key] = (ParamContext.batch(contexts), contexts)  # alive, so the ids stay unique
+        return self._contexts[key][0]
+
     def step(self, pool: TaskPool) -> dict:
         cfg, learned = self.cfg, self.learned
         W, K, n = cfg.window, cfg.truncation, len(pool.tasks)
@@ -259,7 +274,7 @@ class WindowCredit(Estimator):
         scale = 1.0 / (K * n * W)
         for c in range(0, len(matured), self.chunk):
             part = matured[c:c + self.chunk]
-            ctx = _batched_context(self, [m[0] for m in part])
+            ctx = self._batched([m[0] for m in part])
             sizes = [m[1]["params"].numel() for m in part]
             new_p, _ = learned.update(ctx, torch.cat([m[1]["params"] for m in part]),
                                       torch.cat([m[1]["grads"] for m in part]),
@@ -268,19 +283,6 @@ class WindowCredit(Estimator):
         stats = _stats(meta_values, inner_values, blowups, K * n)
         stats["credited"] = len(matured)
         return stats
-
-
-def _batched_context(owner, contexts: list) -> "ParamContext":
-    """``ParamContext.batch`` cached by the identities of the contexts (the pool shares one per architecture)."""
-    from l2o.optim import ParamContext
-
-    cache = owner.__dict__.setdefault("_ctx_cache", {})
-    key = tuple(id(c) for c in contexts)
-    if key not in cache:
-        if len(cache) > 64:
-            cache.clear()
-        cache[key] = (ParamContext.batch(contexts), contexts)  # keep the contexts alive: ids stay unique
-    return cache[key][0]
 
 
 def _stats(meta_values: list[float], inner_values: list[float], blowups: int, inner_steps: int) -> dict:

@@ -118,9 +118,7 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
         cand = parse_spec(spec)
         done = (old or {}).get("runs", {}).get(cand.label)
         digest = file_digest(cand.checkpoint) if cand.checkpoint else None
-        same_file = (done or {}).get("checkpoint") == cand.checkpoint or (
-            done and done.get("checkpoint") and cand.checkpoint
-            and Path(done["checkpoint"]).resolve() == Path(cand.checkpoint).resolve())
+        same_file = _same_file((done or {}).get("checkpoint"), cand.checkpoint)
         hyper = None
         if cand.checkpoint is None and cand.hyper is None:  # a tuned hand-designed baseline
             if tuned and cand.family in tuned:
@@ -148,6 +146,13 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
     (out / "results.json").write_text(json.dumps(results) + "\n")  # exactly the optimizers asked for
     write_report(results, out)
     return results
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    """Two checkpoint paths (or two Nones, for hand-designed optimizers) naming the same file."""
+    if a is None or b is None:
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _save_partial(out: Path, results: dict, old: dict | None) -> None:

@@ -149,9 +149,9 @@ class TaskPool:
         for g, st in zip(self.generators, sd["generators"]):
             g.set_state(st)
         self.resets = sd["resets"]
+        need = set(self.learned.init_state(self._probe_context(), torch.zeros(1)))
         tasks = []
         for rec in sd["tasks"]:
-            need = set(self.learned.init_state(self._probe_context(), torch.zeros(1)).keys())
             if set(rec["state"]) != need:
                 raise ValueError(
                     f"the checkpointed task pool holds optimizer state {sorted(rec['state'])}, but this optimizer "

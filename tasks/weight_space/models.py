@@ -198,13 +198,8 @@ class FlatMLP(nn.Module):
         return self.net(batch.dense)
 
 
-class StatNN(nn.Module):
+class StatNN(FlatMLP):
     """Baseline (Unterthiner et al. 2020): standardised per-layer weight/bias statistics -> MLP -> ``[B, out_dim]``."""
-
-    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(MLP(in_dim, hidden, hidden, layers, dropout), nn.SiLU())
-        self.out_dim = hidden
 
     def forward(self, batch: WeightBatch) -> torch.Tensor:
         return self.net(batch.stats)

@@ -283,10 +283,7 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
                     ax.set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
         fig.suptitle(f"INR editing (dilation), {dataset} test INRs", fontsize=9)
         fig.tight_layout()
-        name = f"edit_{dataset}.png"
-        fig.savefig(fig_dir / name, dpi=110)
-        plt.close(fig)
-        made.append(name)
+        made.append(_save(fig, fig_dir / f"edit_{dataset}.png"))
     # Generalization scatter.
     for dataset in sorted({r["dataset"] for r in seed0 if r["task"] == "generalization"}):
         recs = sorted([r for r in seed0 if r["task"] == "generalization" and r["dataset"] == dataset and "test_pred" in r],
@@ -306,10 +303,7 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
         axes[0, 0].set_ylabel("predicted", fontsize=7)
         fig.suptitle(f"CNN generalization prediction, {dataset} zoo (held-out networks)", fontsize=9)
         fig.tight_layout()
-        name = f"generalization_{dataset}.png"
-        fig.savefig(fig_dir / name, dpi=110)
-        plt.close(fig)
-        made.append(name)
+        made.append(_save(fig, fig_dir / f"generalization_{dataset}.png"))
     # Seconds per epoch.
     groups = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -327,9 +321,7 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
             ax.tick_params(axis="y", labelsize=6)
         axes[0, 0].set_ylabel("train s / epoch (1 thread)", fontsize=7)
         fig.tight_layout()
-        fig.savefig(fig_dir / "sec_per_epoch.png", dpi=110)
-        plt.close(fig)
-        made.append("sec_per_epoch.png")
+        made.append(_save(fig, fig_dir / "sec_per_epoch.png"))
     # Validation curves.
     curves = defaultdict(list)
     for r in seed0:
@@ -347,7 +339,14 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
             ax.tick_params(labelsize=6)
             ax.legend(fontsize=5)
         fig.tight_layout()
-        fig.savefig(fig_dir / "curves.png", dpi=110)
-        plt.close(fig)
-        made.append("curves.png")
+        made.append(_save(fig, fig_dir / "curves.png"))
     return made
+
+
+def _save(fig, path: Path) -> str:
+    """Write ``fig`` to ``path`` and close it; returns the file name (for the report's list of figures)."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
