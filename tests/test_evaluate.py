@@ -115,3 +115,35 @@ def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch
     best = max(res["tuning"]["adam"], key=lambda t: t["val_acc"])["lr"]
     assert len(res["tuning"]["adam"]) == 2 and res["runs"]["adam"]["hyper"] == {"lr": best}
     assert len(calls) - n == 1 + 2 * (best != 3e-3)
+
+
+def _fake_validation(monkeypatch, accs: dict[float, float]) -> list[float]:
+    """Replace training with a lookup lr -> validation accuracy; returns the list of lrs actually run."""
+    ran = []
+
+    def fake(opt, task, steps, seed, device, eval_split):
+        lr = opt.param_groups[0]["lr"]
+        ran.append(lr)
+        return {"acc": accs[lr]}
+
+    monkeypatch.setattr(ev, "train_optimizee", fake)
+    return ran
+
+
+@pytest.mark.parametrize("peak", [1e-3, 3e-3, 1e-2, 3e-4, 3e-2])
+def test_local_tuning_finds_the_grid_best_of_a_unimodal_curve(monkeypatch, peak):
+    grid = [g["lr"] for g in ev.GRIDS["adam"]]
+    accs = {lr: 0.9 - abs(grid.index(lr) - grid.index(peak)) * 0.1 for lr in grid}
+    ran = _fake_validation(monkeypatch, accs)
+    model = torch.nn.Linear(2, 2)
+    cand = ev.Candidate("adam", "adam")
+    cand.build = lambda hyper: torch.optim.Adam(model.parameters(), **hyper)
+    best, trials = ev.tune(cand, task=None, steps=1, device="cpu", start={"lr": 3e-3})
+    assert best == {"lr": peak}
+    assert len(ran) == len(set(ran)) and len(ran) == {3e-3: 3}.get(peak, 4)
+    assert sorted(t["lr"] for t in trials) == sorted(ran)
+    # cached trials are not rerun; a start outside the (one-parameter) grid is refused
+    ran.clear()
+    assert ev.tune(cand, None, 1, "cpu", cached=trials, start={"lr": 3e-3})[0] == {"lr": peak} and ran == []
+    with pytest.raises(ValueError, match="must be a point"):
+        ev.tune(cand, None, 1, "cpu", start={"lr": 5e-3})
