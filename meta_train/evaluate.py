@@ -134,7 +134,8 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
     """Run every optimizer over ``seeds`` seeds; returns (and writes) the results dict.
 
     With ``resume``, optimizers already complete in ``out/results.json`` (same task, steps and seeds, same
-    checkpoint file) are kept instead of rerun, and earlier tuning results are reused. ``tune_from`` maps a
+    checkpoint file, same hyperparameters) are kept instead of rerun, one cut short by a kill continues from its
+    first missing seed, and earlier tuning results are reused. ``tune_from`` maps a
     baseline family to the grid point its tuning starts a local search from (see ``tune``); without it the whole
     grid runs.
     """
@@ -160,20 +161,23 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
                 results["tuning"][cand.family] = trials
                 _save_partial(out, results, old)
             print(f"{cand.label}: tuned on validation -> {hyper}")
-        if done and same_file and done.get("digest") == digest and len(done["runs"]) == seeds and (
-                done.get("hyper") == (hyper or cand.hyper)):
+        runs = []  # seeds run in order 0, 1, ...: a kept prefix is exactly seeds 0..len-1
+        if done and same_file and done.get("digest") == digest and done.get("hyper") == (hyper or cand.hyper):
+            runs = list(done["runs"][:seeds])
+        if len(runs) == seeds:
             print(f"{cand.label}: kept from {out / 'results.json'}")
             results["runs"][cand.label] = done
             continue
-        runs = []
-        for s in tqdm(range(seeds), desc=f"{cand.label} on {task_name}"):
+        if runs:
+            print(f"{cand.label}: seeds 0..{len(runs) - 1} kept from {out / 'results.json'}")
+        for s in tqdm(range(len(runs), seeds), desc=f"{cand.label} on {task_name}", initial=len(runs), total=seeds):
             r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
                                 eval_every=eval_every)
             runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
                          "step_ms": r["step_ms"], "diverged": r["diverged"]})
-        results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
-                                       "hyper": hyper or cand.hyper, "runs": runs}
-        _save_partial(out, results, old)  # partial results survive a kill
+            results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
+                                           "hyper": hyper or cand.hyper, "runs": list(runs)}
+            _save_partial(out, results, old)  # a kill loses at most the seed in progress
     (out / "results.json").write_text(json.dumps(results) + "\n")  # exactly the optimizers asked for
     write_report(results, out)
     return results

@@ -147,3 +147,29 @@ def test_local_tuning_finds_the_grid_best_of_a_unimodal_curve(monkeypatch, peak)
     assert ev.tune(cand, None, 1, "cpu", cached=trials, start={"lr": 3e-3})[0] == {"lr": peak} and ran == []
     with pytest.raises(ValueError, match="must be a point"):
         ev.tune(cand, None, 1, "cpu", start={"lr": 5e-3})
+
+
+def test_evaluate_resume_continues_a_killed_optimizer_from_its_first_missing_seed(tmp_path, monkeypatch):
+    ran = []
+
+    def fake(opt, task, steps, seed, device, eval_split, eval_every=0):
+        if eval_split == "test" and ran.count(seed) == 0 and seed == 2 and "kill" in ran:
+            raise KeyboardInterrupt  # killed while seed 2 runs
+        ran.append(seed)
+        acc = 0.5 + seed / 100
+        return {"losses": [1.0] * steps, "evals": [[steps, acc, 1.0]], "acc": acc, "step_ms": 1.0, "diverged": False}
+
+    monkeypatch.setattr(ev, "train_optimizee", fake)
+    specs = ["adam:lr=0.003"]
+    ran.append("kill")
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate("fmnist-conv", specs, steps=3, seeds=4, out=tmp_path, eval_every=0, resume=True)
+    part = json.loads((tmp_path / "results.json").read_text())
+    assert [r["seed"] for r in part["runs"]["adam:lr=0.003"]["runs"]] == [0, 1]  # each finished seed was saved
+    ran.clear()
+    res = ev.evaluate("fmnist-conv", specs, steps=3, seeds=4, out=tmp_path, eval_every=0, resume=True)
+    assert ran == [2, 3]  # only the missing seeds ran
+    assert [r["acc"] for r in res["runs"]["adam:lr=0.003"]["runs"]] == [0.5, 0.51, 0.52, 0.53]
+    ran.clear()  # another hyperparameter is another optimizer: nothing is kept
+    ev.evaluate("fmnist-conv", ["adam:lr=0.01"], steps=3, seeds=4, out=tmp_path, eval_every=0, resume=True)
+    assert ran == [0, 1, 2, 3]
