@@ -27,7 +27,7 @@ from .inner_train import train_optimizee
 
 # Learning-rate grids for tuning (log-spaced, covering the usual optima for these CNNs at 100..1000 steps).
 GRIDS = {
-    "adam": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)],
+    "adam": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)],
     "adamw": [{"lr": lr, "weight_decay": wd} for lr in (1e-3, 3e-3, 1e-2) for wd in (1e-4, 1e-2, 1e-1)],
     "sgdm": [{"lr": lr} for lr in (0.01, 0.03, 0.1, 0.3)],
 }
