@@ -1,8 +1,10 @@
 """Per-step cost of each optimizer next to the model's own forward+backward (batch 128).
 
 For ``fmnist-conv``, ``cifar10-conv`` and a ~1M-parameter CIFAR CNN: forward+backward time, ``torch.optim.Adam.step()``,
-and ``NeuralGraphOptimizer.step()`` for every learned family (freshly initialised weights: the cost does not depend
-on them), plus the optimizer state in floats per parameter. Targets on the 2-core CPU: a graph optimizer's step at
+and ``NeuralGraphOptimizer.step()`` for every learned family with the update head of the shipped budget
+(``meta_train/configs/<family>.toml``, the shipped configs: relative steps, bounded multiplier; freshly initialised
+weights, since the cost does not depend on them) and for the shipped default itself (``NeuralGraphOptimizer(model)``), plus the optimizer
+state in floats per parameter. Targets on the 2-core CPU: a graph optimizer's step at
 most half of forward+backward on ``cifar10-conv``, and at most 10 floats of state per parameter.
 
     python benchmarks/step_overhead.py [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...]
@@ -18,10 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, time_ms, write_json  # noqa: E402
 from l2o import NeuralGraphOptimizer  # noqa: E402
-from l2o.optim import LEARNED_FAMILIES, OptimizerConfig, build_optimizer  # noqa: E402
+from l2o.optim import LEARNED_FAMILIES, build_optimizer  # noqa: E402
+from meta_train.config import load_config  # noqa: E402
 from tasks import get_task  # noqa: E402
 from tasks.registry import conv_task  # noqa: E402
 
+CONFIGS = Path(__file__).resolve().parent.parent / "meta_train" / "configs"  # <family>.toml: as shipped
 TASKS = {"fmnist-conv": lambda: get_task("fmnist-conv"), "cifar10-conv": lambda: get_task("cifar10-conv"),
          "cifar10-conv-1M": lambda: conv_task("cifar10", (64, 128, 256, 256), name="cifar10-conv-1M")}
 
@@ -50,11 +54,14 @@ def bench_task(name: str, families: list[str], repeats: int) -> list[dict]:
     records.append({"task": name, "optimizer": "adam (torch)", "fwd_bwd_ms": fb, "step_ms": time_ms(adam.step, repeats),
                     "state_floats_per_param": state_floats(adam, model)})
     restore()
-    for fam in families:
+    candidates = [(fam, lambda fam=fam: NeuralGraphOptimizer(
+        model, optimizer=build_optimizer(load_config(CONFIGS / f"{fam}.toml").optimizer))) for fam in families]
+    candidates.append(("shipped default", lambda: NeuralGraphOptimizer(model)))
+    for label, make in candidates:
         torch.manual_seed(0)
-        opt = NeuralGraphOptimizer(model, optimizer=build_optimizer(OptimizerConfig(family=fam)))
+        opt = make()
         ms = time_ms(opt.step, repeats)
-        records.append({"task": name, "optimizer": fam, "fwd_bwd_ms": fb, "step_ms": ms,
+        records.append({"task": name, "optimizer": label, "fwd_bwd_ms": fb, "step_ms": ms,
                         "state_floats_per_param": state_floats(opt, model)})
         restore()
     for r in records:
