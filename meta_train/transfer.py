@@ -16,7 +16,8 @@ checkpoints of finished runs and rewrites their model cards without training):
    -> ``results/eval/sweep/<task>/`` and the figure ``results/sweep.png``. Points run cheapest first (``--sweep-tasks``
    picks some); a point records test accuracy at the end only, and its Adam tuning is a local search over the grid
    that starts from the main CIFAR-10 evaluation's tuned rate (the width-128 point costs about 25 min per Adam run
-   and 40 per learned run on one core, so a full grid there would take most of a day).
+   and 40 per learned run on one core, so a full grid there would take most of a day). ``--sweep-every-family`` adds
+   one shipped optimizer of each other family; the width-32 / depth-3 point has every family from stage 2.
 4. ``report``: ``results/transfer.json`` / ``transfer.md`` (the records of stages 2 and 3 with the published
    numbers beside them) and ``results/sweep.json``.
 """
@@ -247,25 +248,32 @@ def eval_all(steps: int, seeds: int, out: Path, tasks=TASKS) -> None:
         evaluate(task, ["adam"] + shipped_specs() + ["adamw", "sgdm"], steps, seeds, out / task, resume=True)
 
 
-def sweep_all(steps: int, seeds: int, out: Path, tasks=SWEEP_RUN_ORDER) -> None:
+def sweep_all(steps: int, seeds: int, out: Path, tasks=SWEEP_RUN_ORDER, every_family: bool = False) -> None:
+    """Tuned Adam and the default at each sweep point; with ``every_family`` also one shipped optimizer of each other
+    family (a point that has them from an earlier call keeps them either way)."""
     from .evaluate import evaluate
 
     default = CHECKPOINTS / "default.pt"
     if not default.exists():
         raise FileNotFoundError(f"{default} not found: run the train stage first")
+    others = [spec for spec in shipped_specs()[1:] if "-seed" not in spec.split("=")[0]]
     for task in tasks:
         if task not in SWEEP:
             raise ValueError(f"{task!r} is not a sweep point; choose from {SWEEP}")
         if task in SWEEP_ALIASES:
             print(f"== sweep {task}: the same network as {SWEEP_ALIASES[task]}, read from its evaluation")
             continue
+        path = out / "sweep" / task / "results.json"
+        present = set(json.loads(path.read_text())["runs"]) if path.exists() else set()
+        specs = ["adam", f"default={default}"] + [s for s in others if every_family or s.split("=")[0] in present]
         print(f"== sweep {task}: {steps} steps x {seeds} seeds")
-        evaluate(task, ["adam", f"default={default}"], steps, seeds, out / "sweep" / task, eval_every=0,
-                 resume=True, tune_from={"adam": main_tuned("adam", out)})
+        evaluate(task, specs, steps, seeds, out / "sweep" / task, eval_every=0, resume=True,
+                 tune_from={"adam": main_tuned("adam", out)})
 
 
-def main_tuned(family: str, out: Path) -> dict:
-    """The hyperparameters the main CIFAR-10 evaluation tuned for ``family`` (the sweep's starting point)."""
+def main_tuned(family: str, out: Path) -> dict | None:
+    """The hyperparameters the main CIFAR-10 evaluation tuned for ``family``: where the sweep's tuning starts its
+    local search. None (tune on the whole grid) before that evaluation has them."""
     from .evaluate import GRIDS
 
     path = out / "cifar10-conv" / "results.json"
@@ -273,61 +281,75 @@ def main_tuned(family: str, out: Path) -> dict:
         hyper = json.loads(path.read_text())["runs"].get(family, {}).get("hyper")
         if hyper in GRIDS[family]:
             return hyper
-    grid = GRIDS[family]
-    return grid[len(grid) // 2]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- stage 4: report
 def sweep_records(out: Path) -> list[dict]:
-    """Per sweep task: tuned Adam, the default optimizer, and the advantage (mean and std over paired seeds)."""
+    """One record per sweep point and learned optimizer: its accuracy, tuned Adam's, and the advantage (mean and std
+    over paired seeds). The default is named ``default`` wherever its checkpoint appears (the main evaluation lists it
+    under its source's name)."""
     from .evaluate import file_digest
 
     default = CHECKPOINTS / "default.pt"
+    if not default.exists():
+        return []
+    digest = file_digest(default)
     recs = []
     for task in SWEEP:
         path = out / "sweep" / task / "results.json"
         if task in SWEEP_ALIASES:
             path = out / SWEEP_ALIASES[task] / "results.json"
-        if not path.exists() or not default.exists():
+        if not path.exists():
             continue
         res = json.loads(path.read_text())
-        runs = dict(res["runs"])
-        digest = file_digest(default)
-        same = [label for label, e in runs.items() if e.get("digest") == digest]
-        if same:  # the main evaluation lists the default under its own name
-            runs["default"] = runs[same[0]]
-        if "adam" not in runs or runs.get("default", {}).get("digest") != digest:
+        if "adam" not in res["runs"]:
             continue
-        a = [r["acc"] * 100 for r in runs["adam"]["runs"]]
-        d = [r["acc"] * 100 for r in runs["default"]["runs"]]
-        diff = [x - y for x, y in zip(d, a)]
-        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-        recs.append({"task": task, "same_as": SWEEP_ALIASES.get(task), "steps": res["steps"], "seeds": len(diff), "adam_lr": runs["adam"]["hyper"]["lr"],
-                     "adam_acc_mean": statistics.mean(a), "adam_acc_std": sd(a),
-                     "default_acc_mean": statistics.mean(d), "default_acc_std": sd(d),
-                     "advantage_mean": statistics.mean(diff), "advantage_std": sd(diff)})
+        adam = res["runs"]["adam"]
+        a = [r["acc"] * 100 for r in adam["runs"]]
+        learned = {("default" if e.get("digest") == digest else label): e for label, e in res["runs"].items()
+                   if e.get("digest") and (e.get("digest") == digest or label in SHIPPED) and "-seed" not in label}
+        for name, e in sorted(learned.items(), key=lambda kv: kv[0] != "default"):
+            acc = [r["acc"] * 100 for r in e["runs"]]
+            diff = [x - y for x, y in zip(acc, a)]
+            sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+            recs.append({"task": task, "optimizer": name, "same_as": SWEEP_ALIASES.get(task), "steps": res["steps"],
+                         "seeds": len(diff), "adam_lr": adam["hyper"]["lr"],
+                         "adam_acc_mean": statistics.mean(a), "adam_acc_std": sd(a),
+                         "acc_mean": statistics.mean(acc), "acc_std": sd(acc),
+                         "advantage_mean": statistics.mean(diff), "advantage_std": sd(diff)})
     return recs
 
 
 def plot_sweep(recs: list[dict], path: Path) -> None:
+    """Advantage over tuned Adam vs width and depth: the default bold with error bars, other families thin."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    names = list(dict.fromkeys(r["optimizer"] for r in recs))
     for ax, key, label in ((axes[0], "-w", "width (channels of the first conv)"), (axes[1], "-d", "depth (conv layers)")):
-        rows = [r for r in recs if key in r["task"]]
-        xs = [int(r["task"].rsplit(key, 1)[1]) for r in rows]
-        ax.errorbar(xs, [r["advantage_mean"] for r in rows], yerr=[r["advantage_std"] for r in rows], marker="o",
-                    capsize=3, label="default - tuned Adam")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel=label, title=f"CIFAR-10 CNN, {rows[0]['steps'] if rows else ''} steps")
+        for name in names:
+            rows = [r for r in recs if key in r["task"] and r["optimizer"] == name]
+            if not rows:
+                continue
+            xs = [int(r["task"].rsplit(key, 1)[1]) for r in rows]
+            ys = [r["advantage_mean"] for r in rows]
+            if name == "default":
+                ax.errorbar(xs, ys, yerr=[r["advantage_std"] for r in rows], marker="o", capsize=3, lw=2.2,
+                            color="k", label="default - tuned Adam", zorder=3)
+            else:
+                ax.plot(xs, ys, marker=".", lw=0.9, alpha=0.8, label=name)
+        ax.axhline(0, color="k", lw=0.8, ls=":")
+        steps = next((r["steps"] for r in recs), "")
+        ax.set(xlabel=label, title=f"CIFAR-10 CNN, {steps} steps")
         if key == "-w":
             ax.set_xscale("log", base=2)
-            ax.set_ylabel("test accuracy advantage (points)")
+            ax.set_ylabel("test accuracy advantage over tuned Adam (points)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -348,10 +370,12 @@ def report_all(out: Path) -> None:
     if recs:
         (RESULTS / "sweep.json").write_text(json.dumps(recs, indent=2) + "\n")
         plot_sweep(recs, RESULTS / "sweep.png")
-        lines = ["| task | tuned Adam (lr) | default | advantage (points) |", "|---|---|---|---|"]
+        lines = ["| task | optimizer | seeds | tuned Adam % (lr) | optimizer % | advantage (points, paired) |",
+                 "|---|---|---|---|---|---|"]
         for r in recs:
-            lines.append(f"| {r['task']} | {r['adam_acc_mean']:.2f} +- {r['adam_acc_std']:.2f} ({r['adam_lr']:g}) | "
-                         f"{r['default_acc_mean']:.2f} +- {r['default_acc_std']:.2f} | "
+            lines.append(f"| {r['task']}{' (= ' + r['same_as'] + ')' if r['same_as'] else ''} | {r['optimizer']} | "
+                         f"{r['seeds']} | {r['adam_acc_mean']:.2f} +- {r['adam_acc_std']:.2f} ({r['adam_lr']:g}) | "
+                         f"{r['acc_mean']:.2f} +- {r['acc_std']:.2f} | "
                          f"{r['advantage_mean']:+.2f} +- {r['advantage_std']:.2f} |")
         (RESULTS / "sweep.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
@@ -370,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep-seeds", type=int, default=3)
     p.add_argument("--sweep-tasks", nargs="+", default=list(SWEEP_RUN_ORDER), choices=list(SWEEP),
                    help="sweep points to run (default: all, cheapest first)")
+    p.add_argument("--sweep-every-family", action="store_true",
+                   help="sweep one shipped optimizer of every family, not only the default (6x the cost)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--runs", default=str(ROOT / "runs" / "transfer"), help="meta-training run folders")
     p.add_argument("--out", default=str(RESULTS / "eval"), help="evaluation folders")
@@ -389,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     if "eval" in args.stages:
         eval_all(args.steps, args.seeds, out, args.tasks)
     if "sweep" in args.stages:
-        sweep_all(args.steps, args.sweep_seeds, out, args.sweep_tasks)
+        sweep_all(args.steps, args.sweep_seeds, out, args.sweep_tasks, args.sweep_every_family)
     if "report" in args.stages:
         report_all(out)
 

@@ -53,22 +53,56 @@ def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     default = transfer.choose_default()
     digest = file_digest(default)
 
-    def res(task, default_label, adam, learned):
-        runs = {"adam": {"hyper": {"lr": 3e-3}, "runs": [{"acc": a} for a in adam]},
-                default_label: {"digest": digest, "runs": [{"acc": a} for a in learned]}}
+    def res(task, learned: dict):
+        runs = {"adam": {"hyper": {"lr": 3e-3}, "digest": None, "runs": [{"acc": a} for a in learned.pop("adam")]}}
+        for label, (dig, accs) in learned.items():
+            runs[label] = {"digest": dig, "runs": [{"acc": a} for a in accs]}
         return {"task": task, "steps": 100, "runs": runs}
 
     out = results_dir / "eval"
     (out / "sweep" / "cifar10-conv-w16").mkdir(parents=True)
-    (out / "sweep" / "cifar10-conv-w16" / "results.json").write_text(
-        json.dumps(res("cifar10-conv-w16", "default", [0.40, 0.42], [0.45, 0.44])))
-    (out / "cifar10-conv").mkdir(parents=True)
-    (out / "cifar10-conv" / "results.json").write_text(
-        json.dumps(res("cifar10-conv", "ng-gnn", [0.5, 0.5, 0.5], [0.49, 0.52, 0.5])))
-    recs = {r["task"]: r for r in transfer.sweep_records(out)}
-    assert set(recs) == {"cifar10-conv-w16", "cifar10-conv-w32", "cifar10-conv-d3"}
-    assert recs["cifar10-conv-w16"]["advantage_mean"] == pytest.approx(3.5)
-    assert recs["cifar10-conv-w16"]["advantage_std"] == pytest.approx(torch.tensor([5.0, 2.0]).std().item())
-    assert recs["cifar10-conv-d3"]["same_as"] == "cifar10-conv" and recs["cifar10-conv-d3"]["seeds"] == 3
+    (out / "sweep" / "cifar10-conv-w16" / "results.json").write_text(json.dumps(res(
+        "cifar10-conv-w16", {"adam": [0.40, 0.42], "default": (digest, [0.45, 0.44]), "ff": ("f0", [0.39, 0.43])})))
+    (out / "cifar10-conv").mkdir(parents=True)  # the main evaluation names the default after its source
+    (out / "cifar10-conv" / "results.json").write_text(json.dumps(res(
+        "cifar10-conv", {"adam": [0.5, 0.5, 0.5], "ng-gnn": (digest, [0.49, 0.52, 0.5]),
+                         "ng-gnn-seed1": ("s1", [0.6] * 3), "lstm": ("l0", [0.51, 0.5, 0.52])})))
+    recs = {(r["task"], r["optimizer"]): r for r in transfer.sweep_records(out)}
+    assert set(recs) == {("cifar10-conv-w16", "default"), ("cifar10-conv-w16", "ff"),
+                         ("cifar10-conv-w32", "default"), ("cifar10-conv-w32", "lstm"),
+                         ("cifar10-conv-d3", "default"), ("cifar10-conv-d3", "lstm")}  # no extra meta-training seeds
+    w16 = recs["cifar10-conv-w16", "default"]
+    assert w16["advantage_mean"] == pytest.approx(3.5) and w16["acc_mean"] == pytest.approx(44.5)
+    assert w16["advantage_std"] == pytest.approx(torch.tensor([5.0, 2.0]).std().item())
+    assert recs["cifar10-conv-w16", "ff"]["advantage_mean"] == pytest.approx(0.0)
+    d3 = recs["cifar10-conv-d3", "default"]
+    assert d3["same_as"] == "cifar10-conv" and d3["seeds"] == 3 and d3["advantage_mean"] == pytest.approx(1 / 3)
     transfer.plot_sweep(list(recs.values()), results_dir / "sweep.png")
     assert (results_dir / "sweep.png").stat().st_size > 1000
+
+
+def test_sweep_runs_the_default_and_keeps_families_an_earlier_call_added(results_dir, monkeypatch):
+    from meta_train import evaluate as ev
+
+    for name, fam, score in [("ng-gnn", "ng-gnn", 0.7), ("ff", "ff", 0.6), ("ng-gnn-seed1", "ng-gnn", 0.65)]:
+        transfer.ship(name, _run(results_dir, name, fam, score))
+    transfer.choose_default()
+    calls = []
+
+    def fake(task, specs, steps, seeds, out, **kw):
+        calls.append((task, [s.split("=")[0] for s in specs], kw["tune_from"]))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"runs": {s.split("=")[0]: {} for s in specs}}))
+
+    monkeypatch.setattr(ev, "evaluate", fake)
+    out = results_dir / "eval"
+    transfer.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-w32"], every_family=True)
+    assert calls == [("cifar10-conv-w16", ["adam", "default", "ff"], {"adam": None})]  # w32 is the main task
+    (out / "cifar10-conv").mkdir()  # once the main evaluation has tuned Adam, tuning starts from its rate
+    (out / "cifar10-conv" / "results.json").write_text(json.dumps({"runs": {"adam": {"hyper": {"lr": 3e-3}}}}))
+    calls.clear()  # a default-only call keeps the families already there (evaluate writes exactly what it is given)
+    transfer.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-d1"])
+    assert [c[1] for c in calls] == [["adam", "default", "ff"], ["adam", "default"]]
+    assert calls[0][2] == {"adam": {"lr": 3e-3}}
+    with pytest.raises(ValueError, match="not a sweep point"):
+        transfer.sweep_all(10, 1, out, ["cifar10-conv-w8"])
