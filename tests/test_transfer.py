@@ -77,6 +77,8 @@ def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     assert recs["cifar10-conv-w16", "ff"]["advantage_mean"] == pytest.approx(0.0)
     d3 = recs["cifar10-conv-d3", "default"]
     assert d3["same_as"] == "cifar10-conv" and d3["seeds"] == 3 and d3["advantage_mean"] == pytest.approx(1 / 3)
+    md = transfer.sweep_markdown(list(recs.values()))
+    assert "| cifar10-conv-w16 | 2 | 41.00 +- 1.41 (0.003) | +3.50 +- 2.12 | +0.00 +- 1.41 |  |" in md
     transfer.plot_sweep(list(recs.values()), results_dir / "sweep.png")
     assert (results_dir / "sweep.png").stat().st_size > 1000
 
