@@ -345,9 +345,12 @@ def plot_sweep(recs: list[dict], path: Path) -> None:
         ax.axhline(0, color="k", lw=0.8, ls=":")
         steps = next((r["steps"] for r in recs), "")
         ax.set(xlabel=label, title=f"CIFAR-10 CNN, {steps} steps")
+        ticks = sorted({int(r["task"].rsplit(key, 1)[1]) for r in recs if key in r["task"]})
         if key == "-w":
             ax.set_xscale("log", base=2)
-            ax.set_ylabel("test accuracy advantage over tuned Adam (points)")
+            ax.set_ylabel("advantage over tuned Adam (points)")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
     fig.tight_layout()
