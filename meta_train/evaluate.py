@@ -64,7 +64,7 @@ def parse_spec(spec: str) -> Candidate:
 
 
 def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: list[dict] | None = None,
-         start: dict | None = None) -> tuple[dict, list[dict]]:
+         start: dict | None = None, on_trial=None) -> tuple[dict, list[dict]]:
     """Best grid point on the validation split (one seed, distinct from the evaluation seeds).
 
     ``cached``: trials of an earlier call (``{**hyper, "val_acc"}``); only the grid points missing from it are run,
@@ -73,7 +73,9 @@ def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: li
     ``start``: a grid point to start a local search from instead of running the whole grid. The search runs the
     point and its grid neighbours and moves to the best of them until the point it stands on is the best; on a
     validation accuracy that is unimodal along the (ordered) grid this finds the grid's best point in 3-4 runs
-    instead of all of them. Used where a run is expensive (the width/depth sweep)."""
+    instead of all of them. Used where a run is expensive (the width/depth sweep).
+
+    ``on_trial(trials)`` is called after every new run (to save them: a kill then loses only the run in progress)."""
     grid = GRIDS[cand.family]
     if start is not None and (start not in grid or len(start) != 1):
         raise ValueError(f"tune start {start} must be a point of the one-parameter {cand.family} grid {grid}")
@@ -87,6 +89,8 @@ def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: li
         r = train_optimizee(cand.build(hyper), task, steps, seed=seed, device=device, eval_split="val")
         acc = r["acc"] if math.isfinite(r["acc"]) else -1.0
         trials.append({**hyper, "val_acc": acc})
+        if on_trial is not None:
+            on_trial(trials)
         return acc
 
     if start is None:
@@ -156,10 +160,14 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
                 hyper = tuned[cand.family]
             else:
                 cached = (old or {}).get("tuning", {}).get(cand.family, [])
+
+                def save(trials: list[dict], family: str = cand.family) -> None:
+                    results["tuning"][family] = list(trials)
+                    _save_partial(out, results, old)
+
                 hyper, trials = tune(cand, task, tune_steps or steps, device, cached=cached,
-                                     start=(tune_from or {}).get(cand.family))
-                results["tuning"][cand.family] = trials
-                _save_partial(out, results, old)
+                                     start=(tune_from or {}).get(cand.family), on_trial=save)
+                save(trials)
             print(f"{cand.label}: tuned on validation -> {hyper}")
         runs = []  # seeds run in order 0, 1, ...: a kept prefix is exactly seeds 0..len-1
         if done and same_file and done.get("digest") == digest and done.get("hyper") == (hyper or cand.hyper):

@@ -176,3 +176,26 @@ def test_evaluate_resume_continues_a_killed_optimizer_from_its_first_missing_see
     ran.clear()  # another hyperparameter is another optimizer: nothing is kept
     ev.evaluate("fmnist-conv", ["adam:lr=0.01"], steps=3, seeds=4, out=tmp_path, eval_every=0, resume=True)
     assert ran == [0, 1, 2, 3]
+
+
+def test_evaluate_resume_keeps_the_tuning_runs_finished_before_a_kill(tmp_path, monkeypatch):
+    monkeypatch.setitem(ev.GRIDS, "adam", [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}])
+    ran, kill = [], [True]
+
+    def fake(opt, task, steps, seed, device, eval_split, eval_every=0):
+        lr = opt.lr  # the hand-designed Adam module of l2o.optim
+        if eval_split == "val" and lr == 1e-2 and kill[0]:
+            raise KeyboardInterrupt  # killed during the third tuning run
+        ran.append((eval_split, lr))
+        acc = {1e-3: 0.3, 3e-3: 0.5, 1e-2: 0.4}[lr]
+        return {"losses": [1.0] * steps, "evals": [[steps, acc, 1.0]], "acc": acc, "step_ms": 1.0, "diverged": False}
+
+    monkeypatch.setattr(ev, "train_optimizee", fake)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate("fmnist-conv", ["adam"], steps=3, seeds=1, out=tmp_path, eval_every=0, resume=True)
+    saved = json.loads((tmp_path / "results.json").read_text())["tuning"]["adam"]
+    assert [t["lr"] for t in saved] == [1e-3, 3e-3]
+    ran.clear()
+    kill[0] = False
+    res = ev.evaluate("fmnist-conv", ["adam"], steps=3, seeds=1, out=tmp_path, eval_every=0, resume=True)
+    assert ran == [("val", 1e-2), ("test", 3e-3)] and res["runs"]["adam"]["hyper"] == {"lr": 3e-3}
