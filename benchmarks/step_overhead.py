@@ -1,11 +1,11 @@
 """Per-step cost of each optimizer next to the model's own forward+backward (batch 128).
 
 For ``fmnist-conv``, ``cifar10-conv`` and a ~1M-parameter CIFAR CNN: forward+backward time, ``torch.optim.Adam.step()``,
-and ``NeuralGraphOptimizer.step()`` for every learned family with the update head of the shipped budget
-(``meta_train/configs/<family>.toml``, the shipped configs: relative steps, bounded multiplier; freshly initialised
-weights, since the cost does not depend on them) and for the shipped default itself (``NeuralGraphOptimizer(model)``), plus the optimizer
-state in floats per parameter. Targets on the 2-core CPU: a graph optimizer's step at
-most half of forward+backward on ``cifar10-conv``, and at most 10 floats of state per parameter.
+and ``NeuralGraphOptimizer.step()`` for every learned family as shipped (``meta_train/configs/<family>.toml``:
+relative steps, bounded multiplier; freshly initialised weights, since the cost does not depend on them) and for the
+shipped default itself (``NeuralGraphOptimizer(model)``), plus the optimizer state in floats per parameter. Targets
+on the 2-core CPU: a graph optimizer's step at most half of forward+backward on ``cifar10-conv``, and at most 10
+floats of state per parameter.
 
     python benchmarks/step_overhead.py [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...]
 """

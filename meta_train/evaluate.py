@@ -139,9 +139,8 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
 
     With ``resume``, optimizers already complete in ``out/results.json`` (same task, steps and seeds, same
     checkpoint file, same hyperparameters) are kept instead of rerun, one cut short by a kill continues from its
-    first missing seed, and earlier tuning results are reused. ``tune_from`` maps a
-    baseline family to the grid point its tuning starts a local search from (see ``tune``); without it the whole
-    grid runs.
+    first missing seed, and earlier tuning results are reused. ``tune_from`` maps a baseline family to the grid
+    point its tuning starts a local search from (see ``tune``); without it the whole grid runs.
     """
     from tasks import get_task
 

@@ -47,6 +47,8 @@ SHIPPED = {
     "ng-gnn-seed2": ("ng-gnn.toml", 2),
 }
 GRAPH_FAMILIES = ("ng-gnn", "ng-t", "dng", "nfn")
+# One shipped optimizer per family (meta-training seed 0): what the sweep compares across families.
+FAMILY_REPRESENTATIVES = tuple(name for name, (_, seed) in SHIPPED.items() if seed == 0)
 TASKS = ("fmnist-conv", "cifar10-conv")
 SWEEP = tuple(f"cifar10-conv-w{w}" for w in (16, 32, 64, 128)) + tuple(f"cifar10-conv-d{d}" for d in range(1, 6))
 # The order the sweep stage runs them in: cheapest first (measured per-step cost on one CPU core), so an interrupted
@@ -251,12 +253,14 @@ def eval_all(steps: int, seeds: int, out: Path, tasks=TASKS) -> None:
 def sweep_all(steps: int, seeds: int, out: Path, tasks=SWEEP_RUN_ORDER, every_family: bool = False) -> None:
     """Tuned Adam and the default at each sweep point; with ``every_family`` also one shipped optimizer of each other
     family (a point that has them from an earlier call keeps them either way)."""
-    from .evaluate import evaluate
+    from .evaluate import evaluate, file_digest
 
     default = CHECKPOINTS / "default.pt"
     if not default.exists():
         raise FileNotFoundError(f"{default} not found: run the train stage first")
-    others = [spec for spec in shipped_specs()[1:] if "-seed" not in spec.split("=")[0]]
+    digest = file_digest(default)
+    others = [spec for spec in shipped_specs() if spec.split("=")[0] in FAMILY_REPRESENTATIVES
+              and file_digest(spec.split("=", 1)[1]) != digest]
     for task in tasks:
         if task not in SWEEP:
             raise ValueError(f"{task!r} is not a sweep point; choose from {SWEEP}")
@@ -308,7 +312,7 @@ def sweep_records(out: Path) -> list[dict]:
         adam = res["runs"]["adam"]
         a = [r["acc"] * 100 for r in adam["runs"]]
         learned = {("default" if e.get("digest") == digest else label): e for label, e in res["runs"].items()
-                   if e.get("digest") and (e.get("digest") == digest or label in SHIPPED) and "-seed" not in label}
+                   if e.get("digest") and (e.get("digest") == digest or label in FAMILY_REPRESENTATIVES)}
         for name, e in sorted(learned.items(), key=lambda kv: kv[0] != "default"):
             acc = [r["acc"] * 100 for r in e["runs"]]
             diff = [x - y for x, y in zip(acc, a)]
