@@ -10,6 +10,7 @@ A config file has up to four tables, each matching a dataclass below::
 from __future__ import annotations
 
 import ast
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,6 +35,7 @@ class MetaConfig:
     horizon_max: int = 0  # ... or, when > horizon, after a log-uniform number in [horizon, horizon_max]
     estimator: str = "greedy"  # tbptt | greedy (one-step, trajectory detached each step) | pes | window
     window: int = 200  # window: each step is credited with the first-order gradient of the next `window` losses
+    discount: float = 1.0  # window: loss k after step j weighs discount^(k-j) (1 = the plain window)
     meta_loss: str = "train"  # train: loss at the next params on the next batch | same: same batch | fresh: a held-out batch
     log_loss: bool = False  # meta-loss on log(loss)
     second_order: bool = False  # differentiate through the inner gradients too (tbptt only)
@@ -54,6 +56,14 @@ class MetaConfig:
             raise ValueError("meta.second_order needs estimator = 'tbptt'")
         if self.estimator == "window" and (self.window < 1 or self.meta_loss != "train" or self.second_order):
             raise ValueError("meta.estimator = 'window' needs meta.window >= 1, meta.meta_loss = 'train' and first order")
+        if not 0 < self.discount <= 1 or (self.discount < 1 and self.estimator != "window"):
+            raise ValueError(f"meta.discount = {self.discount} must be in (0, 1] and, below 1, needs "
+                             f"estimator = 'window'")
+        longest = max(self.horizon, self.horizon_max)
+        if self.discount < 1 and -math.log(self.discount) * longest > 600:
+            raise ValueError(f"meta.discount = {self.discount} is too small for horizons up to {longest}: the "
+                             f"credit's running sum weighs loss i by discount^i, which must stay within float64's "
+                             f"range; use discount >= {math.exp(-600 / longest):.4f}")
         if self.truncation < 1 or self.horizon < 1 or self.outer_steps < 1:
             raise ValueError("meta.truncation, meta.horizon and meta.outer_steps must be >= 1")
 

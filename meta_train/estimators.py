@@ -7,7 +7,7 @@ meta-gradient in ``.grad`` of the learned optimizer's parameters.
 * :class:`PES`: persistent evolution strategies with antithetic pairs (Vicol et al. 2021): unbiased across
   truncations, no backprop, noisier.
 * :class:`WindowCredit` (``window``): the first-order meta-gradient of the next ``W`` losses after *every* step (a
-  sliding window, up to the task's horizon), at the memory of ``W`` stored step inputs instead of ``W`` autograd
+  sliding window, up to the task's horizon; optionally discounted by ``gamma^(k-j)``), at the memory of ``W`` stored step inputs instead of ``W`` autograd
   graphs. Counters the short-horizon bias of 10-step truncations (see the class).
 
 First-order meta-gradients use a surrogate instead of a second optimizee backward: with inner gradients treated as
@@ -200,6 +200,12 @@ class WindowCredit(Estimator):
     Adam's step to its lower bound (short-horizon bias, results/README.md). Here every step is judged by the ``W``
     losses after it (or all of those left before its task's horizon).
 
+    With ``cfg.discount = gamma < 1`` the credit is discounted, ``c_j = sum_k gamma^(k-j) w_k h_k``: the first-order
+    assumption that a displacement of ``p_{j+1}`` persists unchanged for ``W`` steps ignores that later updates
+    correct it (so the undiscounted window overvalues large steps); ``gamma`` models that correction as a geometric
+    decay with time constant ``1 / (1 - gamma)`` steps. The running sum is then ``S = sum_i gamma^i w_i h_i`` over
+    the task's losses ``i`` (float64; the config bounds ``gamma^horizon``) and ``c_j = gamma^(-j) (S_now - S_before_j)``.
+
     Per task, the unroll runs without autograd and stores each step's inputs (params, grads, state) together with the
     running sum ``S`` of weighted inner gradients at that moment; once ``W`` further losses are in (or the task
     ends), ``c_j = S_now - S_before_j`` and the update is recomputed with autograd and back-propagated against
@@ -227,7 +233,7 @@ class WindowCredit(Estimator):
 
     def step(self, pool: TaskPool) -> dict:
         cfg, learned = self.cfg, self.learned
-        W, K, n = cfg.window, cfg.truncation, len(pool.tasks)
+        W, K, n, gamma = cfg.window, cfg.truncation, len(pool.tasks), cfg.discount
         meta_values, inner_values, blowups = [], [], 0
         matured: list[tuple] = []  # (ctx, entry, credit)
         for _ in range(K):
@@ -236,7 +242,8 @@ class WindowCredit(Estimator):
                 if t.pending is None:
                     t.pending = t.loss_and_grad(t.params, t.step)
                 if not t.credit:
-                    t.credit = {"S": torch.zeros_like(t.params), "entries": []}
+                    t.credit = {"S": torch.zeros_like(t.params, dtype=torch.float64 if gamma < 1 else None),
+                                "entries": []}
             bad = [not (_ok(t.pending[0], cfg.loss_clip) and bool(torch.isfinite(t.pending[1]).all())) for t in tasks]
             grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
             sizes = [t.params.numel() for t in tasks]
@@ -254,7 +261,10 @@ class WindowCredit(Estimator):
                     L, h = t.loss_and_grad(new_params[i], t.step + 1)
                     if _ok(L, cfg.loss_clip) and bool(torch.isfinite(h).all()):
                         meta_values.append(math.log(float(L)) if cfg.log_loss else float(L))
-                        t.credit["S"] = t.credit["S"] + (h / float(L) if cfg.log_loss else h)
+                        x = h / float(L) if cfg.log_loss else h
+                        if gamma < 1:  # loss index t.step: weight gamma^t.step (see the class docstring)
+                            x = x.double() * gamma ** t.step
+                        t.credit["S"] = t.credit["S"] + x
                         next_pending = (L, h)
                     else:
                         bad[i] = True
@@ -264,14 +274,20 @@ class WindowCredit(Estimator):
                 entries = t.credit["entries"]
                 finished = bad[i] or t.step >= t.horizon
                 while entries and (finished or len(entries) >= W):
+                    first = t.step - len(entries)  # entries are contiguous and end at step t.step - 1
                     e = entries.pop(0)
-                    matured.append((t.ctx, e, t.credit["S"] - e["before"]))
+                    c = t.credit["S"] - e["before"]
+                    if gamma < 1:
+                        c = (c * gamma ** -first).to(t.params.dtype)
+                    matured.append((t.ctx, e, c))
             for i, t in enumerate(list(pool.tasks)):
                 if bad[i] or t.step >= t.horizon:
                     blowups += int(bad[i])
                     pool.reset(i)
-        # Each matured step carries a sum of up to W loss gradients: 1 / (K n W) makes the surrogate a mean loss.
-        scale = 1.0 / (K * n * W)
+        # Each matured step carries a (discounted) sum of up to W loss gradients, of total weight at most
+        # W_eff = sum_{i<W} gamma^i (= W undiscounted): 1 / (K n W_eff) makes the surrogate a mean loss.
+        w_eff = W if gamma == 1 else (1 - gamma ** W) / (1 - gamma)
+        scale = 1.0 / (K * n * w_eff)
         for c in range(0, len(matured), self.chunk):
             part = matured[c:c + self.chunk]
             ctx = self._batched([m[0] for m in part])

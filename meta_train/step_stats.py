@@ -6,7 +6,9 @@ At every step of a run driven by the learned optimizer, its update ``u [P]`` is 
 ``ref_lr * adam_dir [P]`` computed from the same moments (the learned optimizers keep Adam's first and second
 moments in their state): per category (first / hidden / last layer x weight / bias) the norm ratio
 ``|u| / |ref_lr * adam_dir|`` (the *effective learning rate* relative to ``ref_lr``) and the cosine between ``u``
-and ``-adam_dir``. This is the diagnostic behind ``results/README.md``'s account of why meta-trained optimizers
+and ``-adam_dir``. With ``relative`` the reference is relative Adam, ``ref_lr * adam_dir * scale`` (``scale [P]``: each
+tensor's RMS at the start, kept in a relative optimizer's state), so the ratio at ``ref_lr = 1`` is the optimizer's
+effective *relative* rate. This is the diagnostic behind ``results/README.md``'s account of why meta-trained optimizers
 fell behind tuned Adam: their steps shrink to the smallest size they are allowed.
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .inner_train import context_for, loss_and_grad
 
 
 @torch.no_grad()
-def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every: int = 10) -> list[dict]:
+def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every: int = 10,
+               relative: bool = False) -> list[dict]:
     """Records ``{"step", "loss", "<category>": {"ratio", "cos"}}`` every ``every`` steps."""
     model = task.make_model(seed)
     ctx = context_for(model, optimizer)
@@ -34,6 +37,9 @@ def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every:
     state = optimizer.init_state(ctx, params)
     if "m" not in state or "v" not in state:
         raise ValueError(f"{optimizer.family} keeps no Adam moments; step_stats needs a learned optimizer")
+    if relative and "scale" not in state:
+        raise ValueError(f"{optimizer.family} takes no relative steps (no 'scale' in its state): drop --relative")
+    ref_scale = state["scale"] if relative else 1.0
     stream = task.batches("train", seed=seed)
     category = ctx.category.index_select(0, ctx.tensor_id)  # [P]
     records = []
@@ -42,7 +48,7 @@ def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every:
         loss, grad = loss_and_grad(model, ctx, task.loss, params, x, y)
         new_params, state = optimizer.update(ctx, params, grad, state)
         if step % every == 0 or step == steps - 1:
-            u, ref = new_params - params, -ref_lr * adam_direction(state)
+            u, ref = new_params - params, -ref_lr * adam_direction(state) * ref_scale
             rec = {"step": step, "loss": float(loss)}
             for c, name in enumerate(CATEGORIES):
                 mask = category == c
@@ -84,12 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--task", default="cifar10-conv")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--ref-lr", type=float, default=3e-3, help="the Adam learning rate to compare with")
+    p.add_argument("--ref-lr", type=float, default=None,
+                   help="the Adam learning rate to compare with (default 3e-3; with --relative, 1)")
+    p.add_argument("--relative", action="store_true",
+                   help="compare with relative Adam (steps x each tensor's initial RMS): ratios are relative rates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for step_stats.json and step_stats.png")
     args = p.parse_args(argv)
     optimizer = load_checkpoint(args.checkpoint)[0]
-    records = step_stats(optimizer, get_task(args.task), args.steps, args.ref_lr, args.seed)
+    ref_lr = args.ref_lr if args.ref_lr is not None else (1.0 if args.relative else 3e-3)
+    records = step_stats(optimizer, get_task(args.task), args.steps, ref_lr, args.seed, relative=args.relative)
     for r in records[:: max(1, len(records) // 6)] + records[-1:]:
         cells = "  ".join(f"{n}: x{r[n]['ratio']:.2f} cos {r[n]['cos']:+.2f}" for n in CATEGORIES if n in r)
         print(f"step {r['step']:4d}  loss {r['loss']:.3f}  {cells}")

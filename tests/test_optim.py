@@ -348,6 +348,25 @@ def test_step_stats_measures_the_adam_multiplier():
         step_stats(make_opt("adam")[0], RegressionTask(4, 0), steps=1, ref_lr=1e-2)
 
 
+def test_step_stats_relative_measures_the_relative_rate():
+    """With ``relative`` the ratio is the effective relative rate: a relative optimizer with its multiplier forced to
+    e^+1 and initial rate 0.05 takes 0.05 e steps of relative Adam; a non-relative optimizer is refused."""
+    from meta_train.step_stats import step_stats
+    from tasks.regression import RegressionTask
+
+    learned, _ = make_opt("ff", adam_residual=True, adam_lr=0.05, adam_scale=1.0, additive=False, relative=True)
+    with torch.no_grad():
+        learned.head.out.bias[2] = 50.0
+    recs = step_stats(learned, RegressionTask(4, 0), steps=6, ref_lr=1.0, every=5, relative=True)
+    for r in recs:
+        for name in ("in_weight", "out_weight"):
+            if name in r:
+                assert r[name]["ratio"] == pytest.approx(0.05 * math.e, rel=1e-4)
+    plain, _ = make_opt("ff", adam_residual=True, adam_lr=1e-2, adam_scale=1.0, additive=False)
+    with pytest.raises(ValueError, match="no relative steps"):
+        step_stats(plain, RegressionTask(4, 0), steps=1, ref_lr=1.0, relative=True)
+
+
 def test_shipped_default_checkpoint_trains_a_cnn():
     if not ngo_module.DEFAULT_CHECKPOINT.is_file():
         pytest.skip("no shipped default checkpoint (results/checkpoints/default.pt)")

@@ -33,8 +33,8 @@ def _grads(learned):
     return {k: p.grad.clone() for k, p in learned.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("window", [1, 4, 100])
-def test_window_gradient_matches_recorded_trajectory(window):
+@pytest.mark.parametrize("window,discount", [(1, 1.0), (4, 1.0), (100, 1.0), (5, 0.7), (100, 0.9)])
+def test_window_gradient_matches_recorded_trajectory(window, discount):
     H = 12
     learned = _learned()
     pool = _pool(learned, horizon=H)
@@ -51,15 +51,15 @@ def test_window_gradient_matches_recorded_trajectory(window):
         p, s = p_next, s_next
     total = 0.0
     for j, (pj, gj, sj, _) in enumerate(steps):
-        credit = sum(steps[k][3] for k in range(j, min(H, j + window)))
+        credit = sum(discount ** (k - j) * steps[k][3] for k in range(j, min(H, j + window)))
         total = total + (credit * learned.update(t.ctx, pj, gj, sj)[0]).sum()
     learned.zero_grad()
-    (total / (H * window)).backward()
+    (total / (H * sum(discount ** i for i in range(window)))).backward()
     expected = _grads(learned)
 
     learned.zero_grad()
-    est = build_estimator(MetaConfig(estimator="window", window=window, truncation=H, horizon=H, log_loss=True),
-                          learned)
+    est = build_estimator(MetaConfig(estimator="window", window=window, truncation=H, horizon=H, log_loss=True,
+                                     discount=discount), learned)
     stats = est.step(pool)
     assert stats["credited"] == H and stats["blowups"] == 0
     got = _grads(learned)
@@ -80,8 +80,9 @@ def test_window_of_one_is_the_greedy_meta_gradient():
         torch.testing.assert_close(results[1][k], results[0][k], rtol=1e-4, atol=1e-8)
 
 
-def test_pool_checkpoint_mid_window_resumes_exactly():
-    cfg = MetaConfig(estimator="window", window=6, truncation=2, horizon=9, log_loss=True)
+@pytest.mark.parametrize("discount", [1.0, 0.8])
+def test_pool_checkpoint_mid_window_resumes_exactly(discount):
+    cfg = MetaConfig(estimator="window", window=6, truncation=2, horizon=9, log_loss=True, discount=discount)
     learned = _learned()
     pool = _pool(learned, n=2, horizon=9)
     est = build_estimator(cfg, learned)
@@ -110,3 +111,9 @@ def test_window_config_errors():
         MetaConfig(estimator="window", window=0)
     with pytest.raises(ValueError, match="window"):
         MetaConfig(estimator="window", meta_loss="same")
+    with pytest.raises(ValueError, match="discount"):
+        MetaConfig(estimator="window", discount=0.0)
+    with pytest.raises(ValueError, match="discount"):
+        MetaConfig(estimator="tbptt", discount=0.9)
+    with pytest.raises(ValueError, match="discount >= 0.5"):  # 0.3^-1000 overflows float64
+        MetaConfig(estimator="window", discount=0.3, horizon=100, horizon_max=1000)
