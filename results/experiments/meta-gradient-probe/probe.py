@@ -1,0 +1,136 @@
+"""Which way does each meta-gradient push the step size, task by task?
+
+An untrained relative optimizer (FF family: relative Adam at rate ``eta``, multiplier 1) trains each task for
+``WARM`` steps; from there the derivative of the mean log training loss over the next ``K`` steps with respect to
+the global log-rate (every category's ``log_adam_lr`` moved together) is computed four ways:
+
+* ``fd K``: central finite differences of the actual trajectory (rates eta e^+-0.05, same batches): the truth;
+* ``2nd K``: backprop through the K updates *including* the Hessian terms (inner gradients with create_graph);
+* ``1st K``: the same with inner gradients treated as inputs (the first-order surrogate of tbptt and ``window``);
+* ``1st-disc K``: first order with the loss k steps later weighted by 0.98^k (``meta.discount = 0.98``).
+
+Negative = a larger rate lowers the loss. Tasks whose best relative rate (at 1000 steps, ``../hand-designed-adam``)
+is below eta should show positive truths; a meta-gradient that reads the task must agree in sign.
+
+    python results/experiments/meta-gradient-probe/probe.py        # -> probe.json
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from l2o.optim import OptimizerConfig, build_optimizer  # noqa: E402
+from meta_train.unroll import TaskPool  # noqa: E402
+from tasks import channels_for, conv_task  # noqa: E402
+
+torch.set_num_threads(1)
+ETA, WARM, SEED = 0.13, 200, 0
+TASKS = [("fashion-mnist", (16, 32, 32), 3, 128), ("fashion-mnist", (16, 32, 32), 3, 16),
+         ("cifar10", (32, 64, 64), 1, 128), ("cifar10", (32, 64, 64), 3, 128), ("cifar10", (32, 64, 64), 5, 128)]
+
+
+def optimizer():
+    torch.manual_seed(0)
+    return build_optimizer(OptimizerConfig(family="ff", adam_residual=True, adam_lr=ETA, adam_scale=1.0,
+                                           additive=False, relative=True))
+
+
+def start(opt, task):
+    """The task after WARM steps of relative Adam at ETA: (inner task, params, state)."""
+    pool = TaskPool(lambda g: task, opt, [0], 10**6, 0, seed=SEED)
+    t = pool.tasks[0]
+    p, s = t.params, t.state
+    with torch.no_grad():
+        for j in range(WARM):
+            _, g = t.loss_and_grad(p, j)
+            p, s = opt.update(t.ctx, p, g, s)
+    return t, p, s
+
+
+def unroll(opt, t, p, s, K, mode, discount=1.0):
+    """Mean over k of log L(p_{WARM+k}) (k = 1..K; weighted by discount^(k-1) when discounting), differentiable in
+    opt's log-rates according to ``mode``: "none", "first" or "second"."""
+    total, weight = 0.0, 0.0
+    for k in range(K):
+        _, g = t.loss_and_grad(p, WARM + k, create_graph=mode == "second")
+        if mode == "first":  # the first-order surrogate: the inner gradient is data, not a function of p
+            g = g.detach()
+        p, s = opt.update(t.ctx, p, g, s)
+        L, _ = t.loss_and_grad(p, WARM + k + 1, create_graph=mode != "none") if mode != "none" else \
+            (t.loss_and_grad(p, WARM + k + 1)[0], None)
+        w = discount ** k
+        total, weight = total + w * torch.log(L), weight + w
+    return total / weight
+
+
+@torch.no_grad()
+def first_order(opt, t, p, s, K, discount=1.0):
+    """The "first" derivative without a graph over K steps (a graph over 200 CIFAR-10 steps does not fit in 24 GiB):
+    the multiplier of the untrained optimizer is exactly 1 and its step does not depend on p, so
+    d u_j / d(global log-rate) = u_j and the derivative is sum_j c_j . u_j with the credit
+    c_j = sum_{k>=j} discount^k (h_k / L_k) / sum_k discount^k, as in the ``window`` estimator."""
+    steps, xs = [], []
+    for k in range(K):
+        _, g = t.loss_and_grad(p, WARM + k)
+        p_next, s = opt.update(t.ctx, p, g, s)
+        L, h = t.loss_and_grad(p_next, WARM + k + 1)
+        steps.append(p_next - p)
+        xs.append(discount ** k * h / float(L))
+        p = p_next
+    norm = sum(discount ** k for k in range(K))
+    credit, total = torch.zeros_like(p), 0.0
+    for k in reversed(range(K)):
+        credit = credit + xs[k]
+        total += float((credit * steps[k]).sum())
+    return total / norm
+
+
+def derivative(opt, t, p, s, K, mode, discount=1.0):
+    lr = opt.head.log_adam_lr
+    if mode == "first-credit":
+        return first_order(opt, t, p, s, K, discount)
+    if mode == "fd":
+        vals = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                lr.add_(sign * 0.05)
+                vals.append(float(unroll(opt, t, p, s, K, "none")))
+                lr.sub_(sign * 0.05)
+        return (vals[0] - vals[1]) / 0.1
+    opt.zero_grad()
+    p0 = p.detach().requires_grad_(mode == "second")  # the Hessian path needs a leaf to differentiate at
+    unroll(opt, t, p0, {k: v.detach() for k, v in s.items()}, K, mode, discount).backward()
+    return float(lr.grad.sum())
+
+
+PROBES = (("fd 10", 10, "fd", 1.0), ("2nd 10", 10, "second", 1.0), ("1st 10", 10, "first", 1.0),
+          ("fd 200", 200, "fd", 1.0), ("1st 200", 200, "first-credit", 1.0),
+          ("1st-disc 200", 200, "first-credit", 0.98), ("fd 800", 800, "fd", 1.0))
+
+
+def main():
+    """Writes ``probe.json`` after every number and skips the numbers already in it (a killed run continues)."""
+    path = Path(__file__).with_name("probe.json")
+    rows = json.loads(path.read_text()) if path.exists() else []
+    for data, base, depth, bs in TASKS:
+        task = conv_task(data, channels_for(base, depth, 1.0), batch_size=bs)
+        row = next((r for r in rows if r["task"] == task.name and r["batch"] == bs), None)
+        if row is None:
+            row = {"task": task.name, "batch": bs}
+            rows.append(row)
+        if all(label in row for label, *_ in PROBES):
+            continue
+        opt = optimizer()
+        t, p, s = start(opt, task)
+        for label, K, mode, disc in PROBES:
+            if label not in row:
+                row[label] = derivative(opt, t, p, s, K, mode, disc)
+                path.write_text(json.dumps(rows, indent=1) + "\n")
+            print(f"{task.name:28s} bs {bs:3d}  {label:13s} {row[label]:+.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
