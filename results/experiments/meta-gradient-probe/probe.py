@@ -7,7 +7,8 @@ the global log-rate (every category's ``log_adam_lr`` moved together) is compute
 * ``fd K``: central finite differences of the actual trajectory (rates eta e^+-0.05, same batches): the truth;
 * ``2nd K``: backprop through the K updates *including* the Hessian terms (inner gradients with create_graph);
 * ``1st K``: the same with inner gradients treated as inputs (the first-order surrogate of tbptt and ``window``);
-* ``1st-disc K``: first order with the loss k steps later weighted by 0.98^k (``meta.discount = 0.98``).
+* ``1st-disc K``: first order with the loss k steps later weighted by 0.98^k (``meta.discount = 0.98``);
+* ``fd-val K``: finite differences of the log *validation* loss (2,000 held-out images) after the K steps.
 
 Negative = a larger rate lowers the loss. Tasks whose best relative rate (at 1000 steps, ``../hand-designed-adam``)
 is below eta should show positive truths; a meta-gradient that reads the task must agree in sign.
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from l2o.optim import OptimizerConfig, build_optimizer  # noqa: E402
@@ -88,8 +90,27 @@ def first_order(opt, t, p, s, K, discount=1.0):
     return total / norm
 
 
+@torch.no_grad()
+def final_val_loss(opt, t, p, s, K):
+    """Log of the mean loss on the first 2,000 validation images after K more steps (held-out data, not training)."""
+    for k in range(K):
+        _, g = t.loss_and_grad(p, WARM + k)
+        p, s = opt.update(t.ctx, p, g, s)
+    x, y = t.task.batches("val", batch_size=2000, seed=0).batch(0)  # the same 2,000 images every call
+    named = dict(zip(t.ctx.names, t.ctx.split(p)))
+    return float(torch.log(t.task.loss(functional_call(t.model, named, (x,)), y)))
+
+
 def derivative(opt, t, p, s, K, mode, discount=1.0):
     lr = opt.head.log_adam_lr
+    if mode == "fd-val":
+        vals = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                lr.add_(sign * 0.05)
+                vals.append(final_val_loss(opt, t, p, s, K))
+                lr.sub_(sign * 0.05)
+        return (vals[0] - vals[1]) / 0.1
     if mode == "first-credit":
         return first_order(opt, t, p, s, K, discount)
     if mode == "fd":
@@ -108,7 +129,8 @@ def derivative(opt, t, p, s, K, mode, discount=1.0):
 
 PROBES = (("fd 10", 10, "fd", 1.0), ("2nd 10", 10, "second", 1.0), ("1st 10", 10, "first", 1.0),
           ("fd 200", 200, "fd", 1.0), ("1st 200", 200, "first-credit", 1.0),
-          ("1st-disc 200", 200, "first-credit", 0.98), ("fd 800", 800, "fd", 1.0))
+          ("1st-disc 200", 200, "first-credit", 0.98), ("fd 800", 800, "fd", 1.0),
+          ("fd-val 800", 800, "fd-val", 1.0))
 
 
 def main():
