@@ -7,8 +7,8 @@ meta-gradient in ``.grad`` of the learned optimizer's parameters.
 * :class:`PES`: persistent evolution strategies with antithetic pairs (Vicol et al. 2021): unbiased across
   truncations, no backprop, noisier.
 * :class:`WindowCredit` (``window``): the first-order meta-gradient of the next ``W`` losses after *every* step (a
-  sliding window, up to the task's horizon; optionally discounted by ``gamma^(k-j)``), at the memory of ``W`` stored step inputs instead of ``W`` autograd
-  graphs. Counters the short-horizon bias of 10-step truncations (see the class).
+  sliding window, up to the task's horizon; optionally discounted by ``gamma^(k-j)``), at the memory of ``W``
+  stored step inputs instead of ``W`` autograd graphs. Counters the short-horizon bias of 10-step truncations (see the class).
 
 First-order meta-gradients use a surrogate instead of a second optimizee backward: with inner gradients treated as
 inputs, d meta-loss / d theta = sum_k h_k . d p_{k+1} / d theta, where h_k = d L_k / d p_{k+1} is *exactly* the

@@ -3,8 +3,8 @@ import sys, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3]))
 from tasks import get_task
 torch.set_num_threads(1)
-def run(name, eta, seed=1000, steps=1000, live=False):
-    task = get_task(name)
+def run(name, eta, seed=1000, steps=1000, live=False, task=None):
+    task = task or get_task(name)  # relative_depth.py passes unregistered tasks
     torch.manual_seed(seed)
     m = task.make_model(seed)
     groups = [{"params": [p], "lr": eta * float(p.detach().pow(2).mean().sqrt())} for p in m.parameters()]
@@ -17,6 +17,7 @@ def run(name, eta, seed=1000, steps=1000, live=False):
         loss = task.loss(m(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
     return task.evaluate(m, "val")["acc"]
-for spec in sys.argv[1:]:
-    name, eta, *rest = spec.split("@")
-    print(spec, round(100 * run(name, float(eta), live=bool(rest)), 2), flush=True)
+if __name__ == "__main__":
+    for spec in sys.argv[1:]:
+        name, eta, *rest = spec.split("@")
+        print(spec, round(100 * run(name, float(eta), live=bool(rest)), 2), flush=True)
