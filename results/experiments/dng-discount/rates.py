@@ -6,6 +6,7 @@ over those steps. An optimizer that adapts its step to the problem shows differe
 default shows about 0.13 everywhere.
 
     python results/experiments/dng-discount/rates.py results/checkpoints/default.pt runs/exp/X/best.pt
+    python results/experiments/dng-discount/rates.py --out=PATH.json CHECKPOINT ...   # write elsewhere
 """
 import json
 import sys
@@ -40,5 +41,7 @@ def main(paths: list[str], steps: int = 300) -> list[dict]:
 
 
 if __name__ == "__main__":
-    out = main(sys.argv[1:])
-    Path(__file__).with_name("rates.json").write_text(json.dumps(out, indent=1) + "\n")
+    args = sys.argv[1:]
+    path = Path(args.pop(0).split("=", 1)[1]) if args and args[0].startswith("--out=") else \
+        Path(__file__).with_name("rates.json")
+    path.write_text(json.dumps(main(args), indent=1) + "\n")
