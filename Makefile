@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Data root: the shared torchvision-style folder when it exists, else whatever L2O_DATA says.
 L2O_DATA ?= $(firstword $(wildcard ../shared/datasets) $(HOME)/.cache/l2o/data)
+# Made absolute: a relative root would name another folder for code that changes directory (a test does).
+override L2O_DATA := $(abspath $(L2O_DATA))
 export L2O_DATA
 TORCH_PIN := torch==2.13.0
 

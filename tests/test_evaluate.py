@@ -97,6 +97,8 @@ def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch
     monkeypatch.setattr(ev, "train_optimizee", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
     assert calls == [] and again["runs"] == json.loads(json.dumps(first["runs"]))  # nothing rerun, tuning reused
+    # a relative data root (L2O_DATA=../shared/datasets) would stop naming the data once we change directory
+    monkeypatch.setenv("L2O_DATA", str(Path(os.environ["L2O_DATA"]).resolve()))
     monkeypatch.chdir(tmp_path)  # the same file under a relative path is the same checkpoint
     ev.evaluate("fmnist-conv", ["adam", "ff=ff.pt"], steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
     assert calls == []
