@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hand-designed-adam"))
+from relative import relative_adam  # noqa: E402  (the same relative Adam as the hand-designed runs)
 from tasks import channels_for, conv_task  # noqa: E402
 
 torch.set_num_threads(1)
@@ -48,8 +50,7 @@ def main():
         seed = 1000
         torch.manual_seed(seed)
         m = task.make_model(seed)
-        opt = torch.optim.Adam([{"params": [p], "lr": ETA * float(p.detach().pow(2).mean().sqrt())}
-                                for p in m.parameters()])
+        opt = relative_adam(m, ETA)
         stream = task.batches("train", seed=seed)
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in m.parameters()]
         row = {"task": task.name, "batch": bs, "best_rate": best, "per_weight": {}, "tensor_level": {}, "per_tensor": {}}
