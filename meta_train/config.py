@@ -23,6 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ESTIMATORS = ("tbptt", "greedy", "pes", "window")
+OUTER_OPTIMIZERS = ("adamw", "adam")
+REDUCTIONS = ("mean", "sum")
 META_LOSSES = ("train", "same", "fresh")
 
 
@@ -39,6 +41,8 @@ class MetaConfig:
     meta_loss: str = "train"  # train: loss at the next params on the next batch | same: same batch | fresh: a held-out batch
     log_loss: bool = False  # meta-loss on log(loss)
     second_order: bool = False  # differentiate through the inner gradients too (tbptt only)
+    reduction: str = "mean"  # tbptt/greedy: the meta-loss averages (mean) or sums (sum, the reference) the K steps
+    outer_optimizer: str = "adamw"  # adamw: decoupled weight decay | adam: L2 added to the gradient (the reference)
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 0  # outer steps of linear warm-up, then cosine decay to lr * min_lr_ratio
@@ -50,6 +54,13 @@ class MetaConfig:
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"meta.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"meta.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.reduction == "sum" and self.estimator not in ("tbptt", "greedy"):
+            raise ValueError(f"meta.reduction = 'sum' is implemented for the tbptt and greedy estimators, not "
+                             f"{self.estimator!r}")
+        if self.outer_optimizer not in OUTER_OPTIMIZERS:
+            raise ValueError(f"meta.outer_optimizer must be one of {OUTER_OPTIMIZERS}, got {self.outer_optimizer!r}")
         if self.meta_loss not in META_LOSSES:
             raise ValueError(f"meta.meta_loss must be one of {META_LOSSES}, got {self.meta_loss!r}")
         if self.second_order and self.estimator != "tbptt":

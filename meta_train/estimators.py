@@ -94,7 +94,7 @@ class TruncatedBackprop(Estimator):
                     next_pending[i] = None
                     continue
                 meta_values.append(math.log(float(L)) if cfg.log_loss else float(L))
-                scale = 1.0 / (K * n)
+                scale = 1.0 / (K * n) if cfg.reduction == "mean" else 1.0 / n  # sum: over steps, mean over tasks
                 if second:
                     surrogate = surrogate + scale * (torch.log(L) if cfg.log_loss else L)
                 else:

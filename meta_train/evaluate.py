@@ -30,6 +30,8 @@ GRIDS = {
     "adam": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)],
     "adamw": [{"lr": lr, "weight_decay": wd} for lr in (1e-3, 3e-3, 1e-2) for wd in (1e-4, 1e-2, 1e-1)],
     "sgdm": [{"lr": lr} for lr in (0.01, 0.03, 0.1, 0.3)],
+    # relative rates (x each tensor's initial RMS): by hand 0.05 .. 1.0 were best across depths and data sets
+    "relative-adam": [{"lr": lr} for lr in (0.03, 0.06, 0.1, 0.2, 0.3, 0.6, 1.0)],
 }
 
 
@@ -56,7 +58,7 @@ def parse_spec(spec: str) -> Candidate:
         return Candidate(label or Path(path).stem, payload_family, checkpoint=path)
     family, _, rest = spec.partition(":")
     if family not in GRIDS:
-        raise ValueError(f"unknown optimizer spec {spec!r}: use adam/adamw/sgdm[:lr=..,weight_decay=..] or a .pt file")
+        raise ValueError(f"unknown optimizer spec {spec!r}: use adam/adamw/sgdm/relative-adam[:lr=..,weight_decay=..] or a .pt file")
     hyper = None
     if rest:
         hyper = {k: float(v) for k, v in (kv.split("=") for kv in rest.split(","))}

@@ -105,7 +105,8 @@ def train(cfg: Config, resume: bool = False) -> dict:
     learned = build_optimizer(cfg.optimizer)
     if not any(p.requires_grad for p in learned.parameters()):
         raise ValueError(f"optimizer family {cfg.optimizer.family!r} has no meta-parameters to train")
-    meta_opt = torch.optim.AdamW(learned.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
+    outer = torch.optim.AdamW if cfg.meta.outer_optimizer == "adamw" else torch.optim.Adam
+    meta_opt = outer(learned.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(meta_opt, lr_lambda(cfg))
     learned, meta_opt, sched = acc.prepare(learned, meta_opt, sched)
     core = acc.unwrap_model(learned)  # the estimators call its functional update directly

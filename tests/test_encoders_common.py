@@ -3,7 +3,7 @@
 Hidden-neuron permutation equivariance (MLP, mixed-kernel CNN, residual CNN), invariance of the pooled readout,
 batching graphs of different architectures equals encoding each alone, gradients reach every parameter,
 seeded construction is reproducible, and bad inputs raise clear errors. Encoders whose constructor takes a
-``bidirectional`` option are checked with it on and off.
+``bidirectional`` option are checked with it on and off, and with ``shared_reverse`` where they have it.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def _variants() -> list[tuple[str, dict]]:
     for name in sorted(ENCODERS):
         if "bidirectional" in inspect.signature(ENCODERS[name].__init__).parameters:
             out += [(name, {"bidirectional": True}), (name, {"bidirectional": False})]
+        if "shared_reverse" in inspect.signature(ENCODERS[name].__init__).parameters:
+            out.append((name, {"shared_reverse": True}))
         else:
             out.append((name, {}))
     return out

@@ -170,6 +170,12 @@ class NGGNN(GraphEncoder):
         node_in, edge_in, hidden, depth, kmax, fourier: the common encoder arguments (see :class:`GraphEncoder`).
         bidirectional: also pass messages along reversed edges (default True; an optimizer needs information from
             later layers).
+        shared_reverse: with ``bidirectional``, treat the reversed edges as the *same* relation (one message MLP and
+            FiLM map for both directions, as the published reference code does) instead of a second relation. The
+            graph is then symmetrised: every edge ``j -> i`` gets a twin ``i -> j``, and each edge's input is
+            ``[e_ij, e_ji, e_ij + e_ji]`` (``e_ji`` is zero for the twin's original direction: a neural graph has no
+            reciprocal edges), so the two directions are told apart by their features alone. Edge states are kept
+            and updated for all ``2E`` edges; the forward edges' states are returned.
         avg_log_deg: ``delta`` of the amplification scaler; ``None`` (default) computes it per graph from the graph
             itself (see the module docstring).
         eps: variance epsilon of the std aggregator.
@@ -179,15 +185,19 @@ class NGGNN(GraphEncoder):
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
                  fourier: int = 0, positional: str = "index", *, bidirectional: bool = True, avg_log_deg: float | None = None,
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, shared_reverse: bool = False):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
+        if shared_reverse and not bidirectional:
+            raise ValueError("shared_reverse=True adds the reversed edges as the same relation: it needs "
+                             "bidirectional=True")
         if hidden < 1 or depth < 1:
             raise ValueError(f"hidden and depth must be positive, got hidden={hidden}, depth={depth}")
         if avg_log_deg is not None and not (math.isfinite(avg_log_deg) and avg_log_deg > 0):
             raise ValueError(f"avg_log_deg must be a positive number or None, got {avg_log_deg}")
-        self.bidirectional, self.avg_log_deg = bidirectional, avg_log_deg
-        self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier, positional=positional)
-        relations = 2 if bidirectional else 1
+        self.bidirectional, self.avg_log_deg, self.shared_reverse = bidirectional, avg_log_deg, shared_reverse
+        self.embed = GraphInputEmbedding(node_in, 3 * edge_in if shared_reverse else edge_in, hidden, fourier,
+                                         positional=positional)
+        relations = 2 if bidirectional and not shared_reverse else 1
         self.layers = nn.ModuleList(NGGNNLayer(hidden, relations, eps) for _ in range(depth))
 
     def reset_parameters(self) -> None:
@@ -197,10 +207,17 @@ class NGGNN(GraphEncoder):
 
     def forward(self, graph: NeuralGraph, node_feats: Tensor, edge_feats: Tensor) -> tuple[Tensor, Tensor]:
         self.check_inputs(graph, node_feats, edge_feats)
-        x, e = self.embed(graph, node_feats, edge_feats)
-        rels = relation_edge_indices(graph, self.bidirectional)
+        if self.shared_reverse:
+            zero = torch.zeros_like(edge_feats)
+            x, e = self.embed(graph, node_feats, torch.cat([edge_feats, zero, edge_feats], 1))
+            e_twin = self.embed.edge_proj(torch.cat([zero, edge_feats, edge_feats], 1)) + self.embed.edge_kind(graph.edge_kind)
+            e = torch.cat([e, e_twin], 0)  # [2E, d]: forward edges, then their twins
+            rels = [torch.cat([graph.edge_index, graph.reverse_edge_index()], 1)]
+        else:
+            x, e = self.embed(graph, node_feats, edge_feats)
+            rels = relation_edge_indices(graph, self.bidirectional)
         scalers = [degree_scalers(graph, ei, x.dtype, self.avg_log_deg) for ei in rels]
         deg, amp = [s[0] for s in scalers], [s[1] for s in scalers]
         for layer in self.layers:
             x, e = layer(x, e, rels, deg, amp)
-        return x, e
+        return x, e[: graph.num_edges]

@@ -188,6 +188,7 @@ class NeuralGraph:
         if any(g.kmax != kmax for g in graphs):
             raise ValueError(f"all graphs in a batch must share kmax, got {[g.kmax for g in graphs]}")
         K = kmax * kmax
+        device = graphs[0].device  # built on the CPU (structure only, cheap), returned where the graphs live
         graphs = [g.to("cpu") for g in graphs]
         N_tot = sum(g.num_nodes for g in graphs)
         cols = {k: [] for k in ("nl", "nr", "na", "ni", "np", "ng", "ei", "ek", "ec", "eg", "slot")}
@@ -216,7 +217,7 @@ class NeuralGraph:
             node_position=cat["np"], edge_index=cat["ei"], edge_kind=cat["ek"], edge_constant=cat["ec"],
             slot=cat["slot"], param_names=names, param_shapes=shapes, layers=layers, unmapped_params=unmapped,
             node_graph=cat["ng"], edge_graph=cat["eg"], graph_param_ptr=torch.tensor(pptr),
-        )
+        ).to(device)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -4,11 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .features import FeatureConfig
-from .learned import Adam, FFOptimizer, GraphOptimizer, LSTMOptimizer, Optimizer, SGDMomentum
+from .learned import (Adam, FFOptimizer, GraphOptimizer, LSTMOptimizer, Optimizer, RelativeAdam, SGDMomentum,
+                      TensorLSTMOptimizer)
 
 GRAPH_FAMILIES = ("ng-gnn", "ng-t", "dng", "nfn")
-LEARNED_FAMILIES = GRAPH_FAMILIES + ("ff", "lstm")
-HAND_FAMILIES = ("adam", "adamw", "sgdm")
+LEARNED_FAMILIES = GRAPH_FAMILIES + ("ff", "lstm", "tensor-lstm")
+HAND_FAMILIES = ("adam", "adamw", "sgdm", "relative-adam")
 FAMILIES = LEARNED_FAMILIES + HAND_FAMILIES
 
 
@@ -25,6 +26,11 @@ class OptimizerConfig:
     positional: str = "role"  # input/output node embeddings: "role" (shared) or "index" (one per neuron)
     head_hidden: int = 32
     lam: float = 0.01
+    # "modulated": lam d exp(lam m) with per-layer scales and time features, optionally + or only a modulated Adam
+    # step (the flags below); "mlp": the published reference rule, a plain ReLU MLP with head_layers hidden layers
+    step_rule: str = "modulated"
+    head_layers: int = 2  # hidden layers of the "mlp" step rule
+    inputs: str = "adam"  # per-element inputs: "adam" (EMA momenta, second moment, Adam direction) | "reference"
     preprocess: str = "logsign"
     layer_scale: bool = True
     adam_residual: bool = False
@@ -32,7 +38,7 @@ class OptimizerConfig:
     adam_scale: float = 0.0  # > 0: learned per-element Adam lr multiplier in [e^-adam_scale, e^adam_scale]
     additive: bool = True  # False: no free-form additive term (only the modulated Adam step)
     relative: bool = False  # Adam residual step x RMS of its tensor: adam_lr is then a relative learning rate
-    lstm_hidden: int = 8
+    lstm_hidden: int = 8  # lstm: per-element state size; tensor-lstm: width of its MLP and its cell
     # hand-designed optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -58,8 +64,8 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
     """A freshly initialised optimizer module for ``cfg`` (use ``torch.manual_seed`` first for a fixed init)."""
     head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
-                additive=cfg.additive, relative=cfg.relative)
-    feats = FeatureConfig(preprocess=cfg.preprocess)
+                additive=cfg.additive, relative=cfg.relative, step_rule=cfg.step_rule, head_layers=cfg.head_layers)
+    feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(cfg.family, cfg.hidden, cfg.depth, cfg.kmax, dict(cfg.encoder_options), feats,
                               cfg.positional, **head)
@@ -67,6 +73,10 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
         return FFOptimizer(features=feats, **head)
     if cfg.family == "lstm":
         return LSTMOptimizer(cfg.lstm_hidden, features=feats, **head)
+    if cfg.family == "tensor-lstm":
+        return TensorLSTMOptimizer(cfg.lstm_hidden, features=feats, **head)
+    if cfg.family == "relative-adam":
+        return RelativeAdam(cfg.lr)
     if cfg.family in ("adam", "adamw"):
         return Adam(cfg.lr, weight_decay=cfg.weight_decay)
     return SGDMomentum(cfg.lr, cfg.momentum, cfg.weight_decay)

@@ -31,6 +31,7 @@ class ParamContext:
         graph: NeuralGraph over the graph-represented tensors (None for graph-free optimizers' contexts)
         graph_index [P_g] or None: positions in the flat vector of the graph's elements, in graph order
             (None means the first ``graph.num_param_elements`` elements, the common case)
+        tensor_task [T] or None: which task of a batch (:meth:`batch`) each tensor belongs to (None: one task)
     """
 
     names: list[str]
@@ -40,6 +41,7 @@ class ParamContext:
     offsets: torch.Tensor
     graph: NeuralGraph | None = None
     graph_index: torch.Tensor | None = None
+    tensor_task: torch.Tensor | None = None
 
     @property
     def num_elements(self) -> int:
@@ -77,29 +79,50 @@ class ParamContext:
         """One context for several tasks updated together: flat vectors concatenated, graphs batched."""
         if len(contexts) == 1:
             return contexts[0]
+        dev = contexts[0].device  # every index tensor of the batch lives where the contexts do
         names = [f"{i}.{n}" for i, c in enumerate(contexts) for n in c.names]
         shapes = [s for c in contexts for s in c.shapes]
         sizes = [s.numel() for s in shapes]
-        tensor_id = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes, dtype=torch.long))
-        offsets = torch.tensor([0] + sizes).cumsum(0)
+        tensor_id = torch.repeat_interleave(torch.arange(len(names), device=dev),
+                                            torch.tensor(sizes, dtype=torch.long, device=dev))
+        offsets = torch.tensor([0] + sizes, device=dev).cumsum(0)
         category = torch.cat([c.category for c in contexts])
+        tensor_task = torch.cat([torch.full((c.num_tensors,), i, dtype=torch.long, device=dev)
+                                 for i, c in enumerate(contexts)])
         graph = graph_index = None
         if all(c.graph is not None for c in contexts):
             graph = NeuralGraph.batch([c.graph for c in contexts])
-            starts = torch.tensor([0] + [c.num_elements for c in contexts]).cumsum(0)
+            starts = [0]
+            for c in contexts:
+                starts.append(starts[-1] + c.num_elements)
             parts = [starts[i] + (c.graph_index if c.graph_index is not None
-                                  else torch.arange(c.graph.num_param_elements)) for i, c in enumerate(contexts)]
+                                  else torch.arange(c.graph.num_param_elements, device=dev))
+                     for i, c in enumerate(contexts)]
             graph_index = torch.cat(parts)
-            if graph_index.numel() == tensor_id.numel() and torch.equal(graph_index, torch.arange(graph_index.numel())):
+            if graph_index.numel() == tensor_id.numel() and torch.equal(
+                    graph_index, torch.arange(graph_index.numel(), device=dev)):
                 graph_index = None
         elif any(c.graph is not None for c in contexts):
             raise ValueError("cannot batch contexts with and without graphs")
-        return ParamContext(names, shapes, tensor_id, category, offsets, graph, graph_index)
+        return ParamContext(names, shapes, tensor_id, category, offsets, graph, graph_index, tensor_task)
 
     def to(self, device) -> "ParamContext":
+        def move(t):
+            return None if t is None else t.to(device)
+
         return ParamContext(self.names, self.shapes, self.tensor_id.to(device), self.category.to(device),
                             self.offsets.to(device), self.graph.to(device) if self.graph is not None else None,
-                            self.graph_index.to(device) if self.graph_index is not None else None)
+                            move(self.graph_index), move(self.tensor_task))
+
+    def tensor_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(task [T], position [T])``: each tensor's task in a batch and its index among that task's tensors."""
+        T = self.num_tensors
+        if self.tensor_task is None:
+            zeros = torch.zeros(T, dtype=torch.long, device=self.device)
+            return zeros, torch.arange(T, device=self.device)
+        counts = torch.bincount(self.tensor_task)
+        starts = counts.cumsum(0) - counts
+        return self.tensor_task, torch.arange(T, device=self.device) - starts.index_select(0, self.tensor_task)
 
     # ---------------------------------------------------------------- flat <-> tensors
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:

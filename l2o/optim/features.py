@@ -1,11 +1,16 @@
 """Per-parameter optimizer features and the statistics kept as optimizer state.
 
-State per element (what ``state_floats_per_param`` counts): momenta at decays ``(0.5, 0.9, 0.99, 0.999, 0.9999)``
-``m [P, 5]`` and an Adam-style second moment ``v [P]``: 6 floats. Plus one step counter per tensor.
+Two input sets (``FeatureConfig.inputs``):
 
-Features per element (before preprocessing): the parameter, the gradient, the 5 momenta, ``sqrt(v_hat)`` and the
-Adam direction ``m_hat / sqrt(v_hat + eps)`` (bias-corrected, decay 0.9): ``RAW_FEATURES = 9`` values. Two
-preprocessings (``FeatureConfig.preprocess``):
+* ``"adam"`` (default): momenta at decays ``(0.5, 0.9, 0.99, 0.999, 0.9999)`` kept as moving averages
+  ``m <- beta m + (1 - beta) g`` (``m [P, 5]``) and an Adam-style second moment ``v [P]``: 6 floats of state. The
+  features are the parameter, the gradient, the 5 momenta, ``sqrt(v_hat)`` and the Adam direction
+  ``m_hat / sqrt(v_hat + eps)`` (bias-corrected, decay 0.9): ``RAW_FEATURES = 9`` values.
+* ``"reference"``: what the released code of Kofinas et al. feeds its L2O models: the parameter, the gradient and
+  the 5 momenta kept as plain accumulating sums ``m <- beta m + g`` (no ``1 - beta``, no bias correction, no second
+  moment): 7 values, 5 floats of state.
+
+Plus one step counter per tensor. Two preprocessings (``FeatureConfig.preprocess``):
 
 * ``"logsign"`` (Andrychowicz et al. 2016): each value ``x`` -> ``(log|x| / p, sign x)`` if ``|x| >= e^-p``, else
   ``(-1, e^p x)``, ``p = 10``: 18 features;
@@ -27,6 +32,8 @@ DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
 BETA2 = 0.999
 TIME_TAUS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 RAW_FEATURES = 9
+REFERENCE_RAW_FEATURES = 7
+INPUT_SETS = ("adam", "reference")
 ADAM_EPS = 1e-8
 
 
@@ -34,30 +41,52 @@ ADAM_EPS = 1e-8
 class FeatureConfig:
     preprocess: str = "logsign"  # "logsign" | "rms"
     logsign_p: float = 10.0
+    inputs: str = "adam"  # "adam" | "reference" (see the module docstring)
 
     def __post_init__(self):
         if self.preprocess not in ("logsign", "rms"):
             raise ValueError(f"preprocess must be 'logsign' or 'rms', got {self.preprocess!r}")
+        if self.inputs not in INPUT_SETS:
+            raise ValueError(f"inputs must be one of {INPUT_SETS}, got {self.inputs!r}")
+
+    @property
+    def raw_features(self) -> int:
+        return RAW_FEATURES if self.inputs == "adam" else REFERENCE_RAW_FEATURES
 
     @property
     def num_features(self) -> int:
-        return 2 * RAW_FEATURES if self.preprocess == "logsign" else RAW_FEATURES
+        return 2 * self.raw_features if self.preprocess == "logsign" else self.raw_features
+
+    @property
+    def state_floats(self) -> int:
+        """Floats of per-element state the statistics need: 5 momenta, plus ``v`` for the Adam input set."""
+        return len(DECAYS) + int(self.inputs == "adam")
 
     @property
     def num_time_features(self) -> int:
         return len(TIME_TAUS)
 
 
-def init_moments(P: int, dtype=torch.float32, device=None) -> dict[str, torch.Tensor]:
-    """Zero statistics for ``P`` elements: ``m [P, 5]``, ``v [P]``, ``step`` (0-dim, number of updates done)."""
-    return {"m": torch.zeros(P, len(DECAYS), dtype=dtype, device=device),
-            "v": torch.zeros(P, dtype=dtype, device=device),
-            "step": torch.zeros((), dtype=dtype, device=device)}
+def init_moments(P: int, dtype=torch.float32, device=None, cfg: FeatureConfig = FeatureConfig()
+                 ) -> dict[str, torch.Tensor]:
+    """Zero statistics for ``P`` elements: ``m [P, 5]``, ``v [P]`` (``"adam"`` inputs only), ``step`` (0-dim,
+    number of updates done)."""
+    state = {"m": torch.zeros(P, len(DECAYS), dtype=dtype, device=device),
+             "step": torch.zeros((), dtype=dtype, device=device)}
+    if cfg.inputs == "adam":
+        state["v"] = torch.zeros(P, dtype=dtype, device=device)
+    return state
 
 
-def update_moments(grads: torch.Tensor, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Advance momenta and second moment by one gradient ``[P]``; returns new tensors (no in-place writes)."""
+def update_moments(grads: torch.Tensor, state: dict[str, torch.Tensor], cfg: FeatureConfig = FeatureConfig()
+                   ) -> dict[str, torch.Tensor]:
+    """Advance the statistics by one gradient ``[P]``; returns new tensors (no in-place writes).
+
+    ``"adam"`` inputs: moving averages and a second moment; ``"reference"``: plain sums ``m <- beta m + g``.
+    """
     decays = torch.tensor(DECAYS, dtype=grads.dtype, device=grads.device)
+    if cfg.inputs == "reference":
+        return {**state, "m": state["m"] * decays + grads[:, None], "step": state["step"] + 1}
     m = state["m"] * decays + grads[:, None] * (1 - decays)
     v = state["v"] * BETA2 + grads * grads * (1 - BETA2)
     return {**state, "m": m, "v": v, "step": state["step"] + 1}
@@ -91,7 +120,10 @@ def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, tor
 def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
                    cfg: FeatureConfig) -> torch.Tensor:
     """Preprocessed per-element features ``[P, cfg.num_features]``."""
-    raw = raw_features(params, grads, state)
+    if cfg.inputs == "reference":
+        raw = torch.cat([params[:, None], grads[:, None], state["m"]], 1)
+    else:
+        raw = raw_features(params, grads, state)
     if cfg.preprocess == "logsign":
         return logsign(raw, cfg.logsign_p)
     return raw / ctx.tensor_rms(raw, eps=1e-16)

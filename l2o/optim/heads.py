@@ -39,6 +39,10 @@ def relative_scale(ctx: ParamContext, params: torch.Tensor) -> torch.Tensor:
 
 
 class UpdateHead(nn.Module):
+    """The ``"modulated"`` step rule: see the module docstring."""
+
+    needs_adam_direction = True
+
     def __init__(self, num_features: int, time_features: int, embed_dim: int = 0, hidden: int = 32,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False,
                  adam_lr: float = 1e-3, adam_scale: float = 0.0, additive: bool = True, relative: bool = False):
@@ -97,3 +101,51 @@ class UpdateHead(nn.Module):
                 adam_step = adam_step * scale
             step = -adam_step if step is None else step - adam_step
         return step
+
+
+class MLPStepHead(nn.Module):
+    """The plain learned step rule of Kofinas et al.'s released L2O code (step rule ``"mlp"``).
+
+    ``[features, embedding]`` -> ReLU MLP with ``layers`` hidden layers of width ``hidden`` -> ``(d, m)`` per
+    element; the step is ``lam * d * exp(lam * m)``. Nothing else: no Adam term, no per-layer scale, no time
+    features, PyTorch's default initialisation everywhere (so the untrained rule already takes steps of order
+    ``lam``).
+
+    Args:
+        num_features: per-element input features ``F``. embed_dim: per-element embedding size (0 = none).
+        hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
+    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ...) -> step [P]``; ``embed`` comes already
+    projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the per-element gather, which
+    equals a first linear layer on the concatenation ``[features, embedding]``).
+    """
+
+    needs_adam_direction = False
+    relative = False
+
+    def __init__(self, num_features: int, embed_dim: int = 0, hidden: int = 64, layers: int = 2,
+                 lam: float = 0.01):
+        super().__init__()
+        if layers < 1 or hidden < 1:
+            raise ValueError(f"an MLP step head needs layers >= 1 and hidden >= 1, got layers={layers}, "
+                             f"hidden={hidden}")
+        self.lam = lam
+        self.feat_in = nn.Linear(num_features, hidden)
+        self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
+        self.out = nn.Linear(hidden, 2)
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat=None,
+                adam_dir=None, scale=None) -> torch.Tensor:
+        h = self.feat_in(feats)
+        if embed is not None:
+            h = h + embed
+        h = F.relu(h)
+        for lin in self.hidden:
+            h = F.relu(lin(h))
+        d, m = self.out(h).unbind(-1)
+        return self.lam * d * torch.exp(self.lam * m)

@@ -20,7 +20,7 @@ from ..encoders import build_encoder
 from .context import ParamContext
 from .features import (FeatureConfig, adam_direction, init_moments, param_features, time_features,
                        update_moments)
-from .heads import UpdateHead, relative_scale
+from .heads import MLPStepHead, UpdateHead, relative_scale
 
 
 class Optimizer(nn.Module):
@@ -43,23 +43,40 @@ class Optimizer(nn.Module):
         return self.update(ctx, params, grads, state, lr)
 
 
-class LearnedOptimizer(Optimizer):
-    """Moments + features + update head; subclasses add how the per-element embedding is computed."""
+STEP_RULES = ("modulated", "mlp")
 
-    state_floats_per_param = 6  # 5 momenta + second moment
+
+class LearnedOptimizer(Optimizer):
+    """Moments + features + update head; subclasses add how the per-element embedding is computed.
+
+    ``step_rule`` picks the head: ``"modulated"`` (:class:`UpdateHead`: ``lam d exp(lam m)`` with learned per-layer
+    scales and time features, optionally plus or only a modulated Adam step) or ``"mlp"`` (:class:`MLPStepHead`: the
+    plain ReLU-MLP rule of the published reference code, ``head_layers`` hidden layers).
+    """
 
     def __init__(self, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
-                 adam_scale: float = 0.0, additive: bool = True, relative: bool = False):
+                 adam_scale: float = 0.0, additive: bool = True, relative: bool = False,
+                 step_rule: str = "modulated", head_layers: int = 2):
         super().__init__()
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
         self.features = features
-        self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
-                               layer_scale, adam_residual, adam_lr, adam_scale, additive, relative)
-        # + the per-element scale of relative steps (the tensor's RMS when the state was created)
-        self.state_floats_per_param = type(self).state_floats_per_param + int(relative)
+        if step_rule == "mlp":
+            if adam_residual or relative:
+                raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual / relative "
+                                 "steps (use step_rule='modulated' for those)")
+            self.head = MLPStepHead(features.num_features, embed_dim, head_hidden, head_layers, lam)
+        else:
+            if features.inputs != "adam" and adam_residual:
+                raise ValueError("an Adam residual needs the second moment: use features inputs='adam'")
+            self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
+                                   layer_scale, adam_residual, adam_lr, adam_scale, additive, relative)
+        # statistics, + the per-element scale of relative steps (the tensor's RMS when the state was created)
+        self.state_floats_per_param = features.state_floats + int(relative)
 
     def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
-        state = init_moments(params.numel(), params.dtype, params.device)
+        state = init_moments(params.numel(), params.dtype, params.device, self.features)
         if self.head.relative:
             state["scale"] = relative_scale(ctx, params)
         return state
@@ -72,11 +89,11 @@ class LearnedOptimizer(Optimizer):
     def update(self, ctx, params, grads, state, lr=1.0):
         if params.shape != grads.shape or params.dim() != 1:
             raise ValueError(f"update expects flat params and grads [P], got {list(params.shape)} and {list(grads.shape)}")
-        new_state = update_moments(grads, state)
+        new_state = update_moments(grads, state, self.features)
         feats = param_features(ctx, params, grads, new_state, self.features)
         emb, extra = self.embed(ctx, feats, state)
-        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_direction(new_state),
-                         state.get("scale"))
+        adam_dir = adam_direction(new_state) if self.head.needs_adam_direction else None
+        step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_dir, state.get("scale"))
         new_state.update(extra)
         return params + lr * step, new_state
 
@@ -147,6 +164,50 @@ class LSTMOptimizer(LearnedOptimizer):
         return self.head.embed_proj(h), {"h": h, "c": c}
 
 
+class TensorLSTMOptimizer(LearnedOptimizer):
+    """The recurrent baseline as the published reference code runs it ("LSTM" in Kofinas et al.'s table).
+
+    No state across steps beyond the momenta: within one step each element's features go through a ReLU MLP
+    ``F -> lstm_hidden -> lstm_hidden``, are averaged over the element's tensor, and one LSTM cell runs over the
+    network's tensors in order (``ctx.names``), from a zero state on every call. Each tensor's LSTM output is
+    broadcast to its elements and joined (through the head's first layer) with their features.
+
+    Batched tasks (``ParamContext.batch``) each get their own sequence: step ``t`` of the recurrence advances the
+    ``t``-th tensor of every task at once, so the Python loop runs over sequence positions, never over elements.
+    """
+
+    family = "tensor-lstm"
+
+    def __init__(self, lstm_hidden: int = 32, features: FeatureConfig = FeatureConfig(), **head):
+        super().__init__(features=features, embed_dim=lstm_hidden, **head)
+        self.lstm_hidden = lstm_hidden
+        self.encode = nn.Sequential(nn.Linear(features.num_features, lstm_hidden), nn.ReLU(),
+                                    nn.Linear(lstm_hidden, lstm_hidden), nn.ReLU())
+        self.cell = nn.LSTMCell(lstm_hidden, lstm_hidden)
+
+    def embed(self, ctx, feats, state):
+        T = ctx.num_tensors
+        z = self.encode(feats)
+        sums = z.new_zeros(T, z.shape[1]).index_add(0, ctx.tensor_id, z)
+        counts = torch.tensor(ctx.sizes, dtype=z.dtype, device=z.device)[:, None]
+        per_tensor = sums / counts  # [T, H]
+        task, pos = ctx.tensor_positions()
+        num_tasks, length = int(task.max()) + 1, int(pos.max()) + 1
+        h = z.new_zeros(num_tasks, self.lstm_hidden)
+        c = z.new_zeros(num_tasks, self.lstm_hidden)
+        outs = []
+        for t in range(length):  # the recurrence over tensor positions (all tasks at once)
+            idx = (pos == t).nonzero().squeeze(1)
+            who = task.index_select(0, idx)
+            h_t, c_t = self.cell(per_tensor.index_select(0, idx), (h.index_select(0, who), c.index_select(0, who)))
+            h, c = h.index_copy(0, who, h_t), c.index_copy(0, who, c_t)
+            outs.append((idx, h_t))
+        out = per_tensor.new_zeros(T, self.lstm_hidden)
+        for idx, h_t in outs:
+            out = out.index_copy(0, idx, h_t)
+        return self.head.embed_proj(out).index_select(0, ctx.tensor_id), {}
+
+
 # ---------------------------------------------------------------------- hand-designed, same interface
 class Adam(Optimizer):
     """Adam / AdamW (decoupled weight decay) on flat vectors; bias-corrected, eps outside the sqrt as torch does."""
@@ -171,10 +232,31 @@ class Adam(Optimizer):
         m = state["exp_avg"] * b1 + grads * (1 - b1)
         v = state["exp_avg_sq"] * b2 + grads * grads * (1 - b2)
         rate = self.lr * lr
+        if "scale" in state:  # RelativeAdam: per-tensor rates
+            rate = rate * state["scale"]
         if self.weight_decay:
             params = params * (1 - rate * self.weight_decay)
         step = (m / (1 - b1 ** t)) / (torch.sqrt(v / (1 - b2 ** t)) + self.eps)
-        return params - rate * step, {"exp_avg": m, "exp_avg_sq": v, "step": t}
+        new_state = {"exp_avg": m, "exp_avg_sq": v, "step": t}
+        if "scale" in state:
+            new_state["scale"] = state["scale"]
+        return params - rate * step, new_state
+
+
+class RelativeAdam(Adam):
+    """Adam with a per-tensor learning rate ``lr x RMS(tensor at the start)`` (floored at ``RELATIVE_FLOOR``).
+
+    The hand-designed core of the ``relative`` learned optimizers: one relative rate, tuned like Adam's.
+    """
+
+    family = "relative-adam"
+    state_floats_per_param = 3
+
+    def __init__(self, lr: float = 0.1, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(lr, betas, eps)
+
+    def init_state(self, ctx, params):
+        return {**super().init_state(ctx, params), "scale": relative_scale(ctx, params)}
 
 
 class SGDMomentum(Optimizer):

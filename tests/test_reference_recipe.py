@@ -1,0 +1,166 @@
+"""The published reference recipe as first-class options: plain-sum momenta, the MLP step rule, the per-tensor
+"LSTM" of the reference code, NG-GNN with reversed edges as one relation, summed meta-losses and L2 outer Adam."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from l2o import NeuralGraphOptimizer
+from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
+from l2o.optim.features import DECAYS, FeatureConfig, init_moments, logsign, param_features, update_moments
+from meta_train.config import load_config
+from model_zoo import mixed_kernel_cnn, mlp, permute_sequential
+
+REF = dict(inputs="reference", step_rule="mlp", head_hidden=8, head_layers=3)
+
+
+def _opt(family, seed=0, **kw):
+    torch.manual_seed(seed)
+    extra = dict(hidden=8, depth=2) if family == "ng-gnn" else {}
+    return build_optimizer(OptimizerConfig(family=family, **{**REF, **extra, **kw}))
+
+
+def test_reference_inputs_are_parameter_gradient_and_plain_momentum_sums():
+    cfg = FeatureConfig(inputs="reference")
+    assert cfg.num_features == 14 and cfg.state_floats == 5
+    grads = [torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0]), torch.tensor([-1.0, 1.0])]
+    state = init_moments(2, cfg=cfg)
+    assert set(state) == {"m", "step"}  # no second moment
+    for g in grads:
+        state = update_moments(g, state, cfg)
+    for k, beta in enumerate(DECAYS):  # m <- beta m + g: no (1 - beta), no bias correction
+        want = beta ** 2 * grads[0] + beta * grads[1] + grads[2]
+        torch.testing.assert_close(state["m"][:, k], want)
+    params = torch.tensor([0.3, -0.1])
+    ctx = ParamContext.build(None, ["w"], [torch.Size([2])])
+    feats = param_features(ctx, params, grads[-1], state, cfg)
+    raw = torch.cat([params[:, None], grads[-1][:, None], state["m"]], 1)
+    torch.testing.assert_close(feats, logsign(raw))
+
+
+def test_mlp_step_rule_is_lam_d_exp_lam_m():
+    opt = _opt("ff", lam=0.01)
+    head = opt.head
+    feats = torch.randn(6, 14)
+    h = feats
+    for lin in [head.feat_in, *head.hidden]:
+        h = torch.relu(lin(h))
+    d, m = head.out(h).unbind(-1)
+    torch.testing.assert_close(head(None, feats, None), 0.01 * d * torch.exp(0.01 * m))
+    assert len(head.hidden) == 2  # head_layers=3 hidden layers: feat_in + 2
+
+
+def test_mlp_step_rule_rejects_adam_residual():
+    with pytest.raises(ValueError, match="step_rule='mlp'"):
+        _opt("ff", adam_residual=True)
+
+
+def test_tensor_lstm_runs_its_cell_over_tensors_in_order():
+    opt = _opt("tensor-lstm", lstm_hidden=4, head_layers=1)
+    model = mlp(0)
+    names = [n for n, _ in model.named_parameters()]
+    ctx = ParamContext.build(None, names, [p.shape for _, p in model.named_parameters()])
+    params = ctx.flatten([p.detach() for p in model.parameters()])
+    grads = torch.randn_like(params)
+    state = opt.init_state(ctx, params)
+    feats = param_features(ctx, params, grads, update_moments(grads, state, opt.features), opt.features)
+    emb, _ = opt.embed(ctx, feats, state)
+    # By hand: mean of the encoded features per tensor, one LSTM cell over the tensors from a zero state.
+    h = c = torch.zeros(1, 4)
+    outs = []
+    for chunk in torch.split(opt.encode(feats), ctx.sizes):
+        h, c = opt.cell(chunk.mean(0, keepdim=True), (h, c))
+        outs.append(h)
+    want = opt.head.embed_proj(torch.cat(outs)).index_select(0, ctx.tensor_id)
+    torch.testing.assert_close(emb, want)
+
+
+@pytest.mark.parametrize("family", ["tensor-lstm", "ng-gnn", "ff"])
+def test_batched_tasks_update_as_each_alone(family):
+    opt = _opt(family, kmax=5)
+    ctxs, ps, gs, ss = [], [], [], []
+    for seed, model in ((0, mlp(0)), (1, mixed_kernel_cnn(1))):
+        probe = NeuralGraphOptimizer(model, optimizer=opt)
+        ctx = probe.context
+        p = ctx.flatten([t.detach() for t in probe._params])
+        ctxs.append(ctx); ps.append(p); gs.append(torch.randn_like(p)); ss.append(opt.init_state(ctx, p))
+    from meta_train.unroll import batch_states
+
+    sizes = [p.numel() for p in ps]
+    new_p, _ = opt.update(ParamContext.batch(ctxs), torch.cat(ps), torch.cat(gs), batch_states(ss, sizes))
+    for part, ctx, p, g, s in zip(torch.split(new_p, sizes), ctxs, ps, gs, ss):
+        alone, _ = opt.update(ctx, p, g, s)
+        torch.testing.assert_close(part, alone, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["ng-gnn", "tensor-lstm"])
+def test_reference_updates_are_permutation_equivariant(family):
+    gen = torch.Generator().manual_seed(0)
+    model = mixed_kernel_cnn(0).double()
+    perms = {i: torch.randperm(model[i].weight.shape[0], generator=gen) for i in (0, 2)}
+    permuted = permute_sequential(model, perms)
+    learned = _opt(family, kmax=5, encoder_options={"shared_reverse": True} if family == "ng-gnn" else {}).double()
+    o1 = NeuralGraphOptimizer(model, optimizer=copy.deepcopy(learned))
+    o2 = NeuralGraphOptimizer(permuted, optimizer=copy.deepcopy(learned))
+    for s in range(2):
+        g = torch.Generator().manual_seed(s)
+        x, y = torch.randn(8, 3, 6, 6, generator=g).double(), torch.randint(0, 3, (8,), generator=g)
+        for m, o in ((model, o1), (permuted, o2)):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    expected = permute_sequential(model, perms)
+    for (n, a), b in zip(permuted.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"{family} {n}")
+
+
+def test_reference_configs_build_the_published_sizes():
+    cfg = load_config("meta_train/configs/reference.toml")
+    o, m = cfg.optimizer, cfg.meta
+    assert (o.family, o.hidden, o.depth, o.kmax, o.head_hidden, o.head_layers) == ("ng-gnn", 64, 8, 5, 64, 8)
+    assert (o.inputs, o.step_rule, o.encoder_options) == ("reference", "mlp", {"shared_reverse": True})
+    assert (m.estimator, m.meta_loss, m.reduction, m.outer_optimizer, m.clip_norm) == ("greedy", "same", "sum",
+                                                                                      "adam", 0.0)
+    assert (m.outer_steps, m.truncation, m.horizon, m.lr, m.weight_decay) == (1000, 100, 100, 3e-4, 1e-4)
+    for name, family in (("reference-ff", "ff"), ("reference-tensor-lstm", "tensor-lstm")):
+        c = load_config(f"meta_train/configs/{name}.toml")
+        assert c.optimizer.family == family and c.meta == m
+        build_optimizer(c.optimizer)
+
+
+def test_summed_meta_loss_is_k_times_the_mean(tmp_path):
+    """``reduction = "sum"`` (the reference) scales the greedy meta-gradient by the truncation length."""
+    from meta_train.estimators import build_estimator
+    from meta_train.train import make_task_sampler
+    from meta_train.unroll import TaskPool
+
+    grads = {}
+    for reduction in ("mean", "sum"):
+        cfg = load_config(None, ["optimizer.family=ff", "optimizer.inputs=reference", "optimizer.step_rule=mlp",
+                                 "meta.estimator=greedy", "meta.truncation=4", "meta.horizon=50",
+                                 f"meta.reduction={reduction}", "tasks.family=regression"])
+        torch.manual_seed(0)
+        learned = build_optimizer(cfg.optimizer)
+        pool = TaskPool(make_task_sampler(cfg), learned, [0], 50, 0, seed=0)
+        build_estimator(cfg.meta, learned).step(pool)
+        grads[reduction] = torch.cat([p.grad.flatten() for p in learned.parameters()])
+    torch.testing.assert_close(grads["sum"], 4 * grads["mean"])
+
+
+def test_relative_adam_is_torch_adam_with_per_tensor_rates():
+    model, ref = mlp(0).double(), mlp(0).double()
+    opt = NeuralGraphOptimizer(model, optimizer=build_optimizer(OptimizerConfig(family="relative-adam", lr=0.2)))
+    torch_opt = torch.optim.Adam([{"params": [p], "lr": 0.2 * max(float(p.detach().pow(2).mean().sqrt()), 1e-3)}
+                                  for p in ref.parameters()])
+    for s in range(3):
+        g = torch.Generator().manual_seed(s)
+        x, y = torch.randn(8, 5, generator=g).double(), torch.randint(0, 3, (8,), generator=g)
+        for m, o in ((model, opt), (ref, torch_opt)):
+            o.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
