@@ -26,26 +26,46 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "results" / "checkpoi
 FALLBACKS = ("raise", "per-parameter")
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module whose parameters and structure the graph is built from: through ``torch.compile``'s
+    ``OptimizedModule`` (``_orig_mod``, same parameters) and DataParallel-style ``.module`` wrappers."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
 class NeuralGraphOptimizer(torch.optim.Optimizer):
     """A learned optimizer over the model's neural graph.
 
     Args:
         params: the model itself, or an iterable of parameters / parameter groups (then pass ``model=``).
-        model: the network the parameters belong to (its neural graph is built once, here).
+        model: the network the parameters belong to (its neural graph is built once, here). A
+            ``torch.compile``-d model works: its parameters are the original module's, whose graph is built.
         checkpoint: path of a meta-trained checkpoint (default: ``results/checkpoints/default.pt``).
         lr: multiplies the learned update (1.0 = as meta-trained); schedulers may change it per group.
+        weight_decay: decoupled weight decay (AdamW-style, ``p <- p - lr * weight_decay * p`` on top of the learned
+            update, with the group's ``lr``); default 0, per group.
         fallback: ``"raise"`` (default): a layer the graph cannot represent raises ``UnsupportedModuleError``
-            naming it. ``"per-parameter"``: such layers' tensors are updated by the per-parameter head alone
-            (zero graph embedding), with a warning.
+            naming it. ``"per-parameter"``: the graph is cut at such layers and their tensors get no graph
+            embedding (only their own features reach the update head), with a warning.
         optimizer: an already built learned optimizer module (instead of a checkpoint), e.g. during research.
 
-    State per parameter: ``m`` (5 momenta), ``v`` (second moment), ``step``, plus ``h``/``c`` for LSTM optimizers.
-    The time features use the optimizer's global step (the largest ``step`` among the parameters updated).
+    State per parameter: the optimizer's statistics (e.g. ``m``, 5 momenta; ``v``, the second moment), ``step``, plus
+    ``h``/``c`` for LSTM optimizers. The time features use the optimizer's global step (the largest ``step`` among the
+    parameters updated). State and arithmetic are in the learned optimizer's dtype (float32 for the shipped ones),
+    whatever the parameters' dtype (bf16 / fp16 / fp64 models), and do not depend on an enclosing autocast; the
+    result is written back in each parameter's dtype.
     """
 
+    GROUP_KEYS = frozenset({"params", "lr", "weight_decay"})
+
     def __init__(self, params: nn.Module | Iterable, model: nn.Module | None = None,
-                 checkpoint: str | Path | None = None, lr: float = 1.0, fallback: str = "raise",
-                 optimizer: Optimizer | None = None):
+                 checkpoint: str | Path | None = None, lr: float = 1.0, weight_decay: float = 0.0,
+                 fallback: str = "raise", optimizer: Optimizer | None = None):
         if isinstance(params, nn.Module):
             if model is not None and model is not params:
                 raise ValueError("pass either the model as first argument or model=, not two different models")
@@ -57,7 +77,10 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate {lr}")
-        super().__init__(params, dict(lr=lr))
+        if not weight_decay >= 0.0:
+            raise ValueError(f"invalid weight_decay {weight_decay}: it must be >= 0")
+        self._built = False
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
 
         if optimizer is None:
             path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
@@ -67,37 +90,70 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
                     "`python -m meta_train train --config meta_train/configs/quick.toml` and pass "
                     "checkpoint='<run>/best.pt', or pass optimizer=<module>.")
             optimizer, _, _ = load_checkpoint(path)
-        inner = model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) else model
-        named = dict(inner.named_parameters())
-        by_id = {id(p): n for n, p in named.items()}
-        group_params = [p for g in self.param_groups for p in g["params"]]
-        foreign = [p for p in group_params if id(p) not in by_id]
-        if foreign:
-            raise ValueError(f"{len(foreign)} parameter(s) given to the optimizer do not belong to the model")
-
-        graph = None
+        inner = _unwrap(model)
+        self._named = dict(inner.named_parameters())
+        self._by_id = {id(p): n for n, p in self._named.items()}
+        self.graph = None
         if optimizer.needs_graph:
-            graph = NeuralGraph.from_module(inner, kmax=optimizer.kmax,
-                                            on_unsupported="skip" if fallback == "per-parameter" else "raise")
-            if graph.skipped_modules:
-                warnings.warn("NeuralGraphOptimizer: these parts are not on the neural graph and are updated by the "
-                              f"per-parameter head alone: {', '.join(graph.skipped_modules)}", stacklevel=2)
-        in_groups = {id(p) for p in group_params}
-        graph_names = [n for n in (graph.param_names if graph is not None else [])]
-        others = [by_id[id(p)] for p in group_params if graph is None or by_id[id(p)] not in set(graph_names)]
-        names = graph_names + others
-        self._params: list[torch.Tensor] = [named[n] for n in names]
-        self._in_groups = [id(p) in in_groups for p in self._params]
-        device = self._params[0].device if self._params else torch.device("cpu")
-        self.context = ParamContext.build(graph, names, [p.shape for p in self._params]).to(device)
-        self.learned = optimizer.to(device).eval()
+            self.graph = NeuralGraph.from_module(inner, kmax=optimizer.kmax,
+                                                 on_unsupported="skip" if fallback == "per-parameter" else "raise")
+            if self.graph.skipped_modules:
+                warnings.warn("NeuralGraphOptimizer: the neural graph is cut at these parts, which it cannot "
+                              f"represent: {', '.join(self.graph.skipped_modules)}; their parameters are updated "
+                              "from their own features only (no graph embedding)", stacklevel=2)
+        self.learned = optimizer
+        self._layout()
+        self.learned.to(self.context.device).eval()
         for p in self.learned.parameters():
             p.requires_grad_(False)
-        self.graph = graph
+        # The arithmetic dtype: the learned optimizer's own (float32 when meta-trained as shipped); hand-designed
+        # optimizers have no weights and compute in float32, or float64 for float64 models.
+        own = next((t.dtype for t in self.learned.parameters()), None)
+        dtypes = {p.dtype for p in self._params}
+        self._dtype = own or (torch.float64 if dtypes == {torch.float64} else torch.float32)
+        self._built = True
+
+    def _layout(self) -> None:
+        """The flat layout: the graph's tensors first (all of the model's, in graph order), then other group params.
+
+        Graph tensors outside every group are part of the layout (the graph needs their features) but never
+        written; ``_in_groups`` marks the ones that are updated.
+        """
+        group_params = [p for g in self.param_groups for p in g["params"]]
+        foreign = [p for p in group_params if id(p) not in self._by_id]
+        if foreign:
+            raise ValueError(f"{len(foreign)} parameter(s) given to the optimizer do not belong to the model")
+        in_groups = {id(p) for p in group_params}
+        graph_names = list(self.graph.param_names) if self.graph is not None else []
+        on_graph = set(graph_names)
+        names = graph_names + [self._by_id[id(p)] for p in group_params if self._by_id[id(p)] not in on_graph]
+        self._params: list[torch.Tensor] = [self._named[n] for n in names]
+        self._in_groups = [id(p) in in_groups for p in self._params]
+        device = self._params[0].device if self._params else torch.device("cpu")
+        self.context = ParamContext.build(self.graph, names, [p.shape for p in self._params]).to(device)
+        self._flat_cache = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group (checked keys); after construction the flat layout is rebuilt so the group is updated."""
+        unknown = set(param_group) - self.GROUP_KEYS
+        if unknown:
+            raise ValueError(f"NeuralGraphOptimizer param groups take {sorted(self.GROUP_KEYS)}; got unknown "
+                             f"key(s) {sorted(unknown)} (they would be silently ignored)")
+        if "weight_decay" in param_group and not param_group["weight_decay"] >= 0:
+            raise ValueError(f"invalid weight_decay {param_group['weight_decay']}: it must be >= 0")
+        super().add_param_group(param_group)
+        if getattr(self, "_built", False):
+            self._layout()
 
     # ------------------------------------------------------------------ torch.optim API
-    def _lr_of(self) -> dict[int, float]:
-        return {id(p): g["lr"] for g in self.param_groups for p in g["params"]}
+    def _group_values(self, key: str) -> dict[int, float]:
+        return {id(p): g[key] for g in self.param_groups for p in g["params"]}
+
+    def _per_element(self, values: list[float], like: torch.Tensor) -> float | torch.Tensor:
+        """One value per tensor -> a float when all agree, else ``[P]``."""
+        if len(set(values)) == 1:
+            return values[0]
+        return torch.cat([like.new_full((p.numel(),), v) for p, v in zip(self._params, values)])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -112,22 +168,26 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         for p in params:
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError("NeuralGraphOptimizer does not support sparse gradients")
-        ctx = self.context
-        flat_p = torch.cat([p.detach().reshape(-1) for p in params])
-        flat_g = torch.cat([p.grad.reshape(-1) if a else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+        ctx, dtype = self.context, self._dtype
+        flat_p = torch.cat([p.detach().reshape(-1).to(dtype) for p in params])
+        flat_g = torch.cat([p.grad.reshape(-1).to(dtype) if a else flat_p.new_zeros(p.numel())
                             for p, a in zip(params, active)])
         state = self._flat_state(flat_p)
-        lr_of = self._lr_of()
-        lrs = [lr_of.get(id(p), 0.0) for p in params]
-        lr = lrs[0] if len(set(lrs)) == 1 else torch.cat(
-            [flat_p.new_full((p.numel(),), v) for p, v in zip(params, lrs)])
-        new_p, new_state = self.learned.update(ctx, flat_p, flat_g, state, lr)
+        lr_of, wd_of = self._group_values("lr"), self._group_values("weight_decay")
+        lr = self._per_element([lr_of.get(id(p), 0.0) for p in params], flat_p)
+        wd = self._per_element([wd_of.get(id(p), 0.0) for p in params], flat_p)
+        # The update must not change with an enclosing autocast region (torch's optimizers do not).
+        with torch.autocast(flat_p.device.type, enabled=False):
+            new_p, new_state = self.learned.update(ctx, flat_p, flat_g, state, lr)
+            if not isinstance(wd, float) or wd:
+                new_p = new_p - lr * wd * flat_p  # decoupled weight decay, scaled by the group's lr
         if not torch.isfinite(new_p).all():
             raise FloatingPointError("NeuralGraphOptimizer produced a non-finite update (NaN/inf in the gradients or "
                                      "an out-of-distribution input); the parameters were left unchanged")
         chunks = ctx.split(new_p)
         written = [i for i, a in enumerate(active) if a]
-        torch._foreach_copy_([params[i] for i in written], [chunks[i] for i in written])
+        for i in written:
+            params[i].copy_(chunks[i])  # cast back to the parameter's dtype
         # Per-parameter state is stored as views into the new flat state (no copies); when the next step finds
         # exactly these views in self.state it reuses the flat tensors instead of concatenating them again.
         per_elem = {k: ctx.split(v) for k, v in new_state.items() if v.dim() > 0 and v.shape[0] == flat_p.shape[0]}
@@ -140,10 +200,22 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         self._flat_cache = ({k: new_state[k] for k in per_elem}, step_t) if len(written) == len(params) else None
         return loss
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but the state keeps the dtype it was saved in (torch casts it to each parameter's dtype, which
+        would round float32 statistics of a bf16 model to bf16 and break an exact resume)."""
+        super().load_state_dict(state_dict)
+        ordered = [p for g in self.param_groups for p in g["params"]]
+        for idx, saved in state_dict["state"].items():
+            st = self.state[ordered[int(idx)]]
+            for k, v in saved.items():
+                if torch.is_tensor(v) and k in st and v.is_floating_point():
+                    st[k] = v.to(device=st[k].device, dtype=v.dtype, copy=True)
+        self._flat_cache = None
+
     def _flat_state(self, flat_p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Concatenate per-parameter state (initialising missing entries) into the flat state of ``update``."""
         params = self._params
-        cache = getattr(self, "_flat_cache", None)
+        cache = self._flat_cache
         if cache is not None:
             flat, step_t = cache
             views = {k: self.context.split(v) for k, v in flat.items()}
@@ -152,6 +224,12 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
                     for k in flat) for i, p in enumerate(params)):
                 return {**flat, "step": step_t}
         missing = [len(self.state[p]) == 0 for p in params]
+        # Loaded state (load_state_dict casts floating state to the parameter's dtype) back to the arithmetic dtype.
+        for p, m in zip(params, missing):
+            if not m:
+                for k, v in self.state[p].items():
+                    if torch.is_tensor(v) and v.is_floating_point() and v.dtype != flat_p.dtype:
+                        self.state[p][k] = v.to(flat_p.dtype)
         if all(missing):
             return self.learned.init_state(self.context, flat_p)
         fresh = self.learned.init_state(self.context, flat_p) if any(missing) else None
