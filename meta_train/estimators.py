@@ -65,8 +65,9 @@ class TruncatedBackprop(Estimator):
         for _ in range(K):
             tasks = pool.tasks
             for t in tasks:
-                if t.pending is None:
-                    t.pending = t.loss_and_grad(t.params, t.step, create_graph=second)
+                if t.pending is None:  # second order: a fresh or detached task's params become a leaf to differentiate
+                    p = t.params.detach().requires_grad_(True) if second and not t.params.requires_grad else t.params
+                    t.pending = t.loss_and_grad(p, t.step, create_graph=second)
             bad = [not (_ok(t.pending[0], cfg.loss_clip) and bool(torch.isfinite(t.pending[1]).all())) for t in tasks]
             grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
             sizes = [t.params.numel() for t in tasks]

@@ -124,3 +124,81 @@ def test_a_torch_compiled_model_is_accepted():
     before = [p.detach().clone() for p in model.parameters()]
     _step(model, opt)
     assert all(not torch.equal(a, b) for a, b in zip(before, compiled.parameters()))
+
+
+class _ExampleNet(nn.Module):
+    """The PyTorch examples' MNIST net, spelled with torch.* / F.* / tensor methods in turn."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        if self.spelling == "torch":
+            x = torch.relu(self.conv1(x))
+            x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+            x = torch.dropout(x, 0.25, self.training)
+            x = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1)
+            return torch.log_softmax(self.fc(x), dim=1)
+        if self.spelling == "F":
+            x = F.relu(self.conv1(x))
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = F.dropout(x, 0.25, self.training)
+            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+            return F.log_softmax(self.fc(x), dim=1)
+        x = self.conv1(x).relu()
+        x = self.conv2(x).relu_()
+        x = x.mean((2, 3))
+        return self.fc(x).log_softmax(1)
+
+
+@pytest.mark.parametrize("spelling", ["torch", "F", "method"])
+def test_every_spelling_of_supported_functions_builds_the_same_graph(spelling):
+    from l2o import NeuralGraph
+
+    ref = NeuralGraph.from_module(_ExampleNet("F"), kmax=3)
+    g = NeuralGraph.from_module(_ExampleNet(spelling), kmax=3)
+    assert (g.num_nodes, g.num_edges, g.param_names) == (ref.num_nodes, ref.num_edges, ref.param_names)
+    assert torch.equal(g.edge_index, ref.edge_index)
+
+
+def test_unsupported_function_error_says_what_to_do():
+    from l2o import NeuralGraph, UnsupportedModuleError
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.cumsum(self.fc(x), 1)
+
+    with pytest.raises(UnsupportedModuleError, match="fallback='per-parameter'"):
+        NeuralGraph.from_module(Odd())
+
+
+def test_untraceable_model_under_the_fallback_trains_per_parameter():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+            self.noise = True
+
+        def forward(self, x):
+            h = torch.relu(self.fc1(x))
+            if self.training and self.noise and h.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                h = h + 0.0 * torch.randn_like(h)
+            return self.fc2(h)
+
+    from l2o import UnsupportedModuleError
+
+    with pytest.raises(UnsupportedModuleError, match="fallback='per-parameter'"):
+        NeuralGraphOptimizer(Noisy(), optimizer=_learned())
+    model = Noisy()
+    with pytest.warns(UserWarning, match="every parameter is updated from its own features"):
+        opt = NeuralGraphOptimizer(model, optimizer=_learned(), fallback="per-parameter")
+    before = [p.detach().clone() for p in model.parameters()]
+    _step(model, opt)
+    assert opt.graph is None and all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

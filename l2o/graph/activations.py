@@ -26,8 +26,11 @@ FUNCTION_ACTIVATIONS: dict[object, str] = {
     F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.leaky_relu: "leaky_relu",
     torch.sin: "sin", F.elu: "elu", F.softplus: "softplus",
 }
+FUNCTION_ACTIVATIONS.update({torch.relu_: "relu", F.relu_: "relu", torch.sigmoid_: "sigmoid", torch.tanh_: "tanh",
+                             F.elu_: "elu", F.leaky_relu_: "leaky_relu"})  # in-place spellings
 METHOD_ACTIVATIONS: dict[str, str] = {
     "relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "sin": "sin",
+    "relu_": "relu", "tanh_": "tanh", "sigmoid_": "sigmoid", "sin_": "sin",
 }
 
 

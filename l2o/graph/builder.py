@@ -41,8 +41,12 @@ from .neural_graph import (EDGE_IDENTITY, EDGE_NORM, EDGE_WEIGHT, ROLE_HIDDEN, R
 _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d,
                  nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
                  nn.AdaptiveMaxPool2d)
-_PASS_FUNCTIONS = {F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
-                   F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d}
+# Every common spelling of pooling and dropout: F.* and the torch.* aliases (the PyTorch examples write
+# torch.max_pool2d); names missing from a torch version are skipped.
+_PASS_NAMES = ("dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_dropout", "max_pool1d", "max_pool2d",
+               "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
+               "adaptive_max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices")
+_PASS_FUNCTIONS = {f for ns in (F, torch) for name in _PASS_NAMES if (f := getattr(ns, name, None)) is not None}
 _PASS_METHODS = {"contiguous", "clone", "detach"}
 _OUTPUT_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -341,7 +345,8 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | None = None, kma
     except Exception as exc:  # tracing failures come in many types; all mean the same to the user
         raise UnsupportedModuleError("<model>", type(model).__name__, f"torch.fx could not trace forward(): {exc}",
                                      "Remove data-dependent control flow from forward(), or mark the offending "
-                                     "submodule as a leaf.") from exc
+                                     "submodule as a leaf; NeuralGraphOptimizer(..., fallback='per-parameter') "
+                                     "updates such a model without the graph.") from exc
     if example_input is not None:
         with torch.no_grad():
             model(example_input)  # surfaces shape errors before the (shape-free) walk
@@ -478,7 +483,11 @@ def _call_function(w: _Walker, node: fx.Node, target, args, params) -> object:
         groups = node.kwargs.get("groups", args[6] if len(args) > 6 else 1)
         return w.conv(x, weight, bias, groups, name, wname, bname, target.__name__)
     fname = getattr(target, "__name__", str(target))
-    raise UnsupportedModuleError(name, fname, "no neural-graph rule for this function")
+    raise UnsupportedModuleError(name, fname, "no neural-graph rule for this function",
+                                 "Supported functions: F.linear/conv1d/conv2d, activations, pooling, dropout, "
+                                 "flatten, softmax at the output, residual additions (each as torch.*, F.* or a "
+                                 "tensor method). Use a supported spelling, or pass fallback='per-parameter' to "
+                                 "NeuralGraphOptimizer to cut the graph at this function.")
 
 
 def _call_method(w: _Walker, node: fx.Node, method: str, args) -> object:
@@ -491,6 +500,8 @@ def _call_method(w: _Walker, node: fx.Node, method: str, args) -> object:
         return w.activation(x, METHOD_ACTIVATIONS[method], node, node.name)
     if method in _PASS_METHODS:
         return _pass(x, node)
+    if method in ("softmax", "log_softmax"):
+        return _call_function(w, node, F.softmax, args, {})
     if method == "add":
         return _call_function(w, node, operator.add, args, {})
     if method == "flatten":

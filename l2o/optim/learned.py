@@ -125,8 +125,8 @@ class GraphOptimizer(LearnedOptimizer):
 
     def embed(self, ctx, feats, state):
         g = ctx.graph
-        if g is None:
-            raise ValueError("a graph optimizer needs a ParamContext with a neural graph")
+        if g is None:  # a model that cannot be traced, under fallback='per-parameter': own features only
+            return None, {}
         node, edge = g.scatter_flat(ctx.graph_part(feats))
         node_emb, edge_emb = self.encoder(g, node, edge.reshape(g.num_edges, -1))
         proj = self.head.embed_proj

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from ..graph import NeuralGraph
+from ..graph import NeuralGraph, UnsupportedModuleError
 from .checkpoint import load_checkpoint
 from .context import ParamContext
 from .learned import Optimizer
@@ -95,9 +95,17 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         self._by_id = {id(p): n for n, p in self._named.items()}
         self.graph = None
         if optimizer.needs_graph:
-            self.graph = NeuralGraph.from_module(inner, kmax=optimizer.kmax,
-                                                 on_unsupported="skip" if fallback == "per-parameter" else "raise")
-            if self.graph.skipped_modules:
+            try:
+                self.graph = NeuralGraph.from_module(inner, kmax=optimizer.kmax,
+                                                     on_unsupported="skip" if fallback == "per-parameter" else "raise")
+            except UnsupportedModuleError as exc:
+                if fallback != "per-parameter" or exc.path != "<model>":
+                    raise
+                # forward() cannot be traced at all (Python control flow): no graph, every tensor per parameter
+                warnings.warn(f"NeuralGraphOptimizer: no neural graph for this model ({exc.reason}); with "
+                              "fallback='per-parameter' every parameter is updated from its own features only "
+                              "(no graph embedding)", stacklevel=2)
+            if self.graph is not None and self.graph.skipped_modules:
                 warnings.warn("NeuralGraphOptimizer: the neural graph is cut at these parts, which it cannot "
                               f"represent: {', '.join(self.graph.skipped_modules)}; their parameters are updated "
                               "from their own features only (no graph embedding)", stacklevel=2)
