@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "meta_train" / "configs"
 RESULTS = ROOT / "results"
 CHECKPOINTS = RESULTS / "checkpoints"
+PRETRAINED = Path(__file__).resolve().parents[1] / "l2o" / "pretrained"
 
 # name -> (config file, meta-training seed). Every config extends fmnist.toml: one shared budget.
 # Trained in this order (one of each family first, then the extra NG-GNN seeds).
@@ -219,6 +220,8 @@ def choose_default() -> Path | None:
     score, name = max(scored)
     dst = CHECKPOINTS / "default.pt"
     shutil.copyfile(CHECKPOINTS / f"{name}.pt", dst)
+    shutil.copyfile(dst, PRETRAINED / "default.pt")  # the package data the wheel ships, with its card
+    shutil.copyfile(CHECKPOINTS / f"{name}.md", PRETRAINED / "default.md")
     dst.with_suffix(".md").write_text(
         f"# `default.pt` = `{name}.pt`\n\nThe default of `NeuralGraphOptimizer(model)`: of the shipped graph "
         f"optimizers ({', '.join(n for _, n in sorted(scored, reverse=True))}), the one with the best Fashion-MNIST "

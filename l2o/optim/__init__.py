@@ -3,10 +3,13 @@ from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_
 from .config import FAMILIES, GRAPH_FAMILIES, HAND_FAMILIES, LEARNED_FAMILIES, OptimizerConfig, build_optimizer
 from .context import ParamContext
 from .features import FeatureConfig
-from .learned import Adam, FFOptimizer, GraphOptimizer, LearnedOptimizer, LSTMOptimizer, Optimizer, SGDMomentum
-from .neural_graph_optimizer import DEFAULT_CHECKPOINT, NeuralGraphOptimizer
+from .learned import (Adam, FFOptimizer, GraphOptimizer, LearnedOptimizer, LSTMOptimizer, Optimizer, RelativeAdam,
+                      SGDMomentum, TensorLSTMOptimizer)
+from .neural_graph_optimizer import DEFAULT_CHECKPOINT, NeuralGraphOptimizer, pretrained_dir
+from .pretrained import from_pretrained, save_pretrained
 
-__all__ = ["NeuralGraphOptimizer", "DEFAULT_CHECKPOINT", "ParamContext", "FeatureConfig", "OptimizerConfig",
-           "build_optimizer", "Optimizer", "LearnedOptimizer", "GraphOptimizer", "FFOptimizer", "LSTMOptimizer",
-           "Adam", "SGDMomentum", "save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError",
+__all__ = ["NeuralGraphOptimizer", "DEFAULT_CHECKPOINT", "pretrained_dir", "ParamContext", "FeatureConfig",
+           "OptimizerConfig", "build_optimizer", "Optimizer", "LearnedOptimizer", "GraphOptimizer", "FFOptimizer",
+           "LSTMOptimizer", "TensorLSTMOptimizer", "Adam", "RelativeAdam", "SGDMomentum", "save_checkpoint",
+           "load_checkpoint", "read_checkpoint", "CheckpointError", "save_pretrained", "from_pretrained",
            "FAMILIES", "GRAPH_FAMILIES", "LEARNED_FAMILIES", "HAND_FAMILIES"]

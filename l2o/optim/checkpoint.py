@@ -58,7 +58,17 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> tuple[Optimizer, OptimizerConfig, dict]:
-    """Rebuild the optimizer of a checkpoint: ``(optimizer, config, payload)``."""
+    """Rebuild the optimizer of a checkpoint: ``(optimizer, config, payload)``. ``path`` is a ``.pt`` file or a
+    folder written by :func:`l2o.optim.save_pretrained` (then ``payload`` holds its config and summary)."""
+    if Path(path).is_dir():
+        from .pretrained import from_pretrained
+
+        try:
+            optimizer, config, summary = from_pretrained(path)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"'{path}' is not a readable saved learned optimizer ({type(exc).__name__}: "
+                                  f"{exc})") from exc
+        return optimizer, config, {"family": config.family, "config": config.to_dict(), "summary": summary}
     payload = read_checkpoint(path)
     try:
         config = OptimizerConfig.from_dict(payload["config"])

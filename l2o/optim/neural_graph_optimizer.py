@@ -10,7 +10,9 @@ step; 1.0 = as meta-trained) and per-parameter state. The arithmetic is the lear
 """
 from __future__ import annotations
 
+import os
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -22,7 +24,17 @@ from .checkpoint import load_checkpoint
 from .context import ParamContext
 from .learned import Optimizer
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "results" / "checkpoints" / "default.pt"
+PRETRAINED_ENV = "L2O_PRETRAINED_DIR"
+
+
+def pretrained_dir() -> Path:
+    """Where the shipped learned optimizers live: ``$L2O_PRETRAINED_DIR`` if set, else the package data folder
+    ``l2o/pretrained`` (installed with the wheel)."""
+    env = os.environ.get(PRETRAINED_ENV)
+    return Path(env) if env else Path(str(resources.files("l2o") / "pretrained"))
+
+
+DEFAULT_CHECKPOINT = pretrained_dir() / "default.pt"
 FALLBACKS = ("raise", "per-parameter")
 
 
@@ -45,7 +57,7 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         params: the model itself, or an iterable of parameters / parameter groups (then pass ``model=``).
         model: the network the parameters belong to (its neural graph is built once, here). A
             ``torch.compile``-d model works: its parameters are the original module's, whose graph is built.
-        checkpoint: path of a meta-trained checkpoint (default: ``results/checkpoints/default.pt``).
+        checkpoint: path of a meta-trained checkpoint (default: the shipped ``default.pt`` in :func:`pretrained_dir`).
         lr: multiplies the learned update (1.0 = as meta-trained); schedulers may change it per group.
         weight_decay: decoupled weight decay (AdamW-style, ``p <- p - lr * weight_decay * p`` on top of the learned
             update, with the group's ``lr``); default 0, per group.
@@ -86,9 +98,10 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
             path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
             if checkpoint is None and not path.is_file():
                 raise FileNotFoundError(
-                    f"no default learned optimizer is shipped at {path}. Meta-train one with "
-                    "`python -m meta_train train --config meta_train/configs/quick.toml` and pass "
-                    "checkpoint='<run>/best.pt', or pass optimizer=<module>.")
+                    f"the shipped default learned optimizer is missing ({path}): this install of l2o is incomplete "
+                    f"(the wheel carries it as package data, l2o/pretrained/default.pt). Reinstall the package "
+                    f"(pip install --force-reinstall l2o-neural-graphs, or pip install . from a checkout), point "
+                    f"${PRETRAINED_ENV} at a folder holding default.pt, or pass checkpoint='path.pt'.")
             optimizer, _, _ = load_checkpoint(path)
         inner = _unwrap(model)
         self._named = dict(inner.named_parameters())
