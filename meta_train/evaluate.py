@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from l2o.optim import OptimizerConfig, build_optimizer, load_checkpoint
 from l2o.optim.learned import Optimizer
 
 from .inner_train import train_optimizee
+from .progress import Progress
 
 # Learning-rate grids for tuning (log-spaced, covering the usual optima for these CNNs at 100..1000 steps).
 GRIDS = {
@@ -88,8 +88,12 @@ def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: li
         for t in trials:
             if strip(t) == hyper:
                 return t["val_acc"]
-        r = train_optimizee(cand.build(hyper), task, steps, seed=seed, device=device, eval_split="val")
+        desc = f"tune {cand.family} " + ",".join(f"{k}={v:g}" for k, v in hyper.items())
+        with Progress(steps, desc, unit="step", leave=False) as bar:
+            r = train_optimizee(cand.build(hyper), task, steps, seed=seed, device=device, eval_split="val",
+                                progress=lambda step, loss: bar.update(1, loss=loss))
         acc = r["acc"] if math.isfinite(r["acc"]) else -1.0
+        print(f"{desc}: validation accuracy {100 * acc:.2f} %", flush=True)
         trials.append({**hyper, "val_acc": acc})
         if on_trial is not None:
             on_trial(trials)
@@ -97,7 +101,7 @@ def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: li
 
     if start is None:
         have = [strip(t) for t in trials]
-        for hyper in tqdm([h for h in grid if h not in have], desc=f"tune {cand.family}", leave=False):
+        for hyper in [h for h in grid if h not in have]:
             val_acc(hyper)
     else:
         i = grid.index(start)
@@ -179,9 +183,11 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
             continue
         if runs:
             print(f"{cand.label}: seeds 0..{len(runs) - 1} kept from {out / 'results.json'}")
-        for s in tqdm(range(len(runs), seeds), desc=f"{cand.label} on {task_name}", initial=len(runs), total=seeds):
-            r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
-                                eval_every=eval_every)
+        for s in range(len(runs), seeds):
+            with Progress(steps, f"{cand.label} on {task_name}, seed {s + 1}/{seeds}", unit="step", leave=False) as bar:
+                r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
+                                    eval_every=eval_every,
+                                    progress=lambda step, loss, bar=bar: bar.update(1, loss=loss))
             runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
                          "step_ms": r["step_ms"], "diverged": r["diverged"]})
             results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
@@ -232,13 +238,24 @@ def write_report(results: dict, out: Path) -> None:
              "", "| optimizer | test acc % (mean +- std) | diverged | update ms/step | hyperparameters |",
              "|---|---|---|---|---|"]
     for r in rows:
-        hyper = r["hyper"] if r["hyper"] else (Path(r["checkpoint"]).name if r["checkpoint"] else "")
-        lines.append(f"| {r['optimizer']} | {r['test_acc_mean']:.2f} +- {r['test_acc_std']:.2f} | {r['diverged']} | "
+        hyper = format_hyper(r["hyper"]) if r["hyper"] else (Path(r["checkpoint"]).name if r["checkpoint"] else "")
+        std = f"{r['test_acc_std']:.2f}" if r["seeds"] > 1 else "n/a"
+        lines.append(f"| {r['optimizer']} | {r['test_acc_mean']:.2f} +- {std} | {r['diverged']} | "
                      f"{r['step_ms']:.1f} | {hyper} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot_curves(results, out)
     print("\n".join(lines))
+
+
+def format_hyper(hyper: dict) -> str:
+    """``{"lr": 0.003, "weight_decay": 0.0001}`` -> ``lr=0.003, weight_decay=0.0001``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in hyper.items())
+
+
+def _is_highlighted(label: str) -> bool:
+    """The default learned optimizer and tuned Adam: drawn thick, the rest thin."""
+    return "default" in label or label == "adam" or label.startswith("adam:")
 
 
 def plot_curves(results: dict, out: Path) -> None:
@@ -248,27 +265,33 @@ def plot_curves(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig_a, ax_a = plt.subplots(figsize=(6, 4))
-    fig_l, ax_l = plt.subplots(figsize=(6, 4))
-    for label, entry in results["runs"].items():
+    fig_a, ax_a = plt.subplots(figsize=(8, 4.5))
+    fig_l, ax_l = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab10" if len(results["runs"]) <= 10 else "tab20")
+    for i, (label, entry) in enumerate(results["runs"].items()):
         runs = [r for r in entry["runs"] if not r["diverged"]]
         if not runs:
             continue
+        style = dict(color=colours(i % colours.N), lw=2.4 if _is_highlighted(label) else 1.2,
+                     zorder=3 if _is_highlighted(label) else 2, label=f"{label} ({len(runs)} seeds)")
         steps = [e[0] for e in runs[0]["evals"]]
         accs = torch.tensor([[100 * e[1] for e in r["evals"]] for r in runs])
         mean, std = accs.mean(0), accs.std(0) if len(runs) > 1 else torch.zeros(len(steps))
-        ax_a.plot(steps, mean, label=label)
-        ax_a.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax_a.plot(steps, mean, **style)
+        ax_a.fill_between(steps, mean - std, mean + std, alpha=0.15, color=style["color"])
         n = min(len(r["losses"]) for r in runs)
         loss = torch.tensor([r["losses"][:n] for r in runs]).log().mean(0)
         k = max(1, n // 50)  # moving average over ~2% of the run for readability
         smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
-        ax_l.plot(range(k - 1, n), smooth, label=label)
-    ax_a.set(xlabel="step", ylabel="test accuracy (%)", title=f"{results['task']}: test accuracy")
-    ax_l.set(xlabel="step", ylabel="log training loss (moving avg)", title=f"{results['task']}: training loss")
+        ax_l.plot(range(k - 1, n), smooth, **style)
+    ax_a.set(xlabel="step", ylabel="test accuracy (%)", title=f"{results['task']}: test accuracy (mean +- std)")
+    ax_l.set(xlabel="step", ylabel="log training loss (moving average)", title=f"{results['task']}: training loss")
     for ax, fig, name in ((ax_a, fig_a, "accuracy.png"), (ax_l, fig_l, "loss.png")):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.title.set_fontsize(12)
+        ax.xaxis.label.set_fontsize(11)
+        ax.yaxis.label.set_fontsize(11)
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the data
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)

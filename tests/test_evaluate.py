@@ -123,7 +123,7 @@ def _fake_validation(monkeypatch, accs: dict[float, float]) -> list[float]:
     """Replace training with a lookup lr -> validation accuracy; returns the list of lrs actually run."""
     ran = []
 
-    def fake(opt, task, steps, seed, device, eval_split):
+    def fake(opt, task, steps, seed, device, eval_split, progress=None):
         lr = opt.param_groups[0]["lr"]
         ran.append(lr)
         return {"acc": accs[lr]}
@@ -157,7 +157,7 @@ def test_local_tuning_finds_the_grid_best_of_a_unimodal_curve(monkeypatch, peak)
 def test_evaluate_resume_continues_a_killed_optimizer_from_its_first_missing_seed(tmp_path, monkeypatch):
     ran = []
 
-    def fake(opt, task, steps, seed, device, eval_split, eval_every=0):
+    def fake(opt, task, steps, seed, device, eval_split, eval_every=0, progress=None):
         if eval_split == "test" and ran.count(seed) == 0 and seed == 2 and "kill" in ran:
             raise KeyboardInterrupt  # killed while seed 2 runs
         ran.append(seed)
@@ -184,7 +184,7 @@ def test_evaluate_resume_keeps_the_tuning_runs_finished_before_a_kill(tmp_path, 
     monkeypatch.setitem(ev.GRIDS, "adam", [{"lr": 1e-3}, {"lr": 3e-3}, {"lr": 1e-2}])
     ran, kill = [], [True]
 
-    def fake(opt, task, steps, seed, device, eval_split, eval_every=0):
+    def fake(opt, task, steps, seed, device, eval_split, eval_every=0, progress=None):
         lr = opt.lr  # the hand-designed Adam module of l2o.optim
         if eval_split == "val" and lr == 1e-2 and kill[0]:
             raise KeyboardInterrupt  # killed during the third tuning run
