@@ -13,9 +13,20 @@ def tune_cpu_allocator() -> bool:
     By default glibc serves blocks above a (dynamic, at most 32 MiB) threshold with fresh ``mmap`` pages and unmaps
     them on free, so every step of an encoder on a 100k-edge graph page-faults its activations in again: NG-T's
     forward+backward on a 101k-edge graph took 3.0 s with the default and 1.8 s with these settings (time then grows
-    linearly in edges; benchmarks/encoders.py). Called by the CLI and the benchmarks; call it yourself in long
-    training scripts. A no-op (returns False) off Linux/glibc.
+    linearly in edges; benchmarks/encoders.py). Called by the CLI, the benchmarks and ``NeuralGraphOptimizer`` (once
+    per process; later calls return the first result). A no-op (returns False) off Linux/glibc.
     """
+    global _TUNED
+    if _TUNED is not None:
+        return _TUNED
+    _TUNED = _mallopt()
+    return _TUNED
+
+
+_TUNED: bool | None = None
+
+
+def _mallopt() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -5,7 +5,7 @@
 Reads each folder's ``summary.json`` (written by ``python -m meta_train evaluate``) and writes one record per
 (task, optimizer) with ``task, optimizer, family, checkpoint, steps, seeds, test_acc_mean, test_acc_std, step_ms``,
 the advantage over tuned Adam on the same seeds (``vs_adam_mean``, ``vs_adam_std``: mean and std of the per-seed
-differences, in points) and the published numbers (REFERENCE.md section 3) for context.
+differences, in points) and the published numbers (Kofinas et al., ICLR 2024, section 5) for context.
 """
 from __future__ import annotations
 

@@ -206,11 +206,6 @@ def test_checkpoint_cannot_run_code(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
-def test_missing_default_checkpoint_says_how_to_get_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(ngo_module, "DEFAULT_CHECKPOINT", tmp_path / "none.pt")
-    with pytest.raises(FileNotFoundError, match="meta_train train"):
-        NeuralGraphOptimizer(mlp(0))
-
 
 def test_unsupported_layer_and_per_parameter_fallback():
     model = nn.Sequential(nn.Linear(5, 6), nn.PReLU(), nn.Linear(6, 3))

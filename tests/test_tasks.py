@@ -63,7 +63,7 @@ def test_same_seed_same_weights_and_global_rng_untouched():
 
 
 def test_fmnist_conv_matches_the_reference_architecture():
-    """REFERENCE.md section 3: conv 1->16 (3x3, stride 2), ReLU, conv 16->32, ReLU, conv 32->32, ReLU, GAP, 32->10."""
+    """Kofinas et al. (ICLR 2024), section 5: conv 1->16 (3x3, stride 2), ReLU, conv 16->32, ReLU, conv 32->32, ReLU, GAP, 32->10."""
     model = get_task("fmnist-conv").make_model(0)
     assert [type(m) for m in model] == [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU,
                                         nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear]

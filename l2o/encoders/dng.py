@@ -1,4 +1,4 @@
-"""Dynamic neural graph encoder (DNG; Wu et al., REFERENCE.md section 2).
+"""Dynamic neural graph encoder (DNG; Wu et al., "Dynamic Neural Graph", TMLR 2026).
 
 The network is read as a sequence of snapshots, one per layer ``t = 1 .. L-1`` in topological order. Every node
 keeps a memory vector; at step ``t`` the nodes of layer ``t`` receive messages from the *current* memories of the
@@ -31,7 +31,7 @@ matrix product of the layer's ``[receivers, senders * k]`` feature block with th
 ``sum_f A_f * (block_f @ W s)``, never materialising ``[E_t, k, d]``; sparse layers (norm diagonals, flatten copies,
 large batches of graphs) use per-edge messages and a scatter-sum. Both give the same sums (tested).
 
-Backward traversal (``bidirectional=True``, the reviewers' suggestion; it matters for optimisers, where gradient
+Backward traversal (``bidirectional=True``, as graph hypernetworks traverse networks; it matters for optimisers, where gradient
 information flows from the output to the input): a second :class:`LayerTraversal` with its own message maps and
 cell, processing ``t = L-1 .. 1``. Each node's backward memory starts from its forward memory. At step ``t`` the
 nodes of layer ``t`` first update their memory from the messages accumulated so far (they have received them all:

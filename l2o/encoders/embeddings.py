@@ -1,7 +1,7 @@
 """Input embeddings shared by every encoder: feature projections, activation, role/position and edge-kind tables.
 
 ``GraphInputEmbedding`` turns raw per-node / per-edge features into the first hidden states ``x [N, d]`` and
-``e [E, d]``. What it adds keeps exactly the hidden-neuron permutation symmetry (REFERENCE.md section 1):
+``e [E, d]``. What it adds keeps exactly the hidden-neuron permutation symmetry (Kofinas et al., ICLR 2024):
 
 * node positional embedding: one learned vector per *input* node (by its index), one per *output* node (by its
   index), and one shared by all hidden nodes of a layer (by layer position). The tables are sinusoid-initialised

@@ -1,7 +1,7 @@
 """Activation types known to the neural graph.
 
 Every node carries the id of the activation that follows it (``identity`` when none does); encoders add a
-learned embedding per type (REFERENCE.md section 1). The table is append-only so that ids stored in
+learned embedding per type (Kofinas et al., ICLR 2024). The table is append-only so that ids stored in
 checkpoints keep their meaning.
 """
 from __future__ import annotations

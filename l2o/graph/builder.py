@@ -8,7 +8,7 @@ positions per channel); residual additions add identity edges. Choices made wher
 * Inputs are created lazily when first consumed: a ``Conv`` makes one input node per channel, a ``Linear``
   (after a flatten of the raw input or not) one per input feature, so an image MLP has one input node per pixel.
 * Flatten of a spatial map (``[C, H, W] -> C*H*W`` features) makes a new node set with one copy of each channel
-  per spatial position, fed by identity edges (REFERENCE.md: "repeat the last conv channels once per position");
+  per spatial position, fed by identity edges (Kofinas et al., ICLR 2024: "repeat the last conv channels once per position");
   ``node_position`` tells the encoder which position a copy stands for.
 * An activation is recorded on the node set that produced its input when that value is used by nothing else;
   otherwise (two activations in a row, an activation on an input, a value also used elsewhere) a copy node set

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..graph import NeuralGraph, UnsupportedModuleError
+from ..runtime import tune_cpu_allocator
 from .checkpoint import load_checkpoint
 from .context import ParamContext
 from .learned import Optimizer
@@ -124,6 +125,8 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
                               "from their own features only (no graph embedding)", stacklevel=2)
         self.learned = optimizer
         self._layout()
+        if self.context.device.type == "cpu":
+            tune_cpu_allocator()  # large per-step temporaries otherwise page-fault in on every step
         self.learned.to(self.context.device).eval()
         for p in self.learned.parameters():
             p.requires_grad_(False)
