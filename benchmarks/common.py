@@ -42,10 +42,10 @@ def time_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, budget
     return statistics.median(times)
 
 
-def model_fwd_bwd(task, model: torch.nn.Module, batch: int = 128) -> Callable[[], None]:
+def model_fwd_bwd(task, model: torch.nn.Module, batch: int = 128, device="cpu") -> Callable[[], None]:
     """A closure running forward+backward of ``model`` on one random batch of ``task``'s input shape."""
-    x = torch.randn(batch, *task.input_shape)
-    y = torch.randint(0, task.num_classes, (batch,))
+    x = torch.randn(batch, *task.input_shape, device=device)
+    y = torch.randint(0, task.num_classes, (batch,), device=device)
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)

@@ -1,13 +1,17 @@
 """Per-step cost of each optimizer next to the model's own forward+backward (batch 128).
 
-For ``fmnist-conv``, ``cifar10-conv`` and a ~1M-parameter CIFAR CNN: forward+backward time, ``torch.optim.Adam.step()``,
+For ``fmnist-conv``, ``cifar10-conv``, a ~1M-parameter CIFAR CNN, the MNIST MLP 784-256-128-10 and a CIFAR
+ResNet-18 (11.2M parameters, BatchNorm, 1x1 projection shortcuts): forward+backward time, ``torch.optim.Adam.step()``,
 and ``NeuralGraphOptimizer.step()`` for every learned family as shipped (``meta_train/configs/<family>.toml``:
 relative steps, bounded multiplier; freshly initialised weights, since the cost does not depend on them) and for the
 shipped default itself (``NeuralGraphOptimizer(model)``), plus the optimizer state in floats per parameter. Targets
 on the 2-core CPU: a graph optimizer's step at most half of forward+backward on ``cifar10-conv``, and at most 10
 floats of state per parameter.
 
-    python benchmarks/step_overhead.py [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...]
+On CUDA (``--device cuda``) the table also has the optimizer's extra peak GPU memory per parameter (peak during
+``step()`` above the memory held before it, state included, divided by the parameter count).
+
+    python benchmarks/step_overhead.py [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
 """
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ from l2o import NeuralGraphOptimizer  # noqa: E402
 from l2o.optim import LEARNED_FAMILIES, build_optimizer  # noqa: E402
 from meta_train.config import load_config  # noqa: E402
 from tasks import get_task  # noqa: E402
-from tasks.registry import conv_task  # noqa: E402
+from tasks.models import ResNet18  # noqa: E402
+from tasks.registry import Task, conv_task, mlp_task  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "meta_train" / "configs"  # <family>.toml: as shipped
 TASKS = {"fmnist-conv": lambda: get_task("fmnist-conv"), "cifar10-conv": lambda: get_task("cifar10-conv"),
-         "cifar10-conv-1M": lambda: conv_task("cifar10", (64, 128, 256, 256), name="cifar10-conv-1M")}
+         "cifar10-conv-1M": lambda: conv_task("cifar10", (64, 128, 256, 256), name="cifar10-conv-1M"),
+         "mnist-mlp-256-128": lambda: mlp_task("mnist", (256, 128)),
+         "cifar10-resnet18": lambda: Task("cifar10-resnet18", "cifar10", ResNet18, (3, 32, 32))}
 
 
 def state_floats(opt: torch.optim.Optimizer, model: torch.nn.Module) -> float:
@@ -36,10 +43,24 @@ def state_floats(opt: torch.optim.Optimizer, model: torch.nn.Module) -> float:
     return floats / n
 
 
-def bench_task(name: str, families: list[str], repeats: int) -> list[dict]:
+def peak_extra_bytes(fn, device: torch.device) -> float | None:
+    """Peak CUDA memory during ``fn()`` above what was allocated before it (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - before)
+
+
+def bench_task(name: str, families: list[str], repeats: int, device: torch.device = torch.device("cpu")
+               ) -> list[dict]:
     task = TASKS[name]()
-    model = task.make_model(0)
-    fwd_bwd = model_fwd_bwd(task, model)
+    model = task.make_model(0).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    fwd_bwd = model_fwd_bwd(task, model, device=device)
     fb = time_ms(fwd_bwd, repeats)
     fwd_bwd()
     snapshot = [p.detach().clone() for p in model.parameters()]
@@ -60,12 +81,17 @@ def bench_task(name: str, families: list[str], repeats: int) -> list[dict]:
     for label, make in candidates:
         torch.manual_seed(0)
         opt = make()
+        extra = peak_extra_bytes(opt.step, device)  # the first step also creates the state: counted
         ms = time_ms(opt.step, repeats)
         records.append({"task": name, "optimizer": label, "fwd_bwd_ms": fb, "step_ms": ms,
-                        "state_floats_per_param": state_floats(opt, model)})
+                        "state_floats_per_param": state_floats(opt, model),
+                        "extra_peak_bytes_per_param": None if extra is None else extra / n_params})
+        del opt
         restore()
     for r in records:
         r["step_over_fwd_bwd"] = r["step_ms"] / fb
+        r["params"] = n_params
+        r["device"] = str(device)
         r.update(machine())
     return records
 
@@ -74,19 +100,28 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--families", nargs="*", default=list(LEARNED_FAMILIES))
-    ap.add_argument("--tasks", nargs="*", default=list(TASKS))
+    ap.add_argument("--tasks", nargs="*", default=None,
+                    help="default: every task; on the CPU all but cifar10-resnet18 (about 7 GB and minutes per "
+                         "optimizer there; name it to include it)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if args.tasks is None:
+        args.tasks = [t for t in TASKS if device.type == "cuda" or t != "cifar10-resnet18"]
     records = []
     for name in args.tasks:
-        records += bench_task(name, args.families, args.repeats)
+        records += bench_task(name, args.families, args.repeats, device)
         print(f"done {name}", file=sys.stderr)
-    cols = ["task", "optimizer", "fwd_bwd_ms", "step_ms", "step_over_fwd_bwd", "state_floats_per_param"]
+    cols = ["task", "params", "optimizer", "fwd_bwd_ms", "step_ms", "step_over_fwd_bwd", "state_floats_per_param"]
+    if device.type == "cuda":
+        cols.append("extra_peak_bytes_per_param")
     table = markdown_table(records, cols)
     print(table)
-    write_json("step_overhead.json", records, args.out)
-    md = (args.out or RESULTS) / "step_overhead.md"
-    md.write_text("# Optimizer step overhead (batch 128, CPU)\n\n"
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    write_json(f"step_overhead{suffix}.json", records, args.out)
+    md = (args.out or RESULTS) / f"step_overhead{suffix}.md"
+    md.write_text(f"# Optimizer step overhead (batch 128, {records[0]['cuda'] or 'CPU'})\n\n"
                   "Produced by `python benchmarks/step_overhead.py`. Targets: a graph optimizer's step <= 0.5 x "
                   "forward+backward on cifar10-conv; state <= 10 floats per parameter.\n\n" + table + "\n")
 

@@ -111,7 +111,7 @@ _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false"
 
 
 def _typed(section: str, name: str, annotation, value):
-    """``value`` checked against the field's type (``int``, ``float``, ``bool``, ``str``, ``list``, ``dict``, ``X | None``).
+    """``value`` checked against its field's type (int, float, bool, str, list, dict, or ``X | None``).
 
     Annotations are strings here (``from __future__ import annotations``). bool is not accepted as a number (TOML and
     ``--set`` keep them apart, and ``outer_steps = true`` is a mistake), an int is accepted as a float and converted.

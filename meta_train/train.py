@@ -225,7 +225,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         name = f"step_{step:07d}"
         ckdir = ckpt_root / name
         _require_finite(core, ckdir)
-        if main and ckdir.exists():  # a half-written folder of an earlier attempt at this step (`latest` never names it)
+        if main and ckdir.exists():  # half-written by an earlier attempt at this step (`latest` never names it)
             shutil.rmtree(ckdir)
         acc.wait_for_everyone()
         with _writing(ckdir, cleanup=ckdir):
@@ -418,7 +418,8 @@ def _check_resumable_config(out: Path, cfg: Config) -> list[tuple]:
         allowed = ", ".join(f"{s}.{k}" for s, k in sorted(RESUMABLE_CHANGES))
         raise ResumeError(f"--resume refused: the config differs from the run's {path} in settings that change what "
                           f"the run computes ({what}). Resume with the run's values, or start a new run (another "
-                          f"--out-dir, or --overwrite to replace this one). Only these may change on resume: {allowed}.")
+                          f"--out-dir, or --overwrite to replace this one). Only these may change on resume: "
+                          f"{allowed}.")
     return [c for c in changes if c not in refused]
 
 
@@ -476,11 +477,14 @@ def _read_checkpoint_files(ckdir: Path, rank: int, num_processes: int) -> tuple[
     if not isinstance(meta, dict) or not {"step", "best", "counters", "estimator"} <= set(meta):
         raise _Unreadable(f"{ckdir / 'meta.pt'} is not a checkpoint summary (keys step, best, counters, estimator)")
     written = meta.get("num_processes") or len(list(ckdir.glob("pool_rank*.pt")))
+    if not written:
+        raise _Unreadable(f"{ckdir} holds no task pool (pool_rank<r>.pt)")
     if written != num_processes:
         raise ResumeError(f"checkpoint {ckdir} was written by {written} process{'es' if written != 1 else ''}, but "
                           f"this run has {num_processes}: each process's task pool is in its own pool_rank<r>.pt, so "
                           f"resuming with another number would drop or lack tasks. Resume with --num-processes "
-                          f"{written} (or accelerate launch --num_processes {written}), or start over with --overwrite.")
+                          f"{written} (or accelerate launch --num_processes {written}), or start over with "
+                          f"--overwrite.")
     weights = ckdir / "model.safetensors"
     if weights.exists() or not (ckdir / "pytorch_model.bin").exists():
         state = _read(weights, load_file)
@@ -527,8 +531,8 @@ def _load_newest_checkpoint(acc: Accelerator, ckpt_root: Path, pool: TaskPool, e
             acc.load_state(str(ckdir))
         except Exception as exc:
             raise ResumeError(f"loading checkpoint {ckdir} failed ({type(exc).__name__}: {exc}) although its files "
-                              f"read back: it does not fit this run's optimizer. Resume with the run's config, or "
-                              f"start over with --overwrite.") from exc
+                              f"read back, so it does not fit this run (another optimizer config?). Resume with the "
+                              f"run's config, or start over with --overwrite.") from exc
         pool.load_state_dict(pool_state)
         estimator.load_state_dict(meta["estimator"])
         if damaged and main:

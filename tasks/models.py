@@ -72,3 +72,45 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(widths[-1], num_classes))
         super().__init__(*layers)
         self.in_features, self.hidden, self.num_classes = in_features, hidden, num_classes
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or a 1x1 conv + BN projection
+    when the stride or width changes), then ReLU. ``[B, c_in, H, W] -> [B, c_out, H / stride, W / stride]``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                         if stride != 1 or c_in != c_out else nn.Identity())
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs (CIFAR variant: 3x3 stem, no max-pool), widths ``(w, 2w, 4w, 8w)``, two
+    :class:`BasicBlock` s per stage, global average pool, linear classifier; 11.2M parameters at ``width=64``.
+    ``[B, in_channels, 32, 32] -> [B, num_classes]``."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64):
+        super().__init__()
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks, c_in = [], width
+        for i, c in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks += [BasicBlock(c_in, c, stride), BasicBlock(c, c, 1)]
+            c_in = c
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
