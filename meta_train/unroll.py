@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from l2o.optim import ParamContext
 from l2o.optim.learned import Optimizer
+from tasks.seeding import mix_seed
 
 from .inner_train import context_for, loss_and_grad
 
@@ -74,8 +75,10 @@ class TaskPool:
         self.slots, self.num_tasks = list(slots), len(slots)
         self.horizon, self.horizon_max = horizon, horizon_max
         self.batch_size, self.device = batch_size, torch.device(device)
-        self.generators = [torch.Generator().manual_seed(seed * 1_000_003 + s) for s in self.slots]
+        self.generators = [torch.Generator().manual_seed(mix_seed(seed, s)) for s in self.slots]
         self._ctx_cache: dict[str, ParamContext] = {}
+        self._batched_key: tuple | None = None  # ids of the task contexts the batched context was built from
+        self._batched: ParamContext | None = None
         self.resets = 0
         self.tasks: list[InnerTask] = [self._new_task(i, stagger=True) for i in range(self.num_tasks)]
 
@@ -127,7 +130,7 @@ class TaskPool:
     def contexts(self) -> ParamContext:
         """One context over all tasks (graphs batched), rebuilt only when the set of architectures changes."""
         key = tuple(id(t.ctx) for t in self.tasks)
-        if getattr(self, "_batched_key", None) != key:
+        if self._batched_key != key:
             self._batched_key, self._batched = key, ParamContext.batch([t.ctx for t in self.tasks])
         return self._batched
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .seeding import mix_seed
+
 
 @dataclass(frozen=True)
 class RegressionStream:
@@ -22,7 +24,7 @@ class RegressionStream:
     noise: float = 0.1
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, step))
         x = torch.randn(self.batch_size, self.w.shape[0], generator=g)
         y = x @ self.w + self.noise * torch.randn(self.batch_size, 1, generator=g)
         return x, y

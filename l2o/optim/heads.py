@@ -1,24 +1,28 @@
-"""The per-parameter update head shared by every learned optimizer family.
+"""The per-parameter update heads (step rules) shared by every learned optimizer family.
 
 ``(features [P, F], projected embedding [P, H] or None, time features [T], Adam direction [P]) -> step [P]``
 
-A small MLP outputs a direction ``d`` and a magnitude ``m`` per element; the step is
-``lam * d * exp(lam * m)`` (Kofinas et al. section 5 / learned_optimization), optionally multiplied by a learned
-per-category scale (first / hidden / last layer x weight / bias) and optionally added to an Adam step with a
-learned learning rate ("Adam residual"), so that an untrained optimizer behaves like Adam.
+Two step rules:
 
-With ``adam_scale > 0`` the head also outputs a third value ``s`` per element and the Adam step is multiplied by
-``exp(adam_scale * tanh(s))``: a learned, bounded per-element learning-rate multiplier in
-``[e^-adam_scale, e^adam_scale]``. With ``additive=False`` the ``lam * d * exp(lam * m)`` term is dropped, so the
-optimizer can only re-scale Adam's steps per element: it cannot stall or reverse Adam's progress (see
-``results/README.md``: an unbounded additive term meta-trained on Fashion-MNIST stalled CIFAR-10 training).
+* ``"modulated"`` (:class:`UpdateHead`): a small MLP outputs a direction ``d`` and a magnitude ``m`` per element; the
+  step is ``lam * d * exp(lam * m)`` (Kofinas et al. section 5 / learned_optimization), optionally multiplied by a
+  learned per-category scale (first / hidden / last layer x weight / bias) and optionally added to an Adam step with
+  a learned learning rate ("Adam residual"), so that an untrained optimizer behaves like Adam.
 
-With ``relative=True`` the Adam step of every element is also multiplied by ``scale``, the RMS of its tensor when
-the optimizer state was created (floored at ``RELATIVE_FLOOR``; kept in the state), so the learned learning rates
-are *relative* to each layer's initial scale: a layer with small weights (large fan-in) takes proportionally small
-steps and the first layer (small fan-in, large weights) large ones. By hand on CIFAR-10 this per-layer structure is
-worth 2-3 points over Adam with one tuned learning rate, where re-reading the RMS every step (LARS-style; weights
-grow during training, so steps grow) is not (``results/experiments/hand-designed-adam``).
+  With ``adam_scale > 0`` the head also outputs a third value ``s`` per element and the Adam step is multiplied by
+  ``exp(adam_scale * tanh(s))``: a learned, bounded per-element learning-rate multiplier in
+  ``[e^-adam_scale, e^adam_scale]``. With ``additive=False`` the ``lam * d * exp(lam * m)`` term is dropped, so the
+  optimizer can only re-scale Adam's steps per element: it cannot stall or reverse Adam's progress.
+
+  With ``relative=True`` the Adam step of every element is also multiplied by ``scale``, the RMS of its tensor when
+  the optimizer state was created (floored at ``RELATIVE_FLOOR``; kept in the state), so the learned learning rates
+  are *relative* to each layer's initial scale: a layer with small weights (large fan-in) takes proportionally
+  small steps and the first layer (small fan-in, large weights) large ones. The scale is read once, not every step:
+  weights grow during training, and a step that grows with them (LARS-style) is a different rule.
+* ``"mlp"`` (:class:`MLPStepHead`): the plain rule of the published reference code, ``lam * d * exp(lam * m)`` from a
+  ReLU MLP and nothing else.
+
+What each choice did in meta-training and on CIFAR-10 is in ``results/README.md``.
 """
 from __future__ import annotations
 

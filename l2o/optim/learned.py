@@ -72,8 +72,13 @@ class LearnedOptimizer(Optimizer):
                 raise ValueError("an Adam residual needs the second moment: use features inputs='adam'")
             self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
                                    layer_scale, adam_residual, adam_lr, adam_scale, additive, relative)
-        # statistics, + the per-element scale of relative steps (the tensor's RMS when the state was created)
-        self.state_floats_per_param = features.state_floats + int(relative)
+
+    extra_state_floats = 0  # per-element state a subclass keeps besides the statistics (LSTM: h and c)
+
+    @property
+    def state_floats_per_param(self) -> int:  # type: ignore[override]
+        """The statistics, + the per-element scale of relative steps, + the subclass's own state."""
+        return self.features.state_floats + int(self.head.relative) + self.extra_state_floats
 
     def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
         state = init_moments(params.numel(), params.dtype, params.device, self.features)
@@ -150,7 +155,7 @@ class LSTMOptimizer(LearnedOptimizer):
         super().__init__(features=features, embed_dim=lstm_hidden, **head)
         self.lstm_hidden = lstm_hidden
         self.cell = nn.LSTMCell(features.num_features, lstm_hidden)
-        self.state_floats_per_param += 2 * lstm_hidden
+        self.extra_state_floats = 2 * lstm_hidden
 
     def init_state(self, ctx, params):
         state = super().init_state(ctx, params)
