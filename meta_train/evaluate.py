@@ -138,10 +138,11 @@ def _previous(out: Path, task_name: str, steps: int, seeds: int) -> dict | None:
     return old if same else None
 
 
-def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path, eval_every: int = 100,
+def evaluate(task_name: str, specs: list[str], steps: int, seeds: int | list[int], out: Path, eval_every: int = 100,
              tune_steps: int | None = None, device: str = "cpu", tuned: dict | None = None,
              resume: bool = False, tune_from: dict | None = None) -> dict:
-    """Run every optimizer over ``seeds`` seeds; returns (and writes) the results dict.
+    """Run every optimizer over ``seeds`` seeds (``0..seeds-1``, or the given list, e.g. to split seeds over two
+    processes writing to two folders); returns (and writes) the results dict.
 
     With ``resume``, optimizers already complete in ``out/results.json`` (same task, steps and seeds, same
     checkpoint file, same hyperparameters) are kept instead of rerun, one cut short by a kill continues from its
@@ -152,6 +153,7 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
 
     task = get_task(task_name)
     out.mkdir(parents=True, exist_ok=True)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(x) for x in seeds]
     results = {"task": task_name, "steps": steps, "seeds": seeds, "runs": {}, "tuning": {}}
     old = _previous(out, task_name, steps, seeds) if resume else None
     for spec in specs:
@@ -174,22 +176,25 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int, out: Path
                                      start=(tune_from or {}).get(cand.family), on_trial=save)
                 save(trials)
             print(f"{cand.label}: tuned on validation -> {hyper}")
-        runs = []  # seeds run in order 0, 1, ...: a kept prefix is exactly seeds 0..len-1
+        runs = []  # finished seeds of an earlier call are kept, by seed number
         if done and same_file and done.get("digest") == digest and done.get("hyper") == (hyper or cand.hyper):
-            runs = list(done["runs"][:seeds])
-        if len(runs) == seeds:
+            runs = [r for r in done["runs"] if r["seed"] in seed_list]
+        todo = [s for s in seed_list if s not in {r["seed"] for r in runs}]
+        if not todo:
             print(f"{cand.label}: kept from {out / 'results.json'}")
-            results["runs"][cand.label] = done
+            results["runs"][cand.label] = {**done, "runs": sorted(runs, key=lambda r: seed_list.index(r["seed"]))}
             continue
         if runs:
-            print(f"{cand.label}: seeds 0..{len(runs) - 1} kept from {out / 'results.json'}")
-        for s in range(len(runs), seeds):
-            with Progress(steps, f"{cand.label} on {task_name}, seed {s + 1}/{seeds}", unit="step", leave=False) as bar:
+            print(f"{cand.label}: seeds {sorted(r['seed'] for r in runs)} kept from {out / 'results.json'}")
+        for s in todo:
+            desc = f"{cand.label} on {task_name}, seed {s} ({seed_list.index(s) + 1}/{len(seed_list)})"
+            with Progress(steps, desc, unit="step", leave=False) as bar:
                 r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
                                     eval_every=eval_every,
                                     progress=lambda step, loss, bar=bar: bar.update(1, loss=loss))
             runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
                          "step_ms": r["step_ms"], "diverged": r["diverged"]})
+            runs.sort(key=lambda run: seed_list.index(run["seed"]))
             results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
                                            "hyper": hyper or cand.hyper, "runs": list(runs)}
             _save_partial(out, results, old)  # a kill loses at most the seed in progress
@@ -234,7 +239,8 @@ def summarise(results: dict) -> list[dict]:
 
 def write_report(results: dict, out: Path) -> None:
     rows = summarise(results)
-    lines = [f"# {results['task']}: {results['steps']} steps, {results['seeds']} seeds (test accuracy, full test set)",
+    n = results["seeds"] if isinstance(results["seeds"], int) else len(results["seeds"])
+    lines = [f"# {results['task']}: {results['steps']} steps, {n} seeds (test accuracy, full test set)",
              "", "| optimizer | test acc % (mean +- std) | diverged | update ms/step | hyperparameters |",
              "|---|---|---|---|---|"]
     for r in rows:

@@ -201,3 +201,18 @@ def test_evaluate_resume_keeps_the_tuning_runs_finished_before_a_kill(tmp_path, 
     kill[0] = False
     res = ev.evaluate("fmnist-conv", ["adam"], steps=3, seeds=1, out=tmp_path, eval_every=0, resume=True)
     assert ran == [("val", 1e-2), ("test", 3e-3)] and res["runs"]["adam"]["hyper"] == {"lr": 3e-3}
+
+
+def test_evaluate_runs_a_given_list_of_seeds_and_resumes_it(tmp_path, monkeypatch):
+    ran = []
+
+    def fake(opt, task, steps, seed, device, eval_split, eval_every=0, progress=None):
+        ran.append(seed)
+        return {"losses": [1.0] * steps, "evals": [[steps, 0.5, 1.0]], "acc": 0.5, "step_ms": 1.0, "diverged": False}
+
+    monkeypatch.setattr(ev, "train_optimizee", fake)
+    res = ev.evaluate("fmnist-conv", ["adam:lr=0.003"], steps=2, seeds=[3, 4], out=tmp_path, eval_every=0, resume=True)
+    assert ran == [3, 4] and [r["seed"] for r in res["runs"]["adam:lr=0.003"]["runs"]] == [3, 4]
+    ran.clear()
+    ev.evaluate("fmnist-conv", ["adam:lr=0.003"], steps=2, seeds=[3, 4], out=tmp_path, eval_every=0, resume=True)
+    assert ran == []
