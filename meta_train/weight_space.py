@@ -1,6 +1,6 @@
 """``python -m meta_train weight-space {classify,edit,generalization,report,all}``: weight-space tasks on the encoders.
 
-Each (task, dataset, model, seed) is one run of ``tasks.weight_space.train.run`` writing
+Each (task, dataset, model, seed) is one run of ``tasks.weight_space.task_runs.run`` writing
 ``<out>/<task>-<dataset>-<model label>-s<seed>.json``; an existing record is skipped unless ``--force`` (so ``all``
 resumes where it stopped). ``report`` aggregates the records into ``<results>/weight_space.{json,md}`` and figures in
 ``<results>/weight_space/``. ``all`` runs ``ALL_PLAN`` (every task / data set below x every model x seeds), seeds
@@ -37,7 +37,7 @@ def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: di
     """Run every (task, dataset) x model x seed in ``plan`` (seeds outermost); skip existing records.
 
     Settings: the task defaults, then ``item_overrides``, then ``overrides`` (the command line; None = not given)."""
-    from tasks.weight_space.train import default_spec, load_task_data, record_path, run
+    from tasks.weight_space.task_runs import default_spec, load_task_data, record_path, run
 
     cache: dict[tuple, object] = {}
     done = []
@@ -64,8 +64,8 @@ def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: di
 
 
 def weight_space_main(args) -> None:
-    from tasks.weight_space.models import BASELINES, GRAPH_ENCODERS
-    from tasks.weight_space.report import NOTES, write_report
+    from tasks.weight_space.task_models import BASELINES, GRAPH_ENCODERS
+    from tasks.weight_space.task_report import NOTES, write_report
 
     out = Path(args.out)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "hidden", "depth", "probes",

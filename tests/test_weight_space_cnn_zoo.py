@@ -16,7 +16,7 @@ from l2o.graph import NeuralGraph
 from tasks.data import ImageDataset, clear_cache
 from tasks.weight_space.cnn_zoo import (CnnZoo, CorruptZooError, ZooNotFoundError, _build_group, build_cnn_zoo,
                                         evaluate_network, main, param_names, train_group, unflatten_state)
-from tasks.weight_space.zoo_cnn import ACTIVATIONS, KMAX, CnnSpec, build_cnn, sample_architecture
+from tasks.weight_space.cnn_zoo_member import ACTIVATIONS, KMAX, CnnSpec, build_cnn, sample_architecture
 
 N_TRAIN, N_TEST = 48, 24
 

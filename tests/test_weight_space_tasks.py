@@ -14,12 +14,12 @@ import torch
 
 from model_zoo import permute_sequential
 from tasks.weight_space.batching import Batcher, Normalizer, ParamTable, params_to_rows, rows_to_params
-from tasks.weight_space.models import (GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
-                                       WeightSpaceClassifier, WeightSpaceEditor, build_features)
+from tasks.weight_space.task_models import (GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone,
+                                            ProbeFeatures, WeightSpaceClassifier, WeightSpaceEditor, build_features)
 from tasks.weight_space.siren import Siren, make_coords, render
 from tasks.weight_space.synthetic import synthetic_cnn_zoo, synthetic_inr_zoo
-from tasks.weight_space.train import (cnn_task_data, default_spec, dilate, inr_task_data, kendall_tau, r2_score,
-                                      record_path, run)
+from tasks.weight_space.task_runs import (cnn_task_data, default_spec, dilate, inr_task_data, kendall_tau,
+                                          r2_score, record_path, run)
 
 ATOL = 1e-9
 STAT_ATOL = 1e-5  # StatNN's statistics are computed in float32 (summation order differs under a permutation)
@@ -267,7 +267,7 @@ def test_inr_tasks_end_to_end(tmp_path, inr_zoo, task, models):
 
 
 def test_generalization_end_to_end_and_report(tmp_path):
-    from tasks.weight_space.report import write_report
+    from tasks.weight_space.task_report import write_report
 
     data = cnn_task_data(synthetic_cnn_zoo(n_archs=2, per_arch=8, seed=1))
     for model in ("ng-gnn", "statnn"):

@@ -2,7 +2,7 @@
 
 Design (as in the CNN Wild Park / small-CNN-zoo papers, scaled to one CPU core):
 
-* ``n_archs`` random architectures (`zoo_cnn.sample_architecture`: 1-3 stride-2 convs of width 4..16, 3x3 or
+* ``n_archs`` random architectures (`cnn_zoo_member.sample_architecture`: 1-3 stride-2 convs of width 4..16, 3x3 or
   5x5 kernels, relu / tanh / gelu / silu / leaky_relu, global average pool, linear head), ``nets_per_arch`` runs
   of each. A run has its own init seed, init scale (log-uniform multiplier of PyTorch's default init) and Adam
   learning rate (log-uniform); batch size 32 (Fashion-MNIST) or 64 (CIFAR-10).
@@ -60,7 +60,7 @@ from tasks.data import (
     load_dataset,
     resolve_data_root,
 )
-from tasks.weight_space.zoo_cnn import (
+from tasks.weight_space.cnn_zoo_member import (
     ACTIVATIONS,
     DEPTHS,
     INIT_SCALE_RANGE,

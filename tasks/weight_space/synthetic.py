@@ -36,9 +36,9 @@ def synthetic_inr_zoo(n_train: int = 24, n_val: int = 8, n_test: int = 8, hidden
 
 
 def synthetic_cnn_zoo(n_archs: int = 3, per_arch: int = 12, seed: int = 0, in_channels: int = 1, image_size: int = 8):
-    """A ``CnnZoo`` of random CNNs (``zoo_cnn.build_cnn`` architectures, 3x3 and 5x5 kernels)."""
+    """A ``CnnZoo`` of random CNNs (``cnn_zoo_member.build_cnn`` architectures, 3x3 and 5x5 kernels)."""
     from .cnn_zoo import VERSION, CnnZoo, flatten_state
-    from .zoo_cnn import CnnSpec, build_cnn
+    from .cnn_zoo_member import CnnSpec, build_cnn
 
     gen = torch.Generator().manual_seed(seed)
     choices = [((4,), 3, "relu"), ((4, 6), 5, "tanh"), ((3, 4, 4), 3, "gelu"), ((6, 6), 3, "silu")]

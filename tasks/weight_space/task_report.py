@@ -1,4 +1,4 @@
-"""Run records (``train.run``) -> ``results/weight_space.json``, ``results/weight_space.md`` and figures.
+"""Run records (``task_runs.run``) -> ``results/weight_space.json``, ``results/weight_space.md`` and figures.
 
 Records are grouped by (task, dataset, encoder label); every test metric gets ``mean`` and ``std`` (sample std over
 seeds, 0 for one seed). Figures (``results/weight_space/``):
@@ -21,7 +21,7 @@ import torch
 __all__ = ["collect", "aggregate", "write_report", "PUBLISHED_TAU", "NOTES"]
 
 NOTES = """
-Set-up (the defaults of `tasks/weight_space/train.py`, chosen so that `all` fits about an hour of one CPU thread):
+Set-up (the defaults of `tasks/weight_space/task_runs.py`, chosen so that `all` fits about an hour of one CPU thread):
 every graph encoder is built by `l2o.encoders.build_encoder` with hidden 32, depth 2 and used unchanged; heads are
 2-layer MLPs (128 hidden); baselines are a 2-layer MLP (256 hidden) on the zero-padded normalised flat weights
 (FlatMLP) and on the per-tensor statistics (StatNN: mean, var, quantiles 0/25/50/75/100 of every weight and bias
@@ -37,7 +37,7 @@ train-split statistics.
   runs without probe features (one seed); `dng+probe128+recon`: with the INR2JLS-style auxiliary decoder (pooled
   embedding -> 28x28 image, MSE weight 1; one seed).
   Context for the 95 % target: a 784-256-10 MLP on the *ground-truth pixels* of the same images (Adam, 20 epochs,
-  val-selected, 3 seeds; `tasks.weight_space.train.pixel_mlp_reference`) reaches 88.7 % on these 2,000 test images
+  val-selected, 3 seeds; `tasks.weight_space.task_runs.pixel_mlp_reference`) reaches 88.7 % on these 2,000 test images
   with 2,500 train images and 93.2 % with 10,000. The first 2,000 official MNIST test images are harder than the
   validation images drawn from the training set (that MLP: 93 % val vs 89 % test), which is why the validation
   accuracies in the curves run 4-6 points above the test accuracies.

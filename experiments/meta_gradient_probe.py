@@ -1,8 +1,8 @@
 """Which way does each meta-gradient push the step size, task by task?
 
-An untrained relative optimizer (FF family: relative Adam at rate ``eta``, multiplier 1) trains each task for
+An untrained relative optimizer (FF family: relative Adam at rate ``ETA``, multiplier 1) trains each task for
 ``WARM`` steps; from there the derivative of the mean log training loss over the next ``K`` steps with respect to
-the global log-rate (every category's ``log_adam_lr`` moved together) is computed four ways:
+the global log-rate (every category's ``log_adam_lr`` moved together) is computed several ways (``PROBES``):
 
 * ``fd K``: central finite differences of the actual trajectory (rates eta e^+-0.05, same batches): the truth;
 * ``2nd K``: backprop through the K updates *including* the Hessian terms (inner gradients with create_graph);
@@ -10,31 +10,44 @@ the global log-rate (every category's ``log_adam_lr`` moved together) is compute
 * ``1st-disc K``: first order with the loss k steps later weighted by 0.98^k (``meta.discount = 0.98``);
 * ``fd-val K``: finite differences of the log *validation* loss (2,000 held-out images) after the K steps.
 
-Negative = a larger rate lowers the loss. Tasks whose best relative rate (at 1000 steps, ``../hand-designed-adam``)
-is below eta should show positive truths; a meta-gradient that reads the task must agree in sign.
+Negative = a larger rate lowers the loss. Tasks whose best relative rate (at 1000 steps, from
+``python -m experiments.hand_designed_adam``) is below eta should show positive truths; a meta-gradient that reads
+the task must agree in sign.
 
-    python results/experiments/meta-gradient-probe/probe.py        # -> probe.json
+Writes ``results/experiments/meta-gradient-probe/probe.json`` after every number and skips the numbers already in
+it (a killed run continues):
+
+    python -m experiments.meta_gradient_probe          # about 40 min on one core
 """
+from __future__ import annotations
+
+import argparse
 import json
-import math
-import sys
 from pathlib import Path
 
 import torch
 from torch.func import functional_call
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from l2o.optim import OptimizerConfig, build_optimizer  # noqa: E402
-from meta_train.unroll import TaskPool  # noqa: E402
-from tasks import channels_for, conv_task  # noqa: E402
+from experiments import RESULTS
+from l2o.optim import OptimizerConfig, build_optimizer
+from meta_train.unroll import TaskPool
+from tasks import channels_for, conv_task
 
-torch.set_num_threads(1)
+OUT = RESULTS / "experiments" / "meta-gradient-probe" / "probe.json"
 ETA, WARM, SEED = 0.13, 200, 0
+DELTA = 0.05  # finite-difference step of the global log-rate
+# (data, base channels, depth, batch)
 TASKS = [("fashion-mnist", (16, 32, 32), 3, 128), ("fashion-mnist", (16, 32, 32), 3, 16),
          ("cifar10", (32, 64, 64), 1, 128), ("cifar10", (32, 64, 64), 3, 128), ("cifar10", (32, 64, 64), 5, 128)]
+# (label, K, mode of `derivative`, discount)
+PROBES = (("fd 10", 10, "fd", 1.0), ("2nd 10", 10, "second", 1.0), ("1st 10", 10, "first", 1.0),
+          ("fd 200", 200, "fd", 1.0), ("1st 200", 200, "first-credit", 1.0),
+          ("1st-disc 200", 200, "first-credit", 0.98), ("fd 800", 800, "fd", 1.0),
+          ("fd-val 800", 800, "fd-val", 1.0))
 
 
 def optimizer():
+    """The untrained FF optimizer: relative Adam at ETA with a multiplier of exactly 1."""
     torch.manual_seed(0)
     return build_optimizer(OptimizerConfig(family="ff", adam_residual=True, adam_lr=ETA, adam_scale=1.0,
                                            additive=False, relative=True))
@@ -61,8 +74,10 @@ def unroll(opt, t, p, s, K, mode, discount=1.0):
         if mode == "first":  # the first-order surrogate: the inner gradient is data, not a function of p
             g = g.detach()
         p, s = opt.update(t.ctx, p, g, s)
-        L, _ = t.loss_and_grad(p, WARM + k + 1, create_graph=mode != "none") if mode != "none" else \
-            (t.loss_and_grad(p, WARM + k + 1)[0], None)
+        if mode == "none":
+            L = t.loss_and_grad(p, WARM + k + 1)[0]
+        else:
+            L, _ = t.loss_and_grad(p, WARM + k + 1, create_graph=True)
         w = discount ** k
         total, weight = total + w * torch.log(L), weight + w
     return total / weight
@@ -101,41 +116,38 @@ def final_val_loss(opt, t, p, s, K):
     return float(torch.log(t.task.loss(functional_call(t.model, named, (x,)), y)))
 
 
-def derivative(opt, t, p, s, K, mode, discount=1.0):
+def central_difference(opt, value) -> float:
+    """(value at log-rate + DELTA - value at log-rate - DELTA) / (2 DELTA), moving every category's log-rate."""
     lr = opt.head.log_adam_lr
+    vals = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            lr.add_(sign * DELTA)
+            vals.append(value())
+            lr.sub_(sign * DELTA)
+    return (vals[0] - vals[1]) / (2 * DELTA)
+
+
+def derivative(opt, t, p, s, K, mode, discount=1.0):
+    """d(loss over the next K steps) / d(global log-rate) by ``mode``: "fd", "fd-val", "first-credit" (graph-free
+    first order), or "first" / "second" (backprop through the unroll)."""
     if mode == "fd-val":
-        vals = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                lr.add_(sign * 0.05)
-                vals.append(final_val_loss(opt, t, p, s, K))
-                lr.sub_(sign * 0.05)
-        return (vals[0] - vals[1]) / 0.1
+        return central_difference(opt, lambda: final_val_loss(opt, t, p, s, K))
+    if mode == "fd":
+        return central_difference(opt, lambda: float(unroll(opt, t, p, s, K, "none")))
     if mode == "first-credit":
         return first_order(opt, t, p, s, K, discount)
-    if mode == "fd":
-        vals = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                lr.add_(sign * 0.05)
-                vals.append(float(unroll(opt, t, p, s, K, "none")))
-                lr.sub_(sign * 0.05)
-        return (vals[0] - vals[1]) / 0.1
     opt.zero_grad()
     p0 = p.detach().requires_grad_(mode == "second")  # the Hessian path needs a leaf to differentiate at
     unroll(opt, t, p0, {k: v.detach() for k, v in s.items()}, K, mode, discount).backward()
-    return float(lr.grad.sum())
+    return float(opt.head.log_adam_lr.grad.sum())
 
 
-PROBES = (("fd 10", 10, "fd", 1.0), ("2nd 10", 10, "second", 1.0), ("1st 10", 10, "first", 1.0),
-          ("fd 200", 200, "fd", 1.0), ("1st 200", 200, "first-credit", 1.0),
-          ("1st-disc 200", 200, "first-credit", 0.98), ("fd 800", 800, "fd", 1.0),
-          ("fd-val 800", 800, "fd-val", 1.0))
-
-
-def main():
-    """Writes ``probe.json`` after every number and skips the numbers already in it (a killed run continues)."""
-    path = Path(__file__).with_name("probe.json")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m experiments.meta_gradient_probe", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.relative_to(RESULTS.parent)})")
+    path = ap.parse_args(argv).out
+    torch.set_num_threads(1)
     rows = json.loads(path.read_text()) if path.exists() else []
     for data, base, depth, bs in TASKS:
         task = conv_task(data, channels_for(base, depth, 1.0), batch_size=bs)
@@ -150,6 +162,7 @@ def main():
         for label, K, mode, disc in PROBES:
             if label not in row:
                 row[label] = derivative(opt, t, p, s, K, mode, disc)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rows, indent=1) + "\n")
             print(f"{task.name:28s} bs {bs:3d}  {label:13s} {row[label]:+.4f}", flush=True)
 

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .batching import Batcher, Normalizer, ParamTable, WeightBatch, params_to_rows, rows_to_params
-from .models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
-                     WeightSpaceClassifier, WeightSpaceEditor, build_features, count_parameters)
+from .task_models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
+                          WeightSpaceClassifier, WeightSpaceEditor, build_features, count_parameters)
 
 __all__ = ["TASKS", "DATASETS", "MODELS", "RunSpec", "Split", "TaskData", "kendall_tau", "r2_score", "dilate",
            "run", "load_task_data", "inr_task_data", "cnn_task_data", "record_path", "default_spec"]
@@ -147,7 +147,7 @@ def inr_task_data(zoo, task: str, train_size: int | None = None, val_size: int |
 def cnn_task_data(zoo, train_size: int | None = None, val_size: int | None = None,
                   test_size: int | None = None) -> TaskData:
     """A ``CnnZoo`` (``tasks.weight_space.cnn_zoo``) -> :class:`TaskData` for ``generalization``."""
-    from .zoo_cnn import KMAX, build_cnn
+    from .cnn_zoo_member import KMAX, build_cnn
 
     archs = zoo.architectures()
     templates = [build_cnn(a, init=False) for a in archs]
