@@ -46,10 +46,10 @@ test-all: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) benchmarks/graph.py
-	$(PY) benchmarks/encoders.py
-	$(PY) benchmarks/step_overhead.py
-	$(PY) benchmarks/meta_train_throughput.py
+	$(PY) -m benchmarks.graph
+	$(PY) -m benchmarks.encoders
+	$(PY) -m benchmarks.step_overhead
+	$(PY) -m benchmarks.meta_train_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache

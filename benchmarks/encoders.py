@@ -27,7 +27,7 @@ What is measured:
 Targets (from the issue): DNG at least 3x faster than NG-GNN in forward+backward on ``cifar10-conv``, and no
 encoder worse than linear in the number of edges (slope <= ~1.1).
 
-    python benchmarks/encoders.py [--encoders dng ng-gnn] [--repeats 10] [--quick] [--device cuda] [--threads N]
+    python -m benchmarks.encoders [--encoders dng ng-gnn] [--repeats 10] [--quick] [--device cuda] [--threads N]
                                   [--out DIR]
 """
 from __future__ import annotations
@@ -41,12 +41,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, markdown_table, time_ms, write_json  # noqa: E402
-from l2o.encoders import ENCODERS, build_encoder  # noqa: E402
-from l2o.graph import NeuralGraph  # noqa: E402
-from tasks import get_task  # noqa: E402
-from tasks.registry import Task, conv_task, mlp_task  # noqa: E402
+from benchmarks.common import RESULTS, machine, markdown_table, time_ms, write_json
+from l2o.encoders import ENCODERS, build_encoder
+from l2o.graph import NeuralGraph
+from tasks import get_task
+from tasks.registry import Task, conv_task, mlp_task
 
 HIDDEN, DEPTH, KMAX, FEATURES = 64, 4, 3, 2
 SWEEP_WIDTHS = (16, 32, 64, 128)

@@ -4,22 +4,20 @@ For each task: build time of ``NeuralGraph.from_module``; one ``scatter_flat`` o
 (the optimizer's input width) plus one ``gather_flat`` of D=32-wide embeddings (its output width); and the
 model's own forward+backward on a batch of 128 for scale. Aim: scatter + gather < 10% of forward+backward.
 
-    python benchmarks/graph.py [--repeats 20] [--out results/benchmarks]
+    python -m benchmarks.graph [--repeats 20] [--out results/benchmarks]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, markdown_table, model_fwd_bwd, time_ms, write_json  # noqa: E402
-from l2o.graph import NeuralGraph  # noqa: E402
-from tasks import get_task  # noqa: E402
-from tasks.registry import conv_task  # noqa: E402
+from benchmarks.common import machine, markdown_table, model_fwd_bwd, time_ms, write_json
+from l2o.graph import NeuralGraph
+from tasks import get_task
+from tasks.registry import conv_task
 
 FEATURES, EMBED = 14, 32
 

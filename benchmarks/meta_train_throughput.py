@@ -5,7 +5,7 @@ the published protocol's shape (greedy one-step meta-gradients, 10-step truncati
 reads ``inner_steps_per_s`` from its metrics (median over outer steps after the first, which loads data). Also the
 projected wall time of the published protocol (1000 x 100 inner steps), target: <= 2 hours on this 2-core CPU.
 
-    python benchmarks/meta_train_throughput.py [--families ng-gnn dng] [--processes 1 2] [--outer-steps 6]
+    python -m benchmarks.meta_train_throughput [--families ng-gnn dng] [--processes 1 2] [--outer-steps 6]
 """
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import RESULTS, machine, markdown_table, write_json  # noqa: E402
-from l2o.optim import LEARNED_FAMILIES  # noqa: E402
+from benchmarks.common import RESULTS, machine, markdown_table, write_json
+from l2o.optim import LEARNED_FAMILIES
 
 PROTOCOL_INNER_STEPS = 1000 * 100
 
@@ -66,7 +65,7 @@ def main(argv=None) -> None:
     write_json("meta_train.json", records, args.out)
     (args.out or RESULTS).joinpath("meta_train.md").write_text(
         "# Meta-training throughput (fmnist-conv, greedy one-step estimator)\n\n"
-        "Produced by `python benchmarks/meta_train_throughput.py`. `protocol_hours`: projected wall time of the "
+        "Produced by `python -m benchmarks.meta_train_throughput`. `protocol_hours`: projected wall time of the "
         "published protocol (1000 outer x 100 inner steps); target <= 2 h on the 2-core CPU.\n\n" + table + "\n")
 
 

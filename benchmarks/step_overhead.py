@@ -11,7 +11,7 @@ floats of state per parameter.
 On CUDA (``--device cuda``) the table also has the optimizer's extra peak GPU memory per parameter (peak during
 ``step()`` above the memory held before it, state included, divided by the parameter count).
 
-    python benchmarks/step_overhead.py [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
+    python -m benchmarks.step_overhead [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
 """
 from __future__ import annotations
 
@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, time_ms, write_json  # noqa: E402
-from l2o import NeuralGraphOptimizer  # noqa: E402
-from l2o.optim import LEARNED_FAMILIES, build_optimizer  # noqa: E402
-from meta_train.config import load_config  # noqa: E402
-from tasks import get_task  # noqa: E402
-from tasks.models import ResNet18  # noqa: E402
-from tasks.registry import Task, conv_task, mlp_task  # noqa: E402
+from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, time_ms, write_json
+from l2o import NeuralGraphOptimizer
+from l2o.optim import LEARNED_FAMILIES, build_optimizer
+from meta_train.config import load_config
+from tasks import get_task
+from tasks.models import ResNet18
+from tasks.registry import Task, conv_task, mlp_task
 
 CONFIGS = Path(__file__).resolve().parent.parent / "meta_train" / "configs"  # <family>.toml: as shipped
 TASKS = {"fmnist-conv": lambda: get_task("fmnist-conv"), "cifar10-conv": lambda: get_task("cifar10-conv"),
@@ -122,7 +121,7 @@ def main(argv=None) -> None:
     write_json(f"step_overhead{suffix}.json", records, args.out)
     md = (args.out or RESULTS) / f"step_overhead{suffix}.md"
     md.write_text(f"# Optimizer step overhead (batch 128, {records[0]['cuda'] or 'CPU'})\n\n"
-                  "Produced by `python benchmarks/step_overhead.py`. Targets: a graph optimizer's step <= 0.5 x "
+                  "Produced by `python -m benchmarks.step_overhead`. Targets: a graph optimizer's step <= 0.5 x "
                   "forward+backward on cifar10-conv; state <= 10 floats per parameter.\n\n" + table + "\n")
 
 
