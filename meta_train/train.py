@@ -358,15 +358,22 @@ def _meta_update(params: list[torch.nn.Parameter], meta_opt, clip_norm: float) -
     """
     if clip_norm:
         torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    inner = getattr(meta_opt, "optimizer", meta_opt)  # the torch optimizer inside Accelerate's wrapper
     before = [p.detach().clone() for p in params]
-    state = copy.deepcopy(meta_opt.state_dict())
+    # Per-parameter state (Adam's moments and step count) by copy: much cheaper than deepcopy(state_dict()).
+    state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in inner.state[p].items()}
+             for p in params if p in inner.state}
     meta_opt.step()
     if all(bool(torch.isfinite(p).all()) for p in params):
         return True
     with torch.no_grad():
         for p, b in zip(params, before):
             p.copy_(b)
-    meta_opt.load_state_dict(state)
+    for p in params:
+        if p in state:
+            inner.state[p] = state[p]
+        else:  # this was its first step: it had no state
+            inner.state.pop(p, None)
     return False
 
 

@@ -76,7 +76,7 @@ def train_all(names: list[str], runs: Path, data_root: str | None = None, max_mi
             print(f"== {name}: meta-training finished earlier ({out})")
         else:
             print(f"== {name}: meta-training {cfg.optimizer.family} (seed {seed}) -> {out}")
-            train(cfg, resume=(out / "checkpoints" / "latest").exists())
+            train(cfg, resume=True)
             if not _finished(out, cfg.meta.outer_steps):
                 print(f"== {name}: stopped before the end of its budget; rerun to continue")
                 continue
