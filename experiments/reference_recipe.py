@@ -21,6 +21,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from meta_train.config import load_config
 from meta_train.evaluate import evaluate, write_report
 
@@ -104,7 +106,41 @@ def report() -> dict:
             merged["runs"][label]["runs"] = runs
     (OUT / TASK / "results.json").write_text(json.dumps(merged) + "\n")
     write_report(merged, OUT / TASK)
+    plot_meta_training()
     return merged
+
+
+def plot_meta_training() -> None:
+    """``meta_training.png``: each shipped run's meta-loss (mean loss over the 100-step unroll) per outer step, and
+    its Fashion-MNIST validation accuracy at the checkpoints."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in RUNS:
+        path = OUT / "checkpoints" / f"{name}.metrics.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        steps = [r["step"] for r in rows]
+        loss = torch.tensor([r["meta_loss"] for r in rows])
+        k = max(1, len(rows) // 40)
+        smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
+        ax_l.plot(steps[k - 1:], smooth, label=name)
+        val = [(r["step"], 100 * r["val_score"]) for r in rows if "val_score" in r]
+        if val:
+            ax_v.plot(*zip(*val), marker="o", label=name)
+    ax_l.set(xlabel="outer step", ylabel="meta-loss (sum / 100 inner steps, moving avg)",
+             title="meta-training on fmnist-conv")
+    ax_v.set(xlabel="outer step", ylabel="Fashion-MNIST validation accuracy (%)", title="1000-step validation runs")
+    for ax in (ax_l, ax_v):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(OUT / "meta_training.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
