@@ -132,7 +132,7 @@ def plot_meta_training() -> None:
         val = [(r["step"], 100 * r["val_score"]) for r in rows if "val_score" in r]
         if val:
             ax_v.plot(*zip(*val), marker="o", label=name)
-    ax_l.set(xlabel="outer step", ylabel="meta-loss (sum / 100 inner steps, moving avg)",
+    ax_l.set(xlabel="outer step", ylabel="meta-loss (mean loss over the unroll, moving avg)",
              title="meta-training on fmnist-conv")
     ax_v.set(xlabel="outer step", ylabel="Fashion-MNIST validation accuracy (%)", title="1000-step validation runs")
     for ax in (ax_l, ax_v):
