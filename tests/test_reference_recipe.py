@@ -164,3 +164,21 @@ def test_relative_adam_is_torch_adam_with_per_tensor_rates():
             o.step()
     for a, b in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["reference", "reference-ff", "reference-tensor-lstm"])
+def test_reference_configs_meta_train_end_to_end(tmp_path, name):
+    """Each reference config runs the outer loop as written (greedy, same-batch loss, summed, L2 Adam), here on
+    small regression tasks for speed, and its meta-parameters move."""
+    from l2o.optim import load_checkpoint
+    from meta_train.train import train
+
+    cfg = load_config(f"meta_train/configs/{name}.toml",
+                      ["meta.outer_steps=2", "meta.truncation=3", "meta.horizon=6", "tasks.family=regression",
+                       "run.validate_every=0", f"run.out_dir={tmp_path / 'run'}"])
+    torch.manual_seed(cfg.run.seed)
+    before = build_optimizer(cfg.optimizer).state_dict()
+    train(cfg)
+    after, _, _ = load_checkpoint(tmp_path / "run" / "last.pt")
+    moved = [k for k, v in after.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved
