@@ -29,7 +29,7 @@ run: install
 # The full Fashion-MNIST -> CIFAR-10 results (meta-train every shipped optimizer, 5-seed evaluation, width/depth
 # sweep, results/transfer.json): hours on 2 cores; resumable, rerun to continue.
 results: install
-	$(PY) -m meta_train.transfer --data-root "$(L2O_DATA)"
+	$(PY) -m meta_train results --data-root "$(L2O_DATA)"
 
 # Weight-space tasks (builds the INR and CNN zoos under $(L2O_DATA)/weight_space on first use, then every
 # task x encoder x seed; about an hour on one core; resumable) -> results/weight_space.{md,json}, results/weight_space/

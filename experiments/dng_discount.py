@@ -2,8 +2,8 @@
 
 Asks whether a meta-trained optimizer adapts its step to the problem. For each checkpoint and each of seven tasks
 (Fashion-MNIST CNNs of depth 1 / 3 / 5 at batch 128 and depth 3 at batch 16; CIFAR-10 CNNs of depth 1 / 3 / 5),
-runs ``meta_train.step_stats`` in relative mode (reference: relative Adam at rate 1, so each ratio is the
-optimizer's effective relative rate) for 300 steps and prints the mean ratio per layer category (first / hidden /
+runs ``meta_train.pipelines.step_stats`` in relative mode (reference: relative Adam at rate 1, so each ratio is
+the optimizer's effective relative rate) for 300 steps and prints the mean ratio per layer category (first / hidden /
 last weights) over those steps. An optimizer that adapts its step shows different rates across rows; the shipped
 default shows about 0.13 everywhere. Used by the DNG discount and PES experiments (``runs/exp/dng-discount98``,
 ``runs/exp/dng-pes``, trained as their READMEs say) and, through ``experiments.family_rates``, for every shipped
@@ -25,7 +25,7 @@ import torch
 
 from experiments import RESULTS
 from l2o.optim import load_checkpoint
-from meta_train.step_stats import step_stats
+from meta_train.pipelines.step_stats import step_stats
 from tasks import channels_for, conv_task
 
 OUT = RESULTS / "experiments" / "dng-discount" / "rates.json"

@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
 from l2o.optim import OptimizerConfig
 from l2o.optim.features import INPUT_SETS
 from l2o.optim.learned import STEP_RULES
@@ -162,8 +163,6 @@ def check_section(section: str, obj) -> None:
 def check_device(run: "RunConfig") -> None:
     """``run.device = 'cuda'`` needs a GPU on *this* machine (checked when a run starts, not when a saved config is
     read back, so a GPU run's config can still be exported or inspected on a CPU machine)."""
-    import torch
-
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device = 'cuda' but this machine has no usable CUDA GPU (torch {torch.__version__}, "
                           f"CUDA build: {torch.version.cuda or 'none'}); use run.device = 'auto' or 'cpu'")

@@ -3,14 +3,15 @@
     python -m meta_train train --config meta_train/configs/quick.toml [--set meta.lr=1e-4 ...] [--resume | --overwrite]
     accelerate launch --cpu --num_processes 2 -m meta_train train --config ...
 
-Each process owns a TaskPool (its own tasks, its own RNG stream) and advances it by one truncation per outer step;
-the estimator leaves a meta-gradient on the learned optimizer; gradients are averaged across processes, clipped,
-and the outer AdamW steps (warm-up then cosine). The main process shows a progress bar, appends metrics to
-``metrics.jsonl`` (and TensorBoard when installed), validates on a fresh ``fmnist-conv`` (validation split) every
-``validate_every`` steps keeping ``best.pt``, and every ``checkpoint_every`` steps, at the end, on SIGTERM/SIGINT and
-when ``max_minutes`` runs out, all processes write a resumable checkpoint (Accelerate ``save_state`` plus each
-process's task pool). ``--resume`` continues from the newest complete checkpoint with the same outer-step count,
-schedules and RNG streams, so the metrics continue exactly those of an uninterrupted run.
+Each process owns a TaskPool (its own tasks, its own RNG stream) and an estimator, which advances the pool by one
+truncation per outer step and returns a meta-gradient; the meta-gradients are averaged across processes, written to
+the learned optimizer's ``.grad``, clipped, and the outer AdamW steps (warm-up then cosine). The main process shows a
+progress bar, appends metrics to ``metrics.jsonl`` (and TensorBoard when installed), validates on a fresh
+``fmnist-conv`` (validation split) every ``validate_every`` steps keeping ``best.pt``, and every ``checkpoint_every``
+steps, at the end, on SIGTERM/SIGINT and when ``max_minutes`` runs out, all processes write a resumable checkpoint
+(Accelerate ``save_state`` plus each process's task pool and estimator state). ``--resume`` continues from the newest
+complete checkpoint with the same outer-step count, schedules and RNG streams, so the metrics continue exactly those
+of an uninterrupted run.
 
 What can go wrong, and what happens then (every error is a :class:`TrainingError` whose message names the file or
 setting and says what to do; the CLI prints it and exits with status 1):
@@ -44,12 +45,16 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from l2o.optim import build_optimizer, save_checkpoint
+from tasks import RegressionFamily, RegressionTask, TaskFamily, TaskFamilyProtocol, TaskProtocol, get_task
 
 from .config import Config, check_device
-from .estimators import build_estimator
+from .estimators import Estimate, Estimator, build_estimator
 from .inner_train import train_optimizee
 from .unroll import TaskPool
 
@@ -92,18 +97,17 @@ class _Unreadable(Exception):
 
 def make_task_sampler(cfg: Config):
     """``generator -> task`` for the configured task family (reads nothing but the generator)."""
-    from tasks import TaskFamily, get_task
-    from tasks.regression import RegressionFamily
-
     t = cfg.tasks
+    family: TaskFamilyProtocol
     if t.family == "fmnist":
-        fam = TaskFamily(widths=tuple(t.widths), depths=tuple(t.depths), batch_size=t.batch_size,
-                         batch_sizes=tuple(t.batch_sizes) if t.batch_sizes else None)
-        return fam.sample
+        family = TaskFamily(widths=tuple(t.widths), depths=tuple(t.depths), batch_size=t.batch_size,
+                            batch_sizes=tuple(t.batch_sizes) if t.batch_sizes else None)
+        return family.sample
     if t.family == "regression":
-        return RegressionFamily(tuple(t.regression_dims)).sample
+        family = RegressionFamily(tuple(t.regression_dims))
+        return family.sample
     if t.family.startswith("task:"):
-        task = get_task(t.family[len("task:"):])
+        task: TaskProtocol = get_task(t.family[len("task:"):])
         return lambda generator: task
     raise ValueError(f"unknown task family {t.family!r}: use 'fmnist', 'regression' or 'task:<registered name>'")
 
@@ -130,9 +134,6 @@ def git_commit() -> str:
 
 def validate(core, cfg: Config, device) -> float:
     """Mean validation accuracy (fmnist tasks) or minus the final loss (regression) of fresh optimizees."""
-    from tasks import get_task
-    from tasks.regression import RegressionTask
-
     name = cfg.run.validation_task
     scores = []
     for s in range(cfg.run.validation_seeds):
@@ -171,7 +172,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     meta_opt = outer(learned.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(meta_opt, lr_lambda(cfg))
     learned, meta_opt, sched = acc.prepare(learned, meta_opt, sched)
-    core = acc.unwrap_model(learned)  # the estimators call its functional update directly
+    core = acc.unwrap_model(learned)  # the estimators call its functional update directly (no DDP forward)
     n = cfg.meta.tasks_per_process
     slots = list(range(acc.process_index * n, (acc.process_index + 1) * n))
     pool = TaskPool(make_task_sampler(cfg), core, slots, cfg.meta.horizon, cfg.meta.horizon_max, seed=cfg.run.seed,
@@ -230,13 +231,14 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         acc.wait_for_everyone()
         with _writing(ckdir, cleanup=ckdir):
             acc.save_state(str(ckdir))
-            torch.save(pool.state_dict(), ckdir / f"pool_rank{acc.process_index}.pt")
+            # Per process: its tasks, and the estimator's per-task state (PES pairs, window credit buffers).
+            torch.save({"pool": pool.state_dict(), "estimator": estimator.state_dict()},
+                       ckdir / f"pool_rank{acc.process_index}.pt")
         acc.wait_for_everyone()
         if main:
             with _writing(ckdir / "meta.pt", cleanup=ckdir):
-                torch.save({"step": step, "best": best, "counters": counters, "estimator": estimator.state_dict(),
-                            "num_processes": acc.num_processes, "config": json.dumps(cfg.to_dict())},
-                           ckdir / "meta.pt")
+                torch.save({"step": step, "best": best, "counters": counters, "num_processes": acc.num_processes,
+                            "config": json.dumps(cfg.to_dict())}, ckdir / "meta.pt")
                 _fsync_tree(ckdir)
             _write_pointer(ckpt_root / "latest", name)  # the pointer moves only once the checkpoint is complete
             for old in ckpt_root.glob("step_*"):
@@ -254,80 +256,52 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     t_start = time.time() - counters["wall_s"]
     bar = tqdm(range(start, cfg.meta.outer_steps), initial=start, total=cfg.meta.outer_steps,
                disable=not main, desc=f"meta-train {cfg.optimizer.family}", unit="outer")
+
+    def log(record: dict) -> None:  # main process: metrics.jsonl (+ TensorBoard)
+        with _writing(out / "metrics.jsonl"):
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, record["step"])
+
     step = start
     try:
         for step in bar:
             t0 = time.time()
-            meta_opt.zero_grad(set_to_none=False)
-            stats = estimator.step(pool)
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            if acc.num_processes > 1:
-                flat = acc.reduce(flat, reduction="mean")  # meta-gradients averaged across processes
-                # The meta-loss averages the processes that have one (a process whose inner steps all blew up has
-                # none), so one bad process does not hide the others' progress.
-                ok = math.isfinite(stats["meta_loss"])
-                local = torch.tensor([stats["meta_loss"] if ok else 0.0, float(ok), float(stats["blowups"])],
-                                     device=acc.device)
-                total = acc.reduce(local, reduction="sum")
-                stats["meta_loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
-                stats["blowups"] = int(round(float(total[2])))
-            offset = 0
-            for p in params:
-                p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
-            grad_norm = float(torch.linalg.vector_norm(flat))
+            stats, grad_norm = _set_meta_gradient(acc, core, estimator.step(pool))
             # A non-finite meta-gradient never reaches the weights, and neither does a step that overflows them.
             updated = math.isfinite(grad_norm) and _meta_update(params, meta_opt, cfg.meta.clip_norm)
+            sched.step()
             if not updated:
                 counters["skipped"] += 1
-            sched.step()
             counters["blowups"] += stats["blowups"]
             progress = updated and math.isfinite(stats["meta_loss"])
             counters["bad_streak"] = 0 if progress else counters["bad_streak"] + 1
-            dt = time.time() - t0
             counters["wall_s"] = time.time() - t_start
             record = {"step": step + 1, "meta_loss": stats["meta_loss"], "inner_loss": stats["inner_loss"],
                       "grad_norm": grad_norm, "lr": sched.get_last_lr()[0], "blowups": counters["blowups"],
                       "skipped": counters["skipped"], "resets": pool.resets,
-                      "inner_steps_per_s": stats["inner_steps"] * acc.num_processes / dt, "wall_s": counters["wall_s"]}
+                      "inner_steps_per_s": stats["inner_steps"] * acc.num_processes / (time.time() - t0),
+                      "wall_s": counters["wall_s"]}
             last_step = step + 1 == cfg.meta.outer_steps
             if cfg.run.validate_every and ((step + 1) % cfg.run.validate_every == 0 or last_step):
                 if main:
-                    score = validate(core, cfg, acc.device)
-                    record["val_score"] = score
+                    record["val_score"] = score = validate(core, cfg, acc.device)
                     if score > best["score"]:
                         best = {"score": score, "step": step + 1}
                         _save_optimizer(out / "best.pt", core, cfg, _summary(cfg, step + 1, best, counters))
                 acc.wait_for_everyone()
             if main:
                 if (step + 1) % cfg.run.log_every == 0 or last_step or counters["bad_streak"] >= patience:
-                    with _writing(out / "metrics.jsonl"):
-                        with (out / "metrics.jsonl").open("a") as f:
-                            f.write(json.dumps(record) + "\n")
-                    if writer is not None:
-                        for k, v in record.items():
-                            if k != "step" and isinstance(v, (int, float)):
-                                writer.add_scalar(k, v, step + 1)
+                    log(record)
                 bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4g}", steps_s=f"{record['inner_steps_per_s']:.1f}",
                                 blowups=counters["blowups"])
             if counters["bad_streak"] >= patience:  # the same decision on every process: its inputs were reduced
-                last = f"checkpoints/{previous['name']}" if previous["name"] else "none was written"
-                raise DivergedError(
-                    f"meta-training stopped making progress: in each of the last {patience} outer steps (up to step "
-                    f"{step + 1}) every inner step blew up (a non-finite loss, or one above meta.loss_clip = "
-                    f"{cfg.meta.loss_clip:g}) or the meta-update was skipped (a non-finite meta-gradient, or weights "
-                    f"it would have made non-finite; {counters['skipped']} skipped in all). Nothing was saved from "
-                    f"these steps (last checkpoint in {out}: {last}). Lower meta.lr (now {cfg.meta.lr:g}) or "
-                    f"meta.clip_norm, check the task family, and start again with --overwrite (meta.max_bad_steps = "
-                    f"{cfg.meta.max_bad_steps} sets how many such steps are tolerated).")
-            out_of_time = cfg.run.max_minutes and counters["wall_s"] > 60 * cfg.run.max_minutes
-            if acc.num_processes > 1:  # every process must agree to stop, or the next reduce hangs
-                flag = acc.reduce(torch.tensor([float(bool(stop["signal"]) or bool(out_of_time))], device=acc.device),
-                                  "sum")
-                stop_now = float(flag) > 0
-            else:
-                stop_now = bool(stop["signal"]) or bool(out_of_time)
+                raise _no_progress_error(cfg, patience, step + 1, counters, out, previous["name"])
+            out_of_time = bool(cfg.run.max_minutes) and counters["wall_s"] > 60 * cfg.run.max_minutes
+            stop_now = _any_process(acc, bool(stop["signal"]) or out_of_time)
             if (step + 1) % cfg.run.checkpoint_every == 0 or last_step or stop_now:
                 checkpoint(step + 1)
             if stop_now:
@@ -347,6 +321,50 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     if main and (not math.isfinite(best["score"]) or not (out / "best.pt").exists()):
         _save_optimizer(out / "best.pt", core, cfg, _summary(cfg, done, best, counters))
     return {"step": done, "best": best, "counters": counters, "out_dir": str(out)}
+
+
+def _set_meta_gradient(acc: Accelerator, core: torch.nn.Module, estimate: Estimate) -> tuple[dict, float]:
+    """Write an outer step's meta-gradient to the ``.grad`` of ``core``'s parameters, averaged across processes;
+    return the statistics (across processes too) and the meta-gradient's norm.
+
+    The meta-loss averages the processes that have one (a process whose inner steps all blew up has none), so one bad
+    process does not hide the others' progress; blow-ups are summed.
+    """
+    stats = dict(estimate.stats)
+    flat = torch.cat([estimate.grads.get(n, torch.zeros_like(p)).reshape(-1) for n, p in core.named_parameters()])
+    if acc.num_processes > 1:
+        flat = acc.reduce(flat, reduction="mean")
+        ok = math.isfinite(stats["meta_loss"])
+        local = torch.tensor([stats["meta_loss"] if ok else 0.0, float(ok), float(stats["blowups"])], device=acc.device)
+        total = acc.reduce(local, reduction="sum")
+        stats["meta_loss"] = float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
+        stats["blowups"] = int(round(float(total[2])))
+    offset = 0
+    for p in core.parameters():
+        p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return stats, float(torch.linalg.vector_norm(flat))
+
+
+def _any_process(acc: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process: every process must take the same decision (to stop), or the next
+    reduce hangs."""
+    if acc.num_processes > 1:
+        return float(acc.reduce(torch.tensor([float(flag)], device=acc.device), "sum")) > 0
+    return flag
+
+
+def _no_progress_error(cfg: Config, patience: int, step: int, counters: dict, out: Path,
+                       last_checkpoint: str | None) -> DivergedError:
+    last = f"checkpoints/{last_checkpoint}" if last_checkpoint else "none was written"
+    return DivergedError(
+        f"meta-training stopped making progress: in each of the last {patience} outer steps (up to step "
+        f"{step}) every inner step blew up (a non-finite loss, or one above meta.loss_clip = "
+        f"{cfg.meta.loss_clip:g}) or the meta-update was skipped (a non-finite meta-gradient, or weights "
+        f"it would have made non-finite; {counters['skipped']} skipped in all). Nothing was saved from "
+        f"these steps (last checkpoint in {out}: {last}). Lower meta.lr (now {cfg.meta.lr:g}) or "
+        f"meta.clip_norm, check the task family, and start again with --overwrite (meta.max_bad_steps = "
+        f"{cfg.meta.max_bad_steps} sets how many such steps are tolerated).")
 
 
 def _meta_update(params: list[torch.nn.Parameter], meta_opt, clip_norm: float) -> bool:
@@ -469,20 +487,17 @@ def _read(path: Path, loader):
 
 
 def _read_checkpoint_files(ckdir: Path, rank: int, num_processes: int) -> tuple[dict, dict]:
-    """Read back every file of ``ckdir`` this process will load: ``(meta, pool state)``.
+    """Read back every file of ``ckdir`` this process will load: ``(meta, {"pool": ..., "estimator": ...})``.
 
     Done before anything is loaded into the run, because ``Accelerator.load_state`` fails without naming the file
     (EOFError, SafetensorError, "pytorch_model.bin not found" for a missing model.safetensors), and skips an unreadable
     random-states file silently (the run would go on with other random numbers). Weights that are not finite count
-    as damaged. A checkpoint written by another number of processes is refused: each process's task pool is in its
-    own ``pool_rank{r}.pt``, and loading fewer of them silently drops tasks.
+    as damaged. A checkpoint written by another number of processes is refused: each process's task pool (and its
+    estimator's per-task state) is in its own ``pool_rank{r}.pt``, and loading fewer of them silently drops tasks.
     """
-    from accelerate.utils import load as accelerate_load
-    from safetensors.torch import load_file
-
     meta = _read(ckdir / "meta.pt", lambda p: torch.load(p, weights_only=True))
-    if not isinstance(meta, dict) or not {"step", "best", "counters", "estimator"} <= set(meta):
-        raise _Unreadable(f"{ckdir / 'meta.pt'} is not a checkpoint summary (keys step, best, counters, estimator)")
+    if not isinstance(meta, dict) or not {"step", "best", "counters"} <= set(meta):
+        raise _Unreadable(f"{ckdir / 'meta.pt'} is not a checkpoint summary (keys step, best, counters)")
     written = meta.get("num_processes") or len(list(ckdir.glob("pool_rank*.pt")))
     if not written:
         raise _Unreadable(f"{ckdir} holds no task pool (pool_rank<r>.pt)")
@@ -507,11 +522,15 @@ def _read_checkpoint_files(ckdir: Path, rank: int, num_processes: int) -> tuple[
     rng = _read(rng_file, accelerate_load)
     if not isinstance(rng, dict) or not {"random_state", "torch_manual_seed"} <= set(rng):
         raise _Unreadable(f"{rng_file} holds no random states")
-    pool_state = _read(ckdir / f"pool_rank{rank}.pt", lambda p: torch.load(p, weights_only=True))
+    pool_file = ckdir / f"pool_rank{rank}.pt"
+    pool_state = _read(pool_file, lambda p: torch.load(p, weights_only=True))
+    if not isinstance(pool_state, dict) or not {"pool", "estimator"} <= set(pool_state):
+        raise _Unreadable(f"{pool_file} holds no task pool and estimator state (written by an older version?)")
     return meta, pool_state
 
 
-def _load_newest_checkpoint(acc: Accelerator, ckpt_root: Path, pool: TaskPool, estimator) -> tuple[Path, dict] | None:
+def _load_newest_checkpoint(acc: Accelerator, ckpt_root: Path, pool: TaskPool, estimator: Estimator
+                            ) -> tuple[Path, dict] | None:
     """Load the newest checkpoint every process can read back in full: ``(folder, meta)``, or None without any.
 
     A damaged newest checkpoint is reported and the previous complete one is used (the processes agree on which);
@@ -540,8 +559,8 @@ def _load_newest_checkpoint(acc: Accelerator, ckpt_root: Path, pool: TaskPool, e
             raise ResumeError(f"loading checkpoint {ckdir} failed ({type(exc).__name__}: {exc}) although its files "
                               f"read back, so it does not fit this run (another optimizer config?). Resume with the "
                               f"run's config, or start over with --overwrite.") from exc
-        pool.load_state_dict(pool_state)
-        estimator.load_state_dict(meta["estimator"])
+        pool.load_state_dict(pool_state["pool"])
+        estimator.load_state_dict(pool_state["estimator"])
         if damaged and main:
             print(f"warning: resuming from the previous complete checkpoint {ckdir} (outer step {meta['step']}) "
                   f"instead", file=sys.stderr)
@@ -580,8 +599,6 @@ def _writing(path: Path, cleanup: Path | None = None):
     except TrainingError:
         raise
     except Exception as exc:
-        from safetensors import SafetensorError
-
         if not isinstance(exc, (OSError, RuntimeError, SafetensorError)):
             raise
         if cleanup is not None:
@@ -657,8 +674,6 @@ def _write_pointer(path: Path, name: str) -> None:
 
 def export_run(run: Path, out: Path) -> Path:
     """Rebuild the learned optimizer of a run's newest checkpoint (Accelerate state) and save it as a checkpoint."""
-    from safetensors.torch import load_file
-
     latest = run / "checkpoints" / "latest"
     if not latest.is_file():
         raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}; was the run started with this out_dir?")
@@ -706,7 +721,7 @@ def _truncate_metrics(path: Path, step: int) -> int:
 
 
 def _tensorboard(out: Path):
-    try:
+    try:  # imported only here: tensorboard is optional, and slow to import
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard not installed: JSONL only
         return None

@@ -2,27 +2,44 @@
 
 An :class:`InnerTask` is one optimizee mid-training: its task (model factory, data stream, loss), the flat
 parameter vector, the optimizer state, the step counter (= data position: batch ``step`` of a pure, seeded stream)
-and its horizon. A :class:`TaskPool` owns a process's tasks and its RNG stream: it samples tasks from the family,
+and its horizon. A :class:`TaskPool` owns a process's tasks and their RNG streams: it samples tasks from the family,
 resets a task after its horizon (or after a blow-up), and staggers the first horizons so a meta-batch mixes early and
-late training. Everything the pool holds is in :meth:`TaskPool.state_dict` so a killed run resumes exactly.
+late training.
+
+The pool is the only thing that moves tasks, in two ways (the shape of learned_optimization's truncated step):
+
+* :meth:`TaskPool.advance`: one inner step of every task through an update function the estimator supplies; returns
+  what happened as an :class:`Advance` (losses, gradients, new parameters, blow-ups, which tasks were replaced).
+* :meth:`TaskPool.commit`: put one task where an estimator's own unroll of it ended (PES unrolls each task alone).
+
+Both reset the tasks that blew up or reached their horizon. Estimators keep their own per-task state (PES's
+antithetic trajectories, the window's credit buffers) and drop it when the pool reports a task replaced. Everything
+the pool holds is in :meth:`TaskPool.state_dict`, so a killed run resumes exactly.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from l2o.optim import ParamContext
 from l2o.optim.learned import Optimizer
+from tasks import BatchStreamProtocol, TaskProtocol, task_from_spec
 from tasks.seeding import mix_seed
 
 from .inner_train import context_for, loss_and_grad
 
+# update(ctx, params [P], grads [P], state) -> (new params [P], new state): an optimizer's functional update, with or
+# without autograd, with the meta-parameters it was given
+UpdateFn = Callable[[ParamContext, torch.Tensor, torch.Tensor, dict], tuple[torch.Tensor, dict]]
+
 
 @dataclass
 class InnerTask:
-    task: object  # tasks.registry.Task or tasks.regression.RegressionTask (duck-typed)
+    """One optimizee mid-training. Estimators read it; only the pool changes it (advance, commit, reset)."""
+
+    task: TaskProtocol
     model: torch.nn.Module  # structure only: parameters are passed functionally
     ctx: ParamContext
     params: torch.Tensor  # [P]
@@ -30,11 +47,9 @@ class InnerTask:
     step: int
     horizon: int
     seed: int
-    stream: object
-    fresh_stream: object | None = None
+    stream: BatchStreamProtocol
+    fresh_stream: BatchStreamProtocol | None = None
     pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (loss, grad) at params on batch `step`
-    pes: dict = field(default_factory=dict)  # PES: antithetic states and accumulated noise
-    credit: dict = field(default_factory=dict)  # window estimator: running gradient sum "S" and stored "entries"
 
     def loss_and_grad(self, params: torch.Tensor, step: int, fresh: bool = False, create_graph: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +57,26 @@ class InnerTask:
         x, y = (self.fresh_stream if fresh else self.stream).batch(step)
         return loss_and_grad(self.model, self.ctx, self.task.loss, params, x.to(params.device), y.to(params.device),
                              create_graph)
+
+
+@dataclass
+class Advance:
+    """What :meth:`TaskPool.advance` did: one inner step ``k -> k + 1`` of every task (lists indexed by pool slot).
+
+    The tensors are those of the step itself, also for a task the pool has since replaced.
+    """
+
+    contexts: list[ParamContext]  # each task's layout
+    steps: list[int]  # k: each task's step (= data position) before the update
+    losses: list[float]  # L_k at p_k, NaN where it blew up
+    params: list[torch.Tensor]  # p_k [P_i]: the update's inputs
+    grads: list[torch.Tensor]  # g_k [P_i] as fed to the update (zeros where L_k blew up)
+    states: list[dict]  # the optimizer state before the update
+    new_params: list[torch.Tensor]  # p_{k+1} [P_i], carrying the update's autograd graph when it has one
+    meta: list[tuple[torch.Tensor, torch.Tensor] | None]  # (meta-loss, its gradient h_k [P_i]) at p_{k+1}, or None
+    #                                                       where it was not evaluated (L_k or p_{k+1} not finite)
+    bad: list[bool]  # blew up at this step (L_k, p_{k+1} or the meta-loss): the task was reset
+    finished: list[bool]  # bad, or the horizon reached: the task was replaced by a fresh one after this step
 
 
 def batch_states(states: list[dict], sizes: list[int]) -> dict:
@@ -62,10 +97,20 @@ def split_state(state: dict, sizes: list[int], scalar_keys: set[str]) -> list[di
     return [{k: (chunks[k][i][0] if k in scalar_keys else chunks[k][i]) for k in state} for i in range(len(sizes))]
 
 
-class TaskPool:
-    """A process's inner problems and the RNG stream they are drawn from."""
+def loss_ok(loss: torch.Tensor, clip: float) -> bool:
+    """A usable inner loss: finite and at most ``clip`` (else the step counts as a blow-up)."""
+    v = float(loss)
+    return math.isfinite(v) and v <= clip
 
-    def __init__(self, sample_task: Callable[[torch.Generator], object], learned: Optimizer, slots: list[int],
+
+def _finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+class TaskPool:
+    """A process's inner problems and the RNG streams they are drawn from."""
+
+    def __init__(self, sample_task: Callable[[torch.Generator], TaskProtocol], learned: Optimizer, slots: list[int],
                  horizon: int, horizon_max: int, seed: int, batch_size: int | None = None,
                  device: torch.device | str = "cpu"):
         """``slots``: global task-slot numbers owned by this process (process r of a run with n tasks per process
@@ -82,6 +127,94 @@ class TaskPool:
         self.resets = 0
         self.tasks: list[InnerTask] = [self._new_task(i, stagger=True) for i in range(self.num_tasks)]
 
+    # ------------------------------------------------------------------ moving tasks
+    def advance(self, update: UpdateFn, *, meta_loss: str = "train", loss_clip: float = math.inf,
+                create_graph: bool = False, keep_graph: bool = False, finite_meta_grad: bool = False) -> Advance:
+        """One inner step of every task, the tasks batched into one ``update`` call; then the tasks that blew up or
+        reached their horizon are replaced.
+
+        Per task: the loss and gradient at ``p_k`` on batch ``k`` (kept from the previous step's meta-loss when
+        ``meta_loss = "train"``); a loss that is not finite or above ``loss_clip``, or a non-finite gradient, counts
+        as a blow-up and the update sees a zero gradient instead (so NaNs cannot reach the other tasks through the
+        batched encoder). Where ``p_{k+1}`` is finite, the meta-loss is evaluated there: on batch ``k + 1``
+        (``"train"``, which is also the next step's inner loss), batch ``k`` (``"same"``) or a held-out batch ``k``
+        (``"fresh"``); one that is not finite or above ``loss_clip`` (or, with ``finite_meta_grad``, whose gradient is
+        not finite) is a blow-up too.
+
+        ``create_graph``: inner gradients and meta-losses keep their autograd graphs (second-order meta-gradients).
+        ``keep_graph``: the tasks keep ``p_{k+1}`` and the new state with their graphs (backprop through several
+        steps, until :meth:`detach`); otherwise they keep them detached.
+        """
+        tasks = self.tasks
+        for t in tasks:
+            if t.pending is None:  # second order: a fresh or detached task's params become a leaf to differentiate
+                p = t.params.detach().requires_grad_(True) if create_graph and not t.params.requires_grad else t.params
+                t.pending = t.loss_and_grad(p, t.step, create_graph=create_graph)
+        bad = [not (loss_ok(t.pending[0], loss_clip) and _finite(t.pending[1])) for t in tasks]
+        grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
+        sizes = [t.params.numel() for t in tasks]
+        params, states = [t.params for t in tasks], [t.state for t in tasks]
+        new_p, new_s = update(self.contexts(), torch.cat(params), torch.cat(grads), batch_states(states, sizes))
+        new_params = list(torch.split(new_p, sizes))
+        new_states = split_state(new_s, sizes, {"step"})
+        losses = [float(t.pending[0]) if not b else float("nan") for t, b in zip(tasks, bad)]
+        meta: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tasks)
+        next_pending: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tasks)
+        for i, t in enumerate(tasks):
+            if bad[i]:
+                continue
+            if not _finite(new_params[i]):
+                bad[i] = True
+                continue
+            if meta_loss == "train":
+                meta[i] = next_pending[i] = t.loss_and_grad(new_params[i], t.step + 1, create_graph=create_graph)
+            else:
+                meta[i] = t.loss_and_grad(new_params[i], t.step, fresh=meta_loss == "fresh", create_graph=create_graph)
+            L, h = meta[i]
+            if not loss_ok(L, loss_clip) or (finite_meta_grad and not _finite(h)):
+                bad[i] = True
+                next_pending[i] = None
+        steps = [t.step for t in tasks]
+        contexts = [t.ctx for t in tasks]
+        for i, t in enumerate(tasks):
+            t.params = new_params[i] if keep_graph else new_params[i].detach()
+            t.state = new_states[i] if keep_graph else {k: v.detach() for k, v in new_states[i].items()}
+            t.pending = next_pending[i]
+            if t.pending is not None and not create_graph:
+                t.pending = (t.pending[0].detach(), t.pending[1].detach())
+            t.step += 1
+        finished = [b or t.step >= t.horizon for t, b in zip(tasks, bad)]
+        for i, done in enumerate(finished):
+            if done:
+                self.reset(i)
+        return Advance(contexts, steps, losses, params, grads, states, new_params, meta, bad, finished)
+
+    def commit(self, i: int, params: torch.Tensor, state: dict, steps: int, bad: bool) -> bool:
+        """Record that an estimator's own unroll advanced task ``i`` by ``steps`` steps to ``params [P]`` and
+        ``state`` (ignored when ``bad``: it blew up). Replaces the task when it blew up or reached its horizon, and
+        returns whether it did."""
+        t = self.tasks[i]
+        t.step += steps
+        if not bad:
+            t.params, t.state = params, state
+        if bad or t.step >= t.horizon:
+            self.reset(i)
+            return True
+        return False
+
+    def detach(self) -> None:
+        """Cut every task's autograd history: a truncation boundary, so nothing carries a graph into the next one."""
+        for t in self.tasks:
+            t.params = t.params.detach()
+            t.state = {k: v.detach() for k, v in t.state.items()}
+            if t.pending is not None:
+                t.pending = (t.pending[0].detach(), t.pending[1].detach())
+
+    def reset(self, i: int) -> None:
+        """Replace task ``i`` by a fresh one from its slot's generator."""
+        self.tasks[i] = self._new_task(i)
+        self.resets += 1
+
     # ------------------------------------------------------------------ sampling
     def _draw_horizon(self, gen: torch.Generator) -> int:
         if self.horizon_max > self.horizon:
@@ -89,14 +222,14 @@ class TaskPool:
             return int(round(math.exp(math.log(self.horizon) + u * (math.log(self.horizon_max) - math.log(self.horizon)))))
         return self.horizon
 
-    def _context(self, task, model) -> ParamContext:
+    def _context(self, task: TaskProtocol, model: torch.nn.Module) -> ParamContext:
         # Same layer shapes = same architecture for the model families used here: share one graph.
         key = f"{type(model).__name__}:{[(n, tuple(p.shape)) for n, p in model.named_parameters()]}"
         if key not in self._ctx_cache:
             self._ctx_cache[key] = context_for(model, self.learned).to(self.device)
         return self._ctx_cache[key]
 
-    def _build(self, task, seed: int, step: int, horizon: int, params=None, state=None) -> InnerTask:
+    def _build(self, task: TaskProtocol, seed: int, step: int, horizon: int, params=None, state=None) -> InnerTask:
         model = task.make_model(seed).to(self.device)
         ctx = self._context(task, model)
         if params is None:
@@ -119,10 +252,6 @@ class TaskPool:
             horizon = max(1, int(round(horizon * u)))
         return self._build(task, seed, 0, horizon)
 
-    def reset(self, i: int) -> None:
-        self.tasks[i] = self._new_task(i)
-        self.resets += 1
-
     def _probe_context(self) -> ParamContext:
         """A one-element context (graph-free): enough to ask the optimizer which state keys it keeps."""
         return ParamContext.build(None, ["probe"], [torch.Size([1])])
@@ -136,15 +265,14 @@ class TaskPool:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
+        """The RNG streams and every task (as its spec, seed, position, parameters, optimizer state and pending
+        loss), as plain tensors on the CPU."""
         return {
             "generators": [g.get_state() for g in self.generators],
             "resets": self.resets,
-            "tasks": [{"task": _task_spec(t.task), "seed": t.seed, "step": t.step, "horizon": t.horizon,
+            "tasks": [{"task": t.task.to_spec(), "seed": t.seed, "step": t.step, "horizon": t.horizon,
                        "params": t.params.detach().cpu(), "state": {k: v.detach().cpu() for k, v in t.state.items()},
-                       "pending": None if t.pending is None else [x.detach().cpu() for x in t.pending],
-                       "pes": {k: v.detach().cpu() if torch.is_tensor(v) else
-                               {kk: vv.detach().cpu() for kk, vv in v.items()} for k, v in t.pes.items()},
-                       "credit": _pack_credit(t.credit)}
+                       "pending": None if t.pending is None else [x.detach().cpu() for x in t.pending]}
                       for t in self.tasks],
         }
 
@@ -160,60 +288,9 @@ class TaskPool:
                     f"the checkpointed task pool holds optimizer state {sorted(rec['state'])}, but this optimizer "
                     f"keeps {sorted(need)}: the optimizer config changed since the checkpoint was written. Resume "
                     f"with the original config, or start a fresh run (another run.out_dir / --out-dir).")
-            task = _task_from_spec(rec["task"])
-            t = self._build(task, rec["seed"], rec["step"], rec["horizon"], rec["params"].to(self.device),
-                            {k: v.to(self.device) for k, v in rec["state"].items()})
+            t = self._build(task_from_spec(rec["task"]), rec["seed"], rec["step"], rec["horizon"],
+                            rec["params"].to(self.device), {k: v.to(self.device) for k, v in rec["state"].items()})
             if rec["pending"] is not None:
                 t.pending = tuple(x.to(self.device) for x in rec["pending"])
-            t.pes = {k: v.to(self.device) if torch.is_tensor(v) else {kk: vv.to(self.device) for kk, vv in v.items()}
-                     for k, v in rec["pes"].items()}
-            t.credit = _unpack_credit(rec.get("credit", {}), self.device)
             tasks.append(t)
         self.tasks = tasks
-
-
-def _pack_credit(credit: dict) -> dict:
-    """The window estimator's per-task buffer as stacked tensors: ``S [P]`` and, per stored step, ``[n, ...]``."""
-    if not credit:
-        return {}
-    entries = credit["entries"]
-    out = {"S": credit["S"].detach().cpu(), "n": torch.tensor(len(entries))}
-    if entries:
-        for key in ("params", "grads", "before"):
-            out[key] = torch.stack([e[key] for e in entries]).detach().cpu()
-        out["state"] = {k: torch.stack([e["state"][k] for e in entries]).detach().cpu() for k in entries[0]["state"]}
-    return out
-
-
-def _unpack_credit(packed: dict, device) -> dict:
-    if not packed:
-        return {}
-    entries = [{"params": packed["params"][j].to(device), "grads": packed["grads"][j].to(device),
-                "before": packed["before"][j].to(device),
-                "state": {k: v[j].to(device) for k, v in packed["state"].items()}}
-               for j in range(int(packed["n"]))]
-    return {"S": packed["S"].to(device), "entries": entries}
-
-
-def _task_spec(task) -> dict:
-    """A plain-data description of a task (checkpoints hold no pickled objects)."""
-    from tasks.regression import RegressionTask
-
-    if isinstance(task, RegressionTask):
-        return {"kind": "regression", "dim": task.dim, "task_seed": task.task_seed, "batch_size": task.batch_size}
-    build = task.build  # functools.partial(ConvNet | MLP, in_channels, widths, num_classes, activation=...)
-    return {"kind": build.func.__name__, "name": task.name, "dataset": task.dataset, "batch_size": task.batch_size,
-            "widths": list(build.args[1]), "activation": build.keywords.get("activation", "relu")}
-
-
-def _task_from_spec(spec: dict):
-    from tasks import registry
-    from tasks.regression import RegressionTask
-
-    if spec["kind"] == "regression":
-        return RegressionTask(spec["dim"], spec["task_seed"], spec["batch_size"])
-    make = {"ConvNet": registry.conv_task, "MLP": registry.mlp_task}.get(spec["kind"])
-    if make is None:
-        raise ValueError(f"cannot rebuild task {spec['name']!r} (model {spec['kind']}) from a checkpoint")
-    return make(spec["dataset"], spec["widths"], name=spec["name"], batch_size=spec["batch_size"],
-                activation=spec["activation"])

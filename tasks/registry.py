@@ -32,7 +32,9 @@ CIFAR_DEPTH_CHANNELS = (32, 64, 64, 64, 64)
 class Task:
     """One optimizee problem: which network, which data, which loss.
 
-    `build` makes an (unseeded) model; `make_model(seed)` is the reproducible entry point.
+    `build` makes an (unseeded) model; `make_model(seed)` is the reproducible entry point. A task made by
+    `conv_task` or `mlp_task` also knows its `architecture` as plain data, so it can describe itself (`to_spec`) and
+    be rebuilt from that description (`from_spec`); a task around any other model factory cannot.
     """
 
     name: str
@@ -42,6 +44,9 @@ class Task:
     num_classes: int = 10
     batch_size: int = 128
     description: str = ""
+    # How `build` was made: {"kind": "ConvNet" | "MLP", "widths": [...], "activation": ...} (set by conv_task /
+    # mlp_task); None for a task around another model factory.
+    architecture: dict | None = None
 
     def make_model(self, seed: int) -> nn.Module:
         """A freshly initialised model; the same seed gives the same weights, and the global RNG is untouched."""
@@ -77,6 +82,27 @@ class Task:
         """
         dataset = self.data(split, root) if data is None else data
         return evaluate_model(model, dataset, batch_size, device)
+
+    def to_spec(self) -> dict:
+        """The task as plain data (checkpoints hold no pickled objects): ``{"kind": "ConvNet" | "MLP", "name",
+        "dataset", "batch_size", "widths", "activation"}``; :meth:`from_spec` rebuilds it."""
+        if self.architecture is None:
+            raise ValueError(f"task {self.name!r} wraps its own model factory, so it cannot be written down as plain "
+                             f"data (a meta-training checkpoint needs that): build it with tasks.conv_task or "
+                             f"tasks.mlp_task")
+        arch = self.architecture
+        return {"kind": arch["kind"], "name": self.name, "dataset": self.dataset, "batch_size": self.batch_size,
+                "widths": list(arch["widths"]), "activation": arch["activation"]}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Task":
+        """The task :meth:`to_spec` described."""
+        make = {"ConvNet": conv_task, "MLP": mlp_task}.get(spec.get("kind"))
+        if make is None:
+            raise ValueError(f"cannot rebuild task {spec.get('name')!r}: model kind {spec.get('kind')!r} is neither "
+                             f"'ConvNet' nor 'MLP'")
+        return make(spec["dataset"], spec["widths"], name=spec["name"], batch_size=spec["batch_size"],
+                    activation=spec["activation"])
 
 
 def evaluate_model(model: nn.Module, dataset: ImageDataset, batch_size: int = 1000,
@@ -120,6 +146,7 @@ def conv_task(dataset: str, channels: Sequence[int], name: str | None = None, ba
         batch_size=batch_size,
         description=description or f"{info.name}: conv {info.shape[0]}->{'->'.join(map(str, channels))} "
                                    f"(3x3, first stride 2), {activation}, GAP, linear {channels[-1]}->{info.num_classes}",
+        architecture={"kind": "ConvNet", "widths": list(channels), "activation": activation},
     )
 
 
@@ -135,6 +162,7 @@ def mlp_task(dataset: str, hidden: Sequence[int], name: str | None = None, batch
         name=name or f"{info.short}-mlp-{'-'.join(map(str, hidden))}",
         dataset=info.name, build=build, input_shape=info.shape, num_classes=info.num_classes,
         batch_size=batch_size, description=description or f"{info.name}: MLP {widths}, {activation}",
+        architecture={"kind": "MLP", "widths": list(hidden), "activation": activation},
     )
 
 

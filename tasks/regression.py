@@ -2,7 +2,8 @@
 
 A task has a hidden weight vector ``w* ~ N(0, I_d)`` (from its seed); batches are ``x ~ N(0, I_d)``,
 ``y = x w* + 0.1 noise``, both pure functions of ``(task seed, stream seed, step)``; the model is ``nn.Linear(d, 1)``
-and the loss the mean squared error. The same duck-typed interface as :class:`tasks.registry.Task`.
+and the loss the mean squared error. :class:`RegressionTask` and :class:`RegressionFamily` satisfy
+:class:`tasks.base.TaskProtocol` and :class:`tasks.base.TaskFamilyProtocol`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class RegressionStream:
 
 @dataclass(frozen=True)
 class RegressionTask:
+    """``d``-dimensional linear regression with hidden weights drawn from ``task_seed``."""
+
     dim: int
     task_seed: int
     batch_size: int = 32
@@ -60,6 +63,15 @@ class RegressionTask:
         x, y = self.batches(split, 1024, seed=12345).batch(0)
         with torch.no_grad():
             return {"loss": float(self.loss(model(x), y)), "acc": float("nan")}
+
+    def to_spec(self) -> dict:
+        """The task as plain data: ``{"kind": "regression", "dim", "task_seed", "batch_size"}``."""
+        return {"kind": "regression", "dim": self.dim, "task_seed": self.task_seed, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "RegressionTask":
+        """The task :meth:`to_spec` described."""
+        return cls(spec["dim"], spec["task_seed"], spec["batch_size"])
 
 
 @dataclass(frozen=True)

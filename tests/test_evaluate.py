@@ -51,7 +51,7 @@ def test_evaluate_tunes_and_reports(tmp_path, monkeypatch):
 
 @needs_data
 def test_main_job_end_to_end(tmp_path):
-    from meta_train.main_job import main_job
+    from meta_train.pipelines.main_job import main_job
 
     res = main_job(out=tmp_path, minutes=0.02, steps=5, seeds=1)
     assert set(res["runs"]) >= {"this-run"} and any(k.startswith("adam:lr=") for k in res["runs"])
@@ -62,7 +62,7 @@ def test_main_job_end_to_end(tmp_path):
 
 
 def test_report_collects_summaries(tmp_path):
-    from meta_train.report import write
+    from meta_train.pipelines.transfer_report import write
 
     rows = [{"task": "cifar10-conv", "optimizer": "adam", "family": "adam", "checkpoint": None, "hyper": {"lr": 3e-3},
              "steps": 1000, "seeds": 3, "test_accs": [55.0, 54.0, 56.0], "test_acc_mean": 55.0, "test_acc_std": 1.0,

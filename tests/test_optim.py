@@ -326,7 +326,7 @@ def test_context_batching_keeps_layouts():
 def test_step_stats_measures_the_adam_multiplier():
     """The diagnostic recovers a known multiplier: a learned optimizer whose head is forced to exp(-adam_scale)
     (tanh saturated negative) takes exactly e^-1 times Adam's step, in Adam's direction."""
-    from meta_train.step_stats import step_stats
+    from meta_train.pipelines.step_stats import step_stats
     from tasks.regression import RegressionTask
 
     learned, _ = make_opt("ff", adam_residual=True, adam_lr=1e-2, adam_scale=1.0, additive=False)
@@ -346,7 +346,7 @@ def test_step_stats_measures_the_adam_multiplier():
 def test_step_stats_relative_measures_the_relative_rate():
     """With ``relative`` the ratio is the effective relative rate: a relative optimizer with its multiplier forced to
     e^+1 and initial rate 0.05 takes 0.05 e steps of relative Adam; a non-relative optimizer is refused."""
-    from meta_train.step_stats import step_stats
+    from meta_train.pipelines.step_stats import step_stats
     from tasks.regression import RegressionTask
 
     learned, _ = make_opt("ff", adam_residual=True, adam_lr=0.05, adam_scale=1.0, additive=False, relative=True)
@@ -379,3 +379,21 @@ def test_shipped_default_checkpoint_trains_a_cnn():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.93 * losses[0] and all(math.isfinite(v) for v in losses)
+
+
+def test_optimizer_and_head_constructors_take_keywords_only():
+    """Eleven flags of one type in a row are too easy to shift by one: positional arguments are refused."""
+    from l2o.optim.features import FeatureConfig
+    from l2o.optim.heads import MLPStepHead, UpdateHead
+    from l2o.optim.learned import FFOptimizer, GraphOptimizer, LSTMOptimizer, TensorLSTMOptimizer
+
+    with pytest.raises(TypeError):
+        UpdateHead(18, 7)
+    with pytest.raises(TypeError):
+        MLPStepHead(18)
+    for cls, first in ((GraphOptimizer, "ng-gnn"), (LSTMOptimizer, 8), (TensorLSTMOptimizer, 8),
+                       (FFOptimizer, FeatureConfig())):
+        with pytest.raises(TypeError):
+            cls(first)
+    head = UpdateHead(num_features=18, time_features=7, adam_residual=True, relative=True)
+    assert head.relative and head.log_adam_lr is not None

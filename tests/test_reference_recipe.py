@@ -145,8 +145,8 @@ def test_summed_meta_loss_is_k_times_the_mean(tmp_path):
         torch.manual_seed(0)
         learned = build_optimizer(cfg.optimizer)
         pool = TaskPool(make_task_sampler(cfg), learned, [0], 50, 0, seed=0)
-        build_estimator(cfg.meta, learned).step(pool)
-        grads[reduction] = torch.cat([p.grad.flatten() for p in learned.parameters()])
+        estimate = build_estimator(cfg.meta, learned).step(pool)
+        grads[reduction] = torch.cat([estimate.grads[n].flatten() for n, _ in learned.named_parameters()])
     torch.testing.assert_close(grads["sum"], 4 * grads["mean"])
 
 

@@ -457,16 +457,16 @@ def _directional_derivatives(second_order: bool) -> tuple[list[float], list[floa
     estimator = build_estimator(cfg.meta, learned)
     start = copy.deepcopy(pool.state_dict())
     params = list(learned.parameters())
-    learned.zero_grad()
-    assert estimator.step(pool)["blowups"] == 0
-    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    estimate = estimator.step(pool)
+    assert estimate.stats["blowups"] == 0
+    grad = torch.cat([estimate.grads.get(n, torch.zeros_like(p)).reshape(-1) for n, p in learned.named_parameters()])
     theta = torch.cat([p.detach().reshape(-1) for p in params])
 
     def meta_loss(vector: torch.Tensor) -> float:  # the truncation's mean meta-loss, from the same tasks
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(vector, params)
         pool.load_state_dict(copy.deepcopy(start))
-        return estimator.step(pool)["meta_loss"]
+        return estimator.step(pool).stats["meta_loss"]
 
     gen = torch.Generator().manual_seed(1)
     analytic, numeric = [], []

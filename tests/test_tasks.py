@@ -245,3 +245,43 @@ def test_family_batch_sizes():
         TaskFamily(batch_sizes=[])
     with pytest.raises(ValueError, match="batch_sizes"):
         TaskFamily(batch_sizes=[0, 16])
+
+
+# ---------------------------------------------------------------------------------------------- the task protocol
+def test_every_task_and_family_satisfies_the_protocol():
+    from tasks import RegressionFamily, RegressionTask, TaskFamilyProtocol, TaskProtocol
+
+    for task in (get_task("fmnist-conv"), get_task("mnist-mlp"), RegressionTask(4, 3)):
+        assert isinstance(task, TaskProtocol)
+    for family in (fmnist_family(), RegressionFamily((4,))):
+        assert isinstance(family, TaskFamilyProtocol)
+        assert isinstance(family.sample(torch.Generator().manual_seed(0)), TaskProtocol)
+
+
+def test_tasks_rebuild_from_their_plain_data_specs():
+    from tasks import RegressionTask, task_from_spec
+
+    g = torch.Generator().manual_seed(3)
+    tasks = [get_task("cifar10-conv"), get_task("fmnist-mlp"), mlp_task("mnist", [7], activation="tanh", batch_size=9),
+             RegressionTask(8, 11, 16)] + [TaskFamily(batch_sizes=[16, 64]).sample(g) for _ in range(4)]
+    for task in tasks:
+        spec = task.to_spec()
+        assert pickle.loads(pickle.dumps(spec)) == spec and all(  # plain data only: names, numbers, lists
+            isinstance(v, (str, int, float, list)) for v in spec.values())
+        rebuilt = task_from_spec(spec)
+        assert type(rebuilt) is type(task) and rebuilt.to_spec() == spec and rebuilt.name == task.name
+        assert param_shapes(rebuilt.make_model(0)) == param_shapes(task.make_model(0))
+        pairs = zip(rebuilt.make_model(5).parameters(), task.make_model(5).parameters())
+        assert all(torch.equal(a, b) for a, b in pairs)
+    assert get_task("cifar10-conv").to_spec() == {"kind": "ConvNet", "name": "cifar10-conv", "dataset": "cifar10",
+                                                  "batch_size": 128, "widths": [32, 64, 64], "activation": "relu"}
+
+
+def test_a_task_without_a_known_architecture_cannot_be_written_as_a_spec():
+    from tasks import task_from_spec
+
+    custom = Task("custom", "cifar10", lambda: nn.Linear(3, 2), (3, 32, 32))
+    with pytest.raises(ValueError, match="conv_task or tasks.mlp_task"):
+        custom.to_spec()
+    with pytest.raises(ValueError, match="unknown kind 'ResNet'"):
+        task_from_spec({"kind": "ResNet", "name": "x"})

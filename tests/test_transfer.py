@@ -1,4 +1,4 @@
-"""The results pipeline (``python -m meta_train.transfer``): shipping checkpoints with model cards, choosing the
+"""The results pipeline (``python -m meta_train results``): shipping checkpoints with model cards, choosing the
 default graph optimizer on Fashion-MNIST validation, and the sweep's paired advantage records."""
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from l2o.optim import OptimizerConfig, build_optimizer, read_checkpoint, save_checkpoint
-from meta_train import transfer
+from meta_train.pipelines import model_cards, results, results_plan, sweep_report
 
 
 @pytest.fixture()
 def results_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "CHECKPOINTS", tmp_path / "checkpoints")
-    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    monkeypatch.setattr(results_plan, "CHECKPOINTS", tmp_path / "checkpoints")
+    monkeypatch.setattr(results_plan, "RESULTS", tmp_path)
+    (tmp_path / "pretrained").mkdir()  # choose_default copies default.pt there: never into the real package data
+    monkeypatch.setattr(results_plan, "PRETRAINED", tmp_path / "pretrained")
     key = {"validation_task": "fmnist-conv", "validation_steps": 20, "validation_seeds": 1, "adam_lr": 3e-3}
-    monkeypatch.setattr(transfer, "reference_validation", lambda: {"key": key, "val_score": 0.5})
+    monkeypatch.setattr(model_cards, "reference_validation", lambda: {"key": key, "val_score": 0.5})
     return tmp_path
 
 
@@ -36,10 +38,10 @@ def test_ship_writes_checkpoint_and_card_and_default_is_best_graph_optimizer(res
     scores = {"ng-gnn": 0.70, "ng-gnn-seed1": 0.74, "dng": 0.72, "ff": 0.90}  # ff is best but not a graph optimizer
     for name, score in scores.items():
         family = name.split("-seed")[0]
-        transfer.ship(name, _run(results_dir, name, family, score))
+        model_cards.ship(name, _run(results_dir, name, family, score))
     card = (results_dir / "checkpoints" / "dng.md").read_text()
     assert "72.00 %" in card and "10 outer steps" in card and "`abc`" in card
-    default = transfer.choose_default()
+    default = model_cards.choose_default()
     assert read_checkpoint(default)["summary"]["best_val_score"] == 0.74
     assert "ng-gnn-seed1" in (results_dir / "checkpoints" / "default.md").read_text()
     index = (results_dir / "checkpoints" / "README.md").read_text()
@@ -49,8 +51,8 @@ def test_ship_writes_checkpoint_and_card_and_default_is_best_graph_optimizer(res
 def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     from meta_train.evaluate import file_digest
 
-    transfer.ship("ng-gnn", _run(results_dir, "ng-gnn", "ng-gnn", 0.7))
-    default = transfer.choose_default()
+    model_cards.ship("ng-gnn", _run(results_dir, "ng-gnn", "ng-gnn", 0.7))
+    default = model_cards.choose_default()
     digest = file_digest(default)
 
     def res(task, learned: dict):
@@ -67,7 +69,7 @@ def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     (out / "cifar10-conv" / "results.json").write_text(json.dumps(res(
         "cifar10-conv", {"adam": [0.5, 0.5, 0.5], "ng-gnn": (digest, [0.49, 0.52, 0.5]),
                          "ng-gnn-seed1": ("s1", [0.6] * 3), "lstm": ("l0", [0.51, 0.5, 0.52])})))
-    recs = {(r["task"], r["optimizer"]): r for r in transfer.sweep_records(out)}
+    recs = {(r["task"], r["optimizer"]): r for r in sweep_report.sweep_records(out)}
     assert set(recs) == {("cifar10-conv-w16", "default"), ("cifar10-conv-w16", "ff"),
                          ("cifar10-conv-w32", "default"), ("cifar10-conv-w32", "lstm"),
                          ("cifar10-conv-d3", "default"), ("cifar10-conv-d3", "lstm")}  # no extra meta-training seeds
@@ -77,18 +79,16 @@ def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     assert recs["cifar10-conv-w16", "ff"]["advantage_mean"] == pytest.approx(0.0)
     d3 = recs["cifar10-conv-d3", "default"]
     assert d3["same_as"] == "cifar10-conv" and d3["seeds"] == 3 and d3["advantage_mean"] == pytest.approx(1 / 3)
-    md = transfer.sweep_markdown(list(recs.values()))
+    md = sweep_report.sweep_markdown(list(recs.values()))
     assert "| cifar10-conv-w16 | 2 | 41.00 +- 1.41 (0.003) | +3.50 +- 2.12 | +0.00 +- 1.41 |  |" in md
-    transfer.plot_sweep(list(recs.values()), results_dir / "sweep.png")
+    sweep_report.plot_sweep(list(recs.values()), results_dir / "sweep.png")
     assert (results_dir / "sweep.png").stat().st_size > 1000
 
 
 def test_sweep_runs_the_default_and_keeps_families_an_earlier_call_added(results_dir, monkeypatch):
-    from meta_train import evaluate as ev
-
     for name, fam, score in [("ng-gnn", "ng-gnn", 0.7), ("ff", "ff", 0.6), ("ng-gnn-seed1", "ng-gnn", 0.65)]:
-        transfer.ship(name, _run(results_dir, name, fam, score))
-    transfer.choose_default()
+        model_cards.ship(name, _run(results_dir, name, fam, score))
+    model_cards.choose_default()
     calls = []
 
     def fake(task, specs, steps, seeds, out, **kw):
@@ -96,15 +96,15 @@ def test_sweep_runs_the_default_and_keeps_families_an_earlier_call_added(results
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"runs": {s.split("=")[0]: {} for s in specs}}))
 
-    monkeypatch.setattr(ev, "evaluate", fake)
+    monkeypatch.setattr(results, "evaluate", fake)
     out = results_dir / "eval"
-    transfer.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-w32"], every_family=True)
+    results.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-w32"], every_family=True)
     assert calls == [("cifar10-conv-w16", ["adam", "default", "ff"], {"adam": None})]  # w32 is the main task
     (out / "cifar10-conv").mkdir()  # once the main evaluation has tuned Adam, tuning starts from its rate
     (out / "cifar10-conv" / "results.json").write_text(json.dumps({"runs": {"adam": {"hyper": {"lr": 3e-3}}}}))
     calls.clear()  # a default-only call keeps the families already there (evaluate writes exactly what it is given)
-    transfer.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-d1"])
+    results.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-d1"])
     assert [c[1] for c in calls] == [["adam", "default", "ff"], ["adam", "default"]]
     assert calls[0][2] == {"adam": {"lr": 3e-3}}
     with pytest.raises(ValueError, match="not a sweep point"):
-        transfer.sweep_all(10, 1, out, ["cifar10-conv-w8"])
+        results.sweep_all(10, 1, out, ["cifar10-conv-w8"])

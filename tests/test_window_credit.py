@@ -1,7 +1,7 @@
 """The ``window`` estimator: its meta-gradient is the first-order gradient of the next W losses after every step.
 
 Checked against a direct computation from a recorded trajectory, against ``greedy`` (W = 1 is the one-step
-meta-gradient), and for exact resume from the pool's checkpoint mid-window.
+meta-gradient), and for exact resume from the pool's and the estimator's checkpoints mid-window.
 """
 from __future__ import annotations
 
@@ -60,9 +60,10 @@ def test_window_gradient_matches_recorded_trajectory(window, discount):
     learned.zero_grad()
     est = build_estimator(MetaConfig(estimator="window", window=window, truncation=H, horizon=H, log_loss=True,
                                      discount=discount), learned)
-    stats = est.step(pool)
-    assert stats["credited"] == H and stats["blowups"] == 0
-    got = _grads(learned)
+    estimate = est.step(pool)
+    assert estimate.stats["credited"] == H and estimate.stats["blowups"] == 0
+    assert all(p.grad is None for p in learned.parameters())  # returned, not written to .grad
+    got = estimate.grads
     assert set(got) == set(expected) and any(v.abs().sum() > 0 for v in got.values())
     for k in expected:
         torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-8)
@@ -74,8 +75,7 @@ def test_window_of_one_is_the_greedy_meta_gradient():
     for name, extra in (("greedy", {}), ("window", {"window": 1})):
         learned = _learned()
         est = build_estimator(MetaConfig(estimator=name, truncation=5, horizon=20, log_loss=True, **extra), learned)
-        est.step(_pool(learned, n=2, horizon=20))
-        results.append(_grads(learned))
+        results.append(est.step(_pool(learned, n=2, horizon=20)).grads)
     for k in results[0]:
         torch.testing.assert_close(results[1][k], results[0][k], rtol=1e-4, atol=1e-8)
 
@@ -88,17 +88,21 @@ def test_pool_checkpoint_mid_window_resumes_exactly(discount):
     est = build_estimator(cfg, learned)
     for _ in range(3):
         est.step(pool)
-    assert any(t.credit["entries"] for t in pool.tasks)  # a checkpoint in the middle of open windows
-    sd = copy.deepcopy(pool.state_dict())
+    assert any(buf.entries for buf in est.state.buffers.values())  # a checkpoint in the middle of open windows
+    sd, est_sd = copy.deepcopy(pool.state_dict()), copy.deepcopy(est.state_dict())
     twin_learned = copy.deepcopy(learned)
     twin = _pool(twin_learned, n=2, horizon=9)
     twin.load_state_dict(sd)
     twin_est = build_estimator(cfg, twin_learned)
+    twin_est.load_state_dict(est_sd)
+    sums = []
     for p, q in ((pool, est), (twin, twin_est)):
-        q.learned.zero_grad()
+        total: dict = {}
         for _ in range(4):
-            q.step(p)
-    a, b = _grads(learned), _grads(twin_learned)
+            for k, g in q.step(p).grads.items():
+                total[k] = total[k] + g if k in total else g
+        sums.append(total)
+    a, b = sums
     assert a and set(a) == set(b)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)

@@ -15,7 +15,37 @@ FAMILIES = LEARNED_FAMILIES + HAND_FAMILIES
 
 @dataclass
 class OptimizerConfig:
-    """Everything needed to rebuild an optimizer (its weights come from a checkpoint's state_dict)."""
+    """Everything needed to rebuild an optimizer (its weights come from a checkpoint's state_dict).
+
+    One flat record for every family, so that every checkpoint ever written loads (the field names and defaults are
+    part of the checkpoint format: do not rename or change them). Which fields each family reads:
+
+    ============================  ===============================================================================
+    family                        fields read
+    ============================  ===============================================================================
+    every learned family          ``inputs``, ``preprocess`` (features); ``step_rule``, ``head_hidden``, ``lam``
+    (GRAPH_FAMILIES, ff, lstm,    (the update head), and the step rule's own fields below
+    tensor-lstm)
+    ng-gnn, ng-t, dng, nfn        + ``hidden``, ``depth``, ``kmax``, ``encoder_options``, ``positional`` (encoder)
+    lstm, tensor-lstm             + ``lstm_hidden``
+    ff                            nothing more
+    adam, adamw                   ``lr``, ``weight_decay`` (decoupled; > 0 makes it AdamW)
+    sgdm                          ``lr``, ``momentum``, ``weight_decay`` (added to the gradient)
+    relative-adam                 ``lr`` (a rate relative to each tensor's initial RMS)
+    ============================  ===============================================================================
+
+    The step rule's fields (``step_rule``):
+
+    * ``"modulated"`` (:class:`l2o.optim.heads.UpdateHead`): ``layer_scale``, ``adam_residual``, ``adam_lr``,
+      ``adam_scale``, ``additive``, ``relative``. ``relative = True``, ``adam_scale > 0`` and ``additive = False``
+      each need ``adam_residual = True``, which needs ``inputs = "adam"`` (the second moment). The shipped
+      optimizers: ``adam_residual = True, adam_scale = 1, additive = False, relative = True``.
+    * ``"mlp"`` (:class:`l2o.optim.heads.MLPStepHead`, the published reference rule): ``head_layers``;
+      ``adam_residual`` and ``relative`` must stay False, and ``layer_scale``, ``adam_lr``, ``adam_scale``,
+      ``additive`` are not read.
+
+    Invalid combinations are refused when the optimizer is built (:func:`build_optimizer`), naming the fields.
+    """
 
     family: str = "ng-gnn"  # one of FAMILIES
     # learned optimizers
@@ -67,14 +97,15 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
                 additive=cfg.additive, relative=cfg.relative, step_rule=cfg.step_rule, head_layers=cfg.head_layers)
     feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
-        return GraphOptimizer(cfg.family, cfg.hidden, cfg.depth, cfg.kmax, dict(cfg.encoder_options), feats,
-                              cfg.positional, **head)
+        return GraphOptimizer(encoder=cfg.family, hidden=cfg.hidden, depth=cfg.depth, kmax=cfg.kmax,
+                              encoder_options=dict(cfg.encoder_options), features=feats, positional=cfg.positional,
+                              **head)
     if cfg.family == "ff":
         return FFOptimizer(features=feats, **head)
     if cfg.family == "lstm":
-        return LSTMOptimizer(cfg.lstm_hidden, features=feats, **head)
+        return LSTMOptimizer(lstm_hidden=cfg.lstm_hidden, features=feats, **head)
     if cfg.family == "tensor-lstm":
-        return TensorLSTMOptimizer(cfg.lstm_hidden, features=feats, **head)
+        return TensorLSTMOptimizer(lstm_hidden=cfg.lstm_hidden, features=feats, **head)
     if cfg.family == "relative-adam":
         return RelativeAdam(cfg.lr)
     if cfg.family in ("adam", "adamw"):

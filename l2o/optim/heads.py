@@ -43,11 +43,22 @@ def relative_scale(ctx: ParamContext, params: torch.Tensor) -> torch.Tensor:
 
 
 class UpdateHead(nn.Module):
-    """The ``"modulated"`` step rule: see the module docstring."""
+    """The ``"modulated"`` step rule: see the module docstring.
+
+    Keyword arguments only (``OptimizerConfig`` names the same settings):
+        num_features: per-element input features ``F``. time_features: size ``T`` of the time features.
+        embed_dim: per-element embedding size (0 = none). hidden: width of the MLP. lam: the step scale.
+        layer_scale: a learned per-category scale of the additive term. adam_residual: add (subtract) a learned-rate
+        Adam step. adam_lr: its initial rate (relative with ``relative``). adam_scale: > 0 adds the per-element
+        multiplier ``exp(adam_scale * tanh(s))``. additive: keep the ``lam d exp(lam m)`` term. relative: scale the
+        Adam step by each tensor's initial RMS.
+    Valid combinations: ``relative``, ``adam_scale > 0`` and ``additive=False`` each need ``adam_residual``.
+    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, tfeat [T], adam_dir [P], scale [P]) -> step [P]``.
+    """
 
     needs_adam_direction = True
 
-    def __init__(self, num_features: int, time_features: int, embed_dim: int = 0, hidden: int = 32,
+    def __init__(self, *, num_features: int, time_features: int, embed_dim: int = 0, hidden: int = 32,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False,
                  adam_lr: float = 1e-3, adam_scale: float = 0.0, additive: bool = True, relative: bool = False):
         super().__init__()
@@ -115,7 +126,7 @@ class MLPStepHead(nn.Module):
     features, PyTorch's default initialisation everywhere (so the untrained rule already takes steps of order
     ``lam``).
 
-    Args:
+    Keyword arguments only:
         num_features: per-element input features ``F``. embed_dim: per-element embedding size (0 = none).
         hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
     Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ...) -> step [P]``; ``embed`` comes already
@@ -126,7 +137,7 @@ class MLPStepHead(nn.Module):
     needs_adam_direction = False
     relative = False
 
-    def __init__(self, num_features: int, embed_dim: int = 0, hidden: int = 64, layers: int = 2,
+    def __init__(self, *, num_features: int, embed_dim: int = 0, hidden: int = 64, layers: int = 2,
                  lam: float = 0.01):
         super().__init__()
         if layers < 1 or hidden < 1:

@@ -52,9 +52,12 @@ class LearnedOptimizer(Optimizer):
     ``step_rule`` picks the head: ``"modulated"`` (:class:`UpdateHead`: ``lam d exp(lam m)`` with learned per-layer
     scales and time features, optionally plus or only a modulated Adam step) or ``"mlp"`` (:class:`MLPStepHead`: the
     plain ReLU-MLP rule of the published reference code, ``head_layers`` hidden layers).
+
+    Every argument is a keyword (here and in the subclasses): the head settings are many flags of one type, and
+    ``OptimizerConfig`` documents which of them each step rule reads.
     """
 
-    def __init__(self, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
+    def __init__(self, *, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
                  adam_scale: float = 0.0, additive: bool = True, relative: bool = False,
                  step_rule: str = "modulated", head_layers: int = 2):
@@ -66,12 +69,15 @@ class LearnedOptimizer(Optimizer):
             if adam_residual or relative:
                 raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual / relative "
                                  "steps (use step_rule='modulated' for those)")
-            self.head = MLPStepHead(features.num_features, embed_dim, head_hidden, head_layers, lam)
+            self.head = MLPStepHead(num_features=features.num_features, embed_dim=embed_dim, hidden=head_hidden,
+                                    layers=head_layers, lam=lam)
         else:
             if features.inputs != "adam" and adam_residual:
                 raise ValueError("an Adam residual needs the second moment: use features inputs='adam'")
-            self.head = UpdateHead(features.num_features, features.num_time_features, embed_dim, head_hidden, lam,
-                                   layer_scale, adam_residual, adam_lr, adam_scale, additive, relative)
+            self.head = UpdateHead(num_features=features.num_features, time_features=features.num_time_features,
+                                   embed_dim=embed_dim, hidden=head_hidden, lam=lam, layer_scale=layer_scale,
+                                   adam_residual=adam_residual, adam_lr=adam_lr, adam_scale=adam_scale,
+                                   additive=additive, relative=relative)
 
     extra_state_floats = 0  # per-element state a subclass keeps besides the statistics (LSTM: h and c)
 
@@ -113,7 +119,7 @@ class GraphOptimizer(LearnedOptimizer):
 
     needs_graph = True
 
-    def __init__(self, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
+    def __init__(self, *, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
                  encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(),
                  positional: str = "role", **head):
         super().__init__(features=features, embed_dim=hidden, **head)
@@ -151,7 +157,7 @@ class LSTMOptimizer(LearnedOptimizer):
 
     family = "lstm"
 
-    def __init__(self, lstm_hidden: int = 8, features: FeatureConfig = FeatureConfig(), **head):
+    def __init__(self, *, lstm_hidden: int = 8, features: FeatureConfig = FeatureConfig(), **head):
         super().__init__(features=features, embed_dim=lstm_hidden, **head)
         self.lstm_hidden = lstm_hidden
         self.cell = nn.LSTMCell(features.num_features, lstm_hidden)
@@ -183,7 +189,7 @@ class TensorLSTMOptimizer(LearnedOptimizer):
 
     family = "tensor-lstm"
 
-    def __init__(self, lstm_hidden: int = 32, features: FeatureConfig = FeatureConfig(), **head):
+    def __init__(self, *, lstm_hidden: int = 32, features: FeatureConfig = FeatureConfig(), **head):
         super().__init__(features=features, embed_dim=lstm_hidden, **head)
         self.lstm_hidden = lstm_hidden
         self.encode = nn.Sequential(nn.Linear(features.num_features, lstm_hidden), nn.ReLU(),

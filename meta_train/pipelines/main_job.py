@@ -13,11 +13,11 @@ from pathlib import Path
 
 from l2o.optim import DEFAULT_CHECKPOINT
 
-from .config import load_config
-from .evaluate import evaluate
-from .train import train
+from ..config import load_config
+from ..evaluate import evaluate
+from ..train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tuned_adam_lr(task: str = "cifar10-conv", default: float = 3e-3) -> float:

@@ -9,8 +9,13 @@ runs of the cheapest encoders, no-probe and reconstruction-loss variants), then 
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
+
+from tasks.weight_space.task_models import BASELINES, GRAPH_ENCODERS
+from tasks.weight_space.task_report import NOTES, write_report
+from tasks.weight_space.task_runs import default_spec, load_task_data, record_path, run
 
 __all__ = ["ALL_PLAN", "run_many", "weight_space_main"]
 
@@ -37,8 +42,6 @@ def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: di
     """Run every (task, dataset) x model x seed in ``plan`` (seeds outermost); skip existing records.
 
     Settings: the task defaults, then ``item_overrides``, then ``overrides`` (the command line; None = not given)."""
-    from tasks.weight_space.task_runs import default_spec, load_task_data, record_path, run
-
     cache: dict[tuple, object] = {}
     done = []
     for seed in seeds:
@@ -63,10 +66,8 @@ def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: di
     return done
 
 
-def weight_space_main(args) -> None:
-    from tasks.weight_space.task_models import BASELINES, GRAPH_ENCODERS
-    from tasks.weight_space.task_report import NOTES, write_report
-
+def weight_space_main(args: argparse.Namespace) -> None:
+    """``python -m meta_train weight-space <action>`` (the arguments are defined in ``meta_train/cli.py``)."""
     out = Path(args.out)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "hidden", "depth", "probes",
                                                "aux_recon", "train_size", "val_size", "test_size", "max_minutes")}
@@ -95,39 +96,3 @@ def weight_space_main(args) -> None:
     datasets = args.dataset or [DEFAULT_DATASET[args.action]]
     run_many([(args.action, d) for d in datasets], models, seeds, out, overrides, args.force, args.data_root,
              not args.quiet)
-
-
-def add_parser(sub) -> None:
-    """The ``weight-space`` subcommand's arguments (called by ``meta_train.cli``)."""
-    ws = sub.add_parser("weight-space", help="weight-space tasks (INR classification / editing, CNN generalization) "
-                                             "on the graph encoders and baselines; results/weight_space.{md,json}")
-    ws.add_argument("action", choices=("classify", "edit", "generalization", "report", "all"))
-    ws.add_argument("--encoder", nargs="+", default=None,
-                    choices=("ng-gnn", "ng-t", "dng", "nfn", "mlp", "statnn"),
-                    help="models to run (default: all six; StatNN is skipped for editing)")
-    ws.add_argument("--dataset", nargs="+", default=None,
-                    help="classify/edit: mnist | fmnist; generalization: cifar10 | fmnist (default mnist / cifar10; "
-                         "with `all`: restrict the plan to these data sets)")
-    ws.add_argument("--seeds", type=int, default=3, help="number of seeds (seed0 .. seed0+seeds-1)")
-    ws.add_argument("--seed0", type=int, default=0)
-    ws.add_argument("--epochs", type=int, default=None)
-    ws.add_argument("--batch-size", type=int, default=None)
-    ws.add_argument("--lr", type=float, default=None)
-    ws.add_argument("--hidden", type=int, default=None, help="graph encoder width")
-    ws.add_argument("--depth", type=int, default=None, help="graph encoder depth")
-    ws.add_argument("--probes", type=int, default=None, help="probe points for INR tasks (0: off)")
-    ws.add_argument("--aux-recon", type=float, default=None, help="INR2JLS-style reconstruction loss weight")
-    ws.add_argument("--train-size", type=int, default=None)
-    ws.add_argument("--val-size", type=int, default=None)
-    ws.add_argument("--test-size", type=int, default=None)
-    ws.add_argument("--max-minutes", type=float, default=None, help="per-run training time cap")
-    ws.add_argument("--no-augment", action="store_true", help="no permutation / sign-flip augmentation of INRs")
-    ws.add_argument("--mixed-batches", action="store_true",
-                    help="CNN zoos: batches mixing architectures (fixed composition) instead of one architecture each")
-    ws.add_argument("--out", default="runs/weight-space", help="folder of the per-run records")
-    ws.add_argument("--results", default="results", help="where report writes weight_space.{md,json} + figures")
-    ws.add_argument("--force", action="store_true", help="rerun runs whose record exists")
-    ws.add_argument("--no-extra", action="store_true",
-                    help="`all` without EXTRA_PLAN (longer / no-probe / reconstruction-loss classification runs)")
-    ws.add_argument("--quiet", action="store_true", help="no progress bars")
-    ws.add_argument("--data-root", default=None, help="data folder in torchvision layout (default: $L2O_DATA)")

@@ -1,0 +1,134 @@
+"""Shipping meta-trained optimizers: ``results/checkpoints/<name>.pt`` with a model card, the checkpoint index, and
+``default.pt`` (the default of ``NeuralGraphOptimizer(model)``, also copied into the package data).
+
+Stage ``train`` / ``ship`` of ``python -m meta_train results``; the folders are :mod:`results_plan`'s.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from l2o.optim import build_optimizer, read_checkpoint
+
+from ..config import load_config
+from ..train import validate
+from . import results_plan as plan
+
+
+def ship(name: str, run: Path) -> Path:
+    """Copy a finished run's ``best.pt`` to ``results/checkpoints/<name>.pt`` and write its model card."""
+    plan.CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    dst = plan.CHECKPOINTS / f"{name}.pt"
+    shutil.copyfile(run / "best.pt", dst)
+    payload = read_checkpoint(dst)
+    summary, cfg = payload["summary"], payload["config"]
+    meta = json.loads(summary.get("meta", "{}"))
+    m, t = meta.get("meta", {}), meta.get("tasks", {})
+    n_params = sum(v.numel() for v in payload["state_dict"].values())
+    card = [
+        f"# `{name}.pt`: {cfg['family']} learned optimizer", "",
+        (f"- **Family / config:** `{cfg['family']}`, hidden {cfg['hidden']}, depth {cfg['depth']}, head hidden "
+         f"{cfg['head_hidden']}, Adam residual {cfg['adam_residual']} (initial "
+         f"{'relative rate' if cfg.get('relative') else 'lr'} {cfg['adam_lr']}, per-element "
+         f"multiplier range e^+-{cfg.get('adam_scale', 0.0)}, additive term {cfg.get('additive', True)}), features "
+         f"`{cfg['preprocess']}`, encoder options {cfg['encoder_options'] or '{}'}; {n_params:,} meta-parameters."),
+        (f"- **Meta-training data:** Fashion-MNIST CNN family `{t.get('family')}` (width multipliers "
+         f"{t.get('widths')}, depths {t.get('depths')}), training split only; validation on `fmnist-conv` "
+         f"({meta.get('run', {}).get('validation_steps')} inner steps, validation split)."),
+        (f"- **Budget:** {m.get('outer_steps')} outer steps x {m.get('tasks_per_process')} tasks x truncation "
+         f"{m.get('truncation')} ({m.get('estimator')}"
+         f"{', window ' + str(m.get('window')) if m.get('estimator') == 'window' else ''}, horizons "
+         f"{m.get('horizon')}..{m.get('horizon_max')}), "
+         f"meta-lr {m.get('lr')}, meta-training seed {meta.get('run', {}).get('seed')}."),
+        (f"- **Selected:** outer step {summary.get('best_step')} of {m.get('outer_steps')} by Fashion-MNIST "
+         f"validation accuracy {pct(summary.get('best_val_score'))}."),
+        f"- **Wall time:** {_run_minutes(run):.1f} min for the whole run on {summary.get('machine')} (shared with "
+        f"other jobs, so an upper bound).",
+        f"- **Commit:** `{summary.get('commit')}`.",
+        (f"- **Reproduce:** `python -m meta_train results --stages train --only {name}` "
+         f"(config `meta_train/configs/{plan.SHIPPED[name][0]}`, seed {plan.SHIPPED[name][1]})."), ""]
+    dst.with_suffix(".md").write_text("\n".join(card))
+    print(f"   shipped {dst} (+ model card)")
+    return dst
+
+
+def _run_minutes(run: Path) -> float:
+    lines = [line for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()] if (
+        run / "metrics.jsonl").exists() else []
+    return json.loads(lines[-1])["wall_s"] / 60 if lines else float("nan")
+
+
+def pct(x) -> str:
+    """A fraction as a percentage with two decimals, ``n/a`` when missing."""
+    return f"{100 * x:.2f} %" if isinstance(x, (int, float)) else "n/a"
+
+
+def reference_validation(config: str = "ng-gnn.toml") -> dict:
+    """The meta-training validation score of the *untrained* optimizer: the line every meta-trained checkpoint has to
+    clear. With the shared budget's zero-initialised head every family's untrained optimizer is exactly the same
+    (relative) Adam, so it is measured with the cheapest family (FF). Cached in ``results/checkpoints/reference.json``."""
+    path = plan.CHECKPOINTS / "reference.json"
+    cfg = load_config(plan.CONFIGS / config, [])
+    o = cfg.optimizer
+    key = {"validation_task": cfg.run.validation_task, "validation_steps": cfg.run.validation_steps,
+           "validation_seeds": cfg.run.validation_seeds, "adam_lr": o.adam_lr, "relative": o.relative}
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    untrained = build_optimizer(replace(o, family="ff"))
+    label = f"{'relative ' if o.relative else ''}Adam at {'rate' if o.relative else 'lr'} {o.adam_lr:g}"
+    ref = {"key": key, "optimizer": label, "val_score": validate(untrained, cfg, "cpu")}
+    plan.CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ref, indent=2) + "\n")
+    return ref
+
+
+def write_index() -> None:
+    """``results/checkpoints/README.md``: every shipped checkpoint with its selection score beside the reference."""
+    ref = reference_validation()
+    lines = ["# Shipped learned optimizers", "",
+             "Meta-trained on the Fashion-MNIST CNN family with one shared budget (`meta_train/configs/fmnist.toml`) by "
+             "`python -m meta_train results --stages train`; each file has a model card (`<name>.md`). "
+             "`default.pt` (the default of `NeuralGraphOptimizer(model)`) is the graph optimizer with the best "
+             "Fashion-MNIST validation accuracy.", "",
+             f"Validation: `{ref['key']['validation_task']}` validation split, {ref['key']['validation_steps']} inner "
+             f"steps, {ref['key']['validation_seeds']} seeds. The untrained optimizer of every family is exactly "
+             f"{ref.get('optimizer', 'Adam')}, which scores **{pct(ref['val_score'])}**.", "",
+             "| checkpoint | family | FMNIST validation | selected outer step | meta-parameters |", "|---|---|---|---|---|"]
+    for name in plan.SHIPPED:
+        path = plan.CHECKPOINTS / f"{name}.pt"
+        if path.exists():
+            payload = read_checkpoint(path)
+            summary = payload["summary"]
+            n = sum(v.numel() for v in payload["state_dict"].values())
+            lines.append(f"| `{name}.pt` | {payload['family']} | {pct(summary.get('best_val_score'))} | "
+                         f"{summary.get('best_step')} | {n:,} |")
+    (plan.CHECKPOINTS / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def choose_default() -> Path | None:
+    """The graph optimizer with the best Fashion-MNIST validation accuracy becomes ``default.pt``."""
+    scored = []
+    for name in plan.SHIPPED:
+        path = plan.CHECKPOINTS / f"{name}.pt"
+        if path.exists():
+            payload = read_checkpoint(path)
+            if payload["family"] in plan.GRAPH_FAMILIES and payload["summary"].get("best_val_score") is not None:
+                scored.append((payload["summary"]["best_val_score"], name))
+    if not scored:
+        return None
+    score, name = max(scored)
+    dst = plan.CHECKPOINTS / "default.pt"
+    shutil.copyfile(plan.CHECKPOINTS / f"{name}.pt", dst)
+    shutil.copyfile(dst, plan.PRETRAINED / "default.pt")  # the package data the wheel ships, with its card
+    shutil.copyfile(plan.CHECKPOINTS / f"{name}.md", plan.PRETRAINED / "default.md")
+    dst.with_suffix(".md").write_text(
+        f"# `default.pt` = `{name}.pt`\n\nThe default of `NeuralGraphOptimizer(model)`: of the shipped graph "
+        f"optimizers ({', '.join(n for _, n in sorted(scored, reverse=True))}), the one with the best Fashion-MNIST "
+        f"validation accuracy ({pct(score)}). See `{name}.md` for its card.\n")
+    print(f"== default.pt = {name}.pt (Fashion-MNIST validation {pct(score)})")
+    write_index()
+    return dst
