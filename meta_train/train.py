@@ -48,7 +48,6 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from l2o.optim import build_optimizer, save_checkpoint
 from tasks import RegressionFamily, RegressionTask, TaskFamily, TaskFamilyProtocol, TaskProtocol, get_task
@@ -56,6 +55,7 @@ from tasks import RegressionFamily, RegressionTask, TaskFamily, TaskFamilyProtoc
 from .config import Config, check_device
 from .estimators import Estimate, Estimator, build_estimator
 from .inner_train import train_optimizee
+from .progress import Progress
 from .unroll import TaskPool
 
 # What a run writes into run.out_dir (and --overwrite deletes): other files in the folder are left alone.
@@ -254,8 +254,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     patience = min(cfg.meta.max_bad_steps, cfg.meta.outer_steps)
     params = list(core.parameters())
     t_start = time.time() - counters["wall_s"]
-    bar = tqdm(range(start, cfg.meta.outer_steps), initial=start, total=cfg.meta.outer_steps,
-               disable=not main, desc=f"meta-train {cfg.optimizer.family}", unit="outer")
+    # A bar on a terminal; in a log file one plain line every 30 s (never carriage-return redraws).
+    bar = Progress(cfg.meta.outer_steps, f"meta-train {cfg.optimizer.family}", initial=start, unit="outer",
+                   disable=not main)
 
     def log(record: dict) -> None:  # main process: metrics.jsonl (+ TensorBoard)
         with _writing(out / "metrics.jsonl"):
@@ -268,7 +269,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
 
     step = start
     try:
-        for step in bar:
+        for step in range(start, cfg.meta.outer_steps):
             t0 = time.time()
             stats, grad_norm = _set_meta_gradient(acc, core, estimator.step(pool))
             # A non-finite meta-gradient never reaches the weights, and neither does a step that overflows them.
@@ -296,8 +297,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
             if main:
                 if (step + 1) % cfg.run.log_every == 0 or last_step or counters["bad_streak"] >= patience:
                     log(record)
-                bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4g}", steps_s=f"{record['inner_steps_per_s']:.1f}",
-                                blowups=counters["blowups"])
+                bar.update(1, meta_loss=stats["meta_loss"], steps_s=record["inner_steps_per_s"],
+                           blowups=counters["blowups"])
             if counters["bad_streak"] >= patience:  # the same decision on every process: its inputs were reduced
                 raise _no_progress_error(cfg, patience, step + 1, counters, out, previous["name"])
             out_of_time = bool(cfg.run.max_minutes) and counters["wall_s"] > 60 * cfg.run.max_minutes

@@ -216,3 +216,17 @@ def test_evaluate_runs_a_given_list_of_seeds_and_resumes_it(tmp_path, monkeypatc
     ran.clear()
     ev.evaluate("fmnist-conv", ["adam:lr=0.003"], steps=2, seeds=[3, 4], out=tmp_path, eval_every=0, resume=True)
     assert ran == []
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path):
+    """Redirected output gets one readable line per interval, never carriage-return redraws."""
+    import io
+
+    from meta_train.progress import Progress
+
+    stream = io.StringIO()  # not a terminal
+    with Progress(10, "work", unit="step", every_s=0.0, stream=stream) as bar:
+        for _ in range(10):
+            bar.update(1, loss=0.5)
+    text = stream.getvalue()
+    assert "\r" not in text and text.count("\n") == 10 and "work: 10/10 (100%)" in text and "loss=0.5" in text
