@@ -65,6 +65,12 @@ train-split statistics.
 PUBLISHED_TAU = {"ng-gnn": 0.930, "ng-t": 0.935, "dng": 0.936}
 METRIC_ORDER = {"classify": ("accuracy",), "edit": ("mse", "mse_no_edit"), "generalization": ("kendall_tau", "r2", "mae")}
 MODEL_ORDER = ("ng-gnn", "ng-t", "dng", "nfn", "mlp", "statnn")
+MODEL_NAMES = {"ng-gnn": "NG-GNN", "ng-t": "NG-T", "dng": "DNG", "nfn": "NFN", "mlp": "flattened-weights MLP",
+               "statnn": "StatNN"}
+TASK_NAMES = {"classify": "INR classification", "edit": "INR editing (dilation)",
+              "generalization": "CNN generalization"}
+METRIC_NAMES = {"val_accuracy": "validation accuracy", "val_mse": "validation MSE",
+                "val_kendall_tau": "validation Kendall tau"}
 GRAPH = ("ng-gnn", "ng-t", "dng", "nfn")
 
 
@@ -322,23 +328,27 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
         axes[0, 0].set_ylabel("train s / epoch (1 thread)", fontsize=7)
         fig.tight_layout()
         made.append(_save(fig, fig_dir / "sec_per_epoch.png"))
-    # Validation curves.
+    # Validation curves: human titles and axis names, readable fonts, one shared legend off the data.
     curves = defaultdict(list)
     for r in seed0:
-        curves[f"{r['task']}/{r['dataset']}"].append(r)
+        curves[(r["task"], r["dataset"])].append(r)
     if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.8), squeeze=False)
-        for ax, (key, recs) in zip(axes[0], sorted(curves.items())):
+        fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves) + 1.6, 3.6), squeeze=False)
+        handles = {}
+        for ax, ((task, dataset), recs) in zip(axes[0], sorted(curves.items())):
             metric = "val_" + recs[0]["primary_metric"]
             for i, r in enumerate(sorted(recs, key=lambda r: _sort_key(r["encoder"]))):
                 ys = [h.get(metric) for h in r["history"]]
-                ax.plot(range(1, len(ys) + 1), ys, label=r["encoder"], lw=1, color=plt.cm.tab20(i % 20))
-            ax.set_title(key, fontsize=8)
-            ax.set_xlabel("epoch", fontsize=7)
-            ax.set_ylabel(metric, fontsize=7)
-            ax.tick_params(labelsize=6)
-            ax.legend(fontsize=5)
-        fig.tight_layout()
+                (line,) = ax.plot(range(1, len(ys) + 1), ys, lw=1.6, color=plt.cm.tab10(i % 10),
+                                  label=MODEL_NAMES.get(r["encoder"], r["encoder"]))
+                handles.setdefault(line.get_label(), line)
+            ax.set_title(f"{TASK_NAMES.get(task, task)}, {dataset}", fontsize=11)
+            ax.set_xlabel("epoch", fontsize=10)
+            ax.set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=10)
+            ax.tick_params(labelsize=9)
+            ax.grid(alpha=0.3)
+        fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * len(curves) + 1.6), 1))
         made.append(_save(fig, fig_dir / "curves.png"))
     return made
 
