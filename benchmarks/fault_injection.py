@@ -74,7 +74,7 @@ def run_one(estimator: str, steps: int, kills: int, scratch: Path, rng: random.R
         first = False
         if injected < kills + 1:
             # a random moment within the run's expected length (startup included); the last fault is a SIGTERM
-            time.sleep(rng.uniform(0.3, 0.9) * duration)
+            time.sleep(rng.uniform(0.2, 0.5) * duration)
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM if injected == kills else signal.SIGKILL)
                 injected += 1
@@ -91,7 +91,7 @@ def run_one(estimator: str, steps: int, kills: int, scratch: Path, rng: random.R
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--estimators", nargs="*", default=["greedy", "window", "pes"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scratch", type=Path, default=ROOT / "runs" / "fault-injection")
