@@ -206,15 +206,12 @@ class TensorLSTMOptimizer(LearnedOptimizer):
         num_tasks, length = int(task.max()) + 1, int(pos.max()) + 1
         h = z.new_zeros(num_tasks, self.lstm_hidden)
         c = z.new_zeros(num_tasks, self.lstm_hidden)
-        outs = []
+        out = per_tensor.new_zeros(T, self.lstm_hidden)
         for t in range(length):  # the recurrence over tensor positions (all tasks at once)
             idx = (pos == t).nonzero().squeeze(1)
             who = task.index_select(0, idx)
             h_t, c_t = self.cell(per_tensor.index_select(0, idx), (h.index_select(0, who), c.index_select(0, who)))
             h, c = h.index_copy(0, who, h_t), c.index_copy(0, who, c_t)
-            outs.append((idx, h_t))
-        out = per_tensor.new_zeros(T, self.lstm_hidden)
-        for idx, h_t in outs:
             out = out.index_copy(0, idx, h_t)
         return self.head.embed_proj(out).index_select(0, ctx.tensor_id), {}
 
