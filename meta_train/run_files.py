@@ -191,10 +191,22 @@ def read_checkpoint_files(ckdir: Path, rank: int, num_processes: int) -> tuple[d
     if not isinstance(rng, dict) or not {"random_state", "torch_manual_seed"} <= set(rng):
         raise Unreadable(f"{rng_file} holds no random states")
     pool_file = ckdir / f"pool_rank{rank}.pt"
-    pool_state = read_back(pool_file, lambda p: torch.load(p, weights_only=True))
+    pool_state = _migrate_pool_state(read_back(pool_file, lambda p: torch.load(p, weights_only=True)))
     if not isinstance(pool_state, dict) or not {"pool", "estimator"} <= set(pool_state):
         raise Unreadable(f"{pool_file} holds no task pool and estimator state (written by an older version?)")
     return meta, pool_state
+
+
+def _migrate_pool_state(sd):
+    """A task pool written before the estimators owned their state (the pool's dict itself, with each task's
+    ``pes`` and ``credit`` entries) -> ``{"pool": ..., "estimator": {}}``. Only pools whose tasks carry no
+    estimator state (greedy and tbptt runs) convert; others are returned unchanged and reported as unreadable."""
+    if not isinstance(sd, dict) or "tasks" not in sd or "pool" in sd:
+        return sd
+    if any(rec.get("pes") or rec.get("credit") for rec in sd["tasks"]):
+        return sd
+    tasks = [{k: v for k, v in rec.items() if k not in ("pes", "credit")} for rec in sd["tasks"]]
+    return {"pool": {**sd, "tasks": tasks}, "estimator": {}}
 
 
 def load_newest_checkpoint(acc: Accelerator, ckpt_root: Path, pool: TaskPool, estimator: Estimator

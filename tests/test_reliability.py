@@ -355,6 +355,21 @@ def test_resume_may_change_length_budget_and_cadence(tmp_path, eight_step_run, c
     assert [m["step"] for m in _metrics(out)] == list(range(1, 11))
 
 
+def test_pool_written_before_estimators_owned_their_state_still_resumes(tmp_path, eight_step_run, capsys):
+    """Runs checkpointed before the estimators kept their own state (the pool file was the pool's dict, each task
+    with empty ``pes`` / ``credit`` entries) resume exactly."""
+    out = _copy(eight_step_run, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "step_0000008")
+    (out / "checkpoints" / "latest").write_text("step_0000006")
+    pool_file = out / "checkpoints" / "step_0000006" / "pool_rank0.pt"
+    new = torch.load(pool_file, weights_only=True)
+    assert new["estimator"] == {}  # tbptt keeps no state of its own
+    old = {**new["pool"], "tasks": [{**rec, "pes": {}, "credit": {}} for rec in new["pool"]["tasks"]]}
+    torch.save(old, pool_file)
+    train(_cfg(out, "meta.outer_steps=8", "run.checkpoint_every=2"), resume=True)
+    _same_metrics(_metrics(out), _metrics(eight_step_run))
+
+
 def test_torn_last_metrics_line_does_not_stop_a_resume(tmp_path, eight_step_run, capsys):
     out = _copy(eight_step_run, tmp_path)
     with (out / "metrics.jsonl").open("a") as f:
