@@ -46,6 +46,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from l2o.optim import build_optimizer, save_checkpoint
+from l2o.schedules import warmup_cosine
 from tasks import RegressionFamily, RegressionTask, TaskFamily, TaskFamilyProtocol, TaskProtocol, get_task
 
 from .config import Config, check_device
@@ -79,10 +80,7 @@ def lr_lambda(cfg: Config):
     m = cfg.meta
 
     def f(step: int) -> float:
-        if m.warmup and step < m.warmup:
-            return (step + 1) / m.warmup
-        progress = (step - m.warmup) / max(1, m.outer_steps - m.warmup)
-        return m.min_lr_ratio + (1 - m.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return warmup_cosine(step, warmup=m.warmup, total=m.outer_steps, min_ratio=m.min_lr_ratio)
 
     return f
 

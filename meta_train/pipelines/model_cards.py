@@ -10,7 +10,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from l2o.optim import build_optimizer, read_checkpoint
+from l2o.optim import GRAPH_FAMILIES, build_optimizer, read_checkpoint
 
 from ..config import load_config
 from ..train import validate
@@ -116,7 +116,7 @@ def choose_default() -> Path | None:
         path = plan.CHECKPOINTS / f"{name}.pt"
         if path.exists():
             payload = read_checkpoint(path)
-            if payload["family"] in plan.GRAPH_FAMILIES and payload["summary"].get("best_val_score") is not None:
+            if payload["family"] in GRAPH_FAMILIES and payload["summary"].get("best_val_score") is not None:
                 scored.append((payload["summary"]["best_val_score"], name))
     if not scored:
         return None

@@ -25,7 +25,6 @@ SHIPPED = {
     "ng-gnn-seed1": ("ng-gnn.toml", 1),
     "ng-gnn-seed2": ("ng-gnn.toml", 2),
 }
-GRAPH_FAMILIES = ("ng-gnn", "ng-t", "dng", "nfn")
 # One shipped optimizer per family (meta-training seed 0): what the sweep compares across families.
 FAMILY_REPRESENTATIVES = tuple(name for name, (_, seed) in SHIPPED.items() if seed == 0)
 TASKS = ("fmnist-conv", "cifar10-conv")

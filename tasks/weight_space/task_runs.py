@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from l2o.schedules import warmup_cosine
+
 from .batching import Batcher, Normalizer, ParamTable, WeightBatch, params_to_rows, rows_to_params
 from .task_models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
                           WeightSpaceClassifier, WeightSpaceEditor, build_features, count_parameters)
@@ -386,8 +388,7 @@ def run(spec: RunSpec, data: TaskData | None = None, out_dir: str | Path | None 
     steps_per_epoch = len(train_b.batches(spec.batch_size))
     total = max(1, steps_per_epoch * spec.epochs)
     warmup = min(steps_per_epoch, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup=warmup, total=total))
     metric, higher = task.primary
     best, best_state, best_epoch, history, epoch_secs = None, None, -1, [], []
     augment = spec.augment and data.kind == "inr"
