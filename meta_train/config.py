@@ -92,6 +92,7 @@ RANGES = {
         "discount": _in_range(0, 1, low_open=True), "lr": _above(0), "weight_decay": _at_least(0),
         "warmup": _at_least(0), "min_lr_ratio": _in_range(0, 1), "clip_norm": _at_least(0),
         "pes_sigma": _above(0), "loss_clip": _above(0), "max_bad_steps": _at_least(1),
+        "vectorize": _one_of(("auto", True, False)),
     },
     "tasks": {
         "family": (_task_family, "'fmnist', 'regression' or 'task:<registered task name>'"),
@@ -191,6 +192,11 @@ class MetaConfig:
     pes_sigma: float = 0.01
     loss_clip: float = 1e3  # inner losses above this count as a blow-up: the task is reset
     max_bad_steps: int = 20  # stop with an error after this many outer steps in a row without progress (see train)
+    # Evaluate the optimizee losses/gradients of the tasks that share an architecture in one torch.func.vmap call
+    # (TaskPool.advance) instead of task after task: the same results up to float rounding, so a run may be resumed
+    # with the other value. "auto": vmap on CUDA, the per-task loop on the CPU, where oneDNN's batched convolutions
+    # measured about 2x slower than K separate ones (results/benchmarks/meta_train_tasks.md).
+    vectorize: bool | str = "auto"
 
     def __post_init__(self):
         check_section("meta", self)

@@ -9,7 +9,7 @@ import math
 import time
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, grad_and_value, vmap
 
 from l2o.graph import NeuralGraph
 from l2o.optim import ParamContext
@@ -37,6 +37,25 @@ def loss_and_grad(model: torch.nn.Module, ctx: ParamContext, loss_fn, params: to
         loss = loss_fn(functional_call(model, named, (x,)), y)
         (grad,) = torch.autograd.grad(loss, p, create_graph=create_graph)
     return (loss if create_graph else loss.detach()), grad
+
+
+def batched_loss_and_grad(model: torch.nn.Module, ctx: ParamContext, loss_fn, params: torch.Tensor, x: torch.Tensor,
+                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`loss_and_grad` of K optimizees of one architecture in one vectorised call (first order only).
+
+    ``params [K, P]`` (each row laid out by ``ctx``), ``x [K, B, ...]``, ``y [K, B, ...]`` (task k's own batch in row
+    k) -> ``(losses [K], grads [K, P])``, detached. ``model`` gives only the structure: every row's parameters are
+    passed functionally, so one module serves all K tasks. Row k's result does not depend on the other rows (a NaN
+    stays in its row); it equals the per-task :func:`loss_and_grad` up to float rounding (the batched kernels may
+    sum in another order). The model must have no buffers and no random layers (see ``unroll.vmap_key``).
+    """
+    def one(p: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:  # p [P], xb [B, ...] -> scalar
+        return loss_fn(functional_call(model, dict(zip(ctx.names, ctx.split(p))), (xb,)), yb)
+
+    # detach: first order, the gradients are constant inputs to the optimizer (like loss_and_grad's requires_grad_
+    # on a detached copy); torch.func.grad differentiates internally, so an outer no_grad (validation, PES) is fine.
+    grads, losses = vmap(grad_and_value(one))(params.detach(), x, y)
+    return losses, grads
 
 
 @torch.no_grad()

@@ -30,12 +30,13 @@ from .unroll import TaskPool
 RUN_FILES = ("checkpoints", "metrics.jsonl", "best.pt", "last.pt", "config.json", "tb", "metrics.jsonl.tmp",
              "best.pt.tmp", "last.pt.tmp", "config.json.tmp")
 # The settings a resumed run may change: how long it runs, how often it checkpoints, validates and logs, when it
-# gives up, where its folder is and which device it runs on. Everything else (the optimizer and task sections, the
+# gives up, where its folder is, which device it runs on and whether the pool vectorises its tasks (the same
+# computation up to float rounding). Everything else (the optimizer and task sections, the
 # seed, the estimator and its truncation, horizon, tasks per process, meta-loss, outer optimizer, validation task...)
 # defines what the run computes, so the checkpoint means something else under another value: resuming is refused.
 RESUMABLE_CHANGES = frozenset({("meta", "outer_steps"), ("meta", "max_bad_steps"), ("run", "out_dir"),
                                ("run", "checkpoint_every"), ("run", "validate_every"), ("run", "max_minutes"),
-                               ("run", "log_every"), ("run", "device")})
+                               ("run", "log_every"), ("run", "device"), ("meta", "vectorize")})
 LOW_DISK_BYTES = 100 * 2**20  # a write failing with less free space than this is reported as a full disk
 
 

@@ -138,7 +138,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     slots = list(range(acc.process_index * n, (acc.process_index + 1) * n))
     pool = TaskPool(make_task_sampler(cfg), core, slots, cfg.meta.horizon, cfg.meta.horizon_max, seed=cfg.run.seed,
                     batch_size=None if cfg.tasks.family == "regression" or cfg.tasks.batch_sizes else
-                    cfg.tasks.batch_size, device=acc.device)
+                    cfg.tasks.batch_size, device=acc.device,
+                    vectorize=acc.device.type == "cuda" if cfg.meta.vectorize == "auto" else cfg.meta.vectorize)
     estimator = build_estimator(cfg.meta, core)
     start, best, counters = 0, {"score": -math.inf, "step": 0}, {"blowups": 0, "skipped": 0, "wall_s": 0.0}
 

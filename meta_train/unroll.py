@@ -15,6 +15,11 @@ The pool is the only thing that moves tasks, in two ways (the shape of learned_o
 Both reset the tasks that blew up or reached their horizon. Estimators keep their own per-task state (PES's
 antithetic trajectories, the window's credit buffers) and drop it when the pool reports a task replaced. Everything
 the pool holds is in :meth:`TaskPool.state_dict`, so a killed run resumes exactly.
+
+Vectorised tasks (``vectorize=True``, config ``meta.vectorize``): :meth:`TaskPool.advance` computes the optimizee
+losses and gradients of the tasks that share an architecture in one ``torch.func.vmap`` call (one shared module for
+the structure, the tasks' parameters ``[K, P]`` and their own batches ``[K, B, ...]`` stacked) instead of task after
+task; the results equal the loop's up to float rounding, each task keeping its own data, blow-up flags and resets.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from l2o.optim.learned import Optimizer
 from tasks import BatchStreamProtocol, TaskProtocol, task_from_spec
 from tasks.seeding import mix_seed
 
-from .inner_train import context_for, loss_and_grad
+from .inner_train import batched_loss_and_grad, context_for, loss_and_grad
 
 # update(ctx, params [P], grads [P], state) -> (new params [P], new state): an optimizer's functional update, with or
 # without autograd, with the meta-parameters it was given
@@ -50,13 +55,51 @@ class InnerTask:
     stream: BatchStreamProtocol
     fresh_stream: BatchStreamProtocol | None = None
     pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (loss, grad) at params on batch `step`
+    vmap_key: tuple | None = None  # tasks with equal keys are evaluated in one vmapped call; None: never (vmap_key)
+
+    def batch(self, step: int, fresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of the train stream (or of the held-out ``fresh`` one): ``(x [B, ...], y [B, ...])``."""
+        return (self.fresh_stream if fresh else self.stream).batch(step)
 
     def loss_and_grad(self, params: torch.Tensor, step: int, fresh: bool = False, create_graph: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss on batch ``step`` at ``params [P]`` and its gradient ``[P]`` (first-order unless create_graph)."""
-        x, y = (self.fresh_stream if fresh else self.stream).batch(step)
+        x, y = self.batch(step, fresh)
         return loss_and_grad(self.model, self.ctx, self.task.loss, params, x.to(params.device), y.to(params.device),
                              create_graph)
+
+
+# One loss/gradient evaluation asked of the pool: (task index, params [P], step = batch position, fresh stream?)
+Job = tuple[int, torch.Tensor, int, bool]
+
+
+def vmap_key(task: TaskProtocol, model: torch.nn.Module, ctx: ParamContext) -> tuple | None:
+    """Which tasks can share one vmapped loss/gradient call: those with equal keys; ``None`` for a task that is
+    always evaluated alone (by the per-task loop).
+
+    Equal keys mean one module can stand for all of them: the same layout (the pool's shared ``ctx``), the same
+    module structure (its class and ``repr``, which names every layer and its hyperparameters: a ReLU and a GELU
+    network have the same parameter shapes, hence the same ctx, but not the same repr) and the same loss function
+    (``type(task).loss``: the tasks here compute their loss from ``(output, y)`` alone, not from instance data).
+
+    Left to the loop:
+
+    * models with buffers (BatchNorm): in training mode their forward writes running statistics into the module's
+      own buffers in place, which vmap cannot do for K tasks through one shared module, and each task's module keeps
+      its own statistics (not part of the pool's checkpoint), which the loop updates as before;
+    * models with dropout: the loop draws each task's mask from the global RNG in turn; vmap would draw other masks
+      (and refuses random ops by default), so the results would differ;
+    * a layout that does not cover every parameter of the model: the shared module would lend its own values of the
+      rest to every task.
+    """
+    if next(model.buffers(), None) is not None:
+        return None
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules()):
+        return None
+    if sorted(ctx.names) != sorted(n for n, _ in model.named_parameters()):
+        return None
+    loss = getattr(type(task), "loss", None)  # None: a loss set on the instance, which groups the task with no other
+    return (id(ctx), type(model), repr(model), type(task), loss if loss is not None else ("instance", id(task)))
 
 
 @dataclass
@@ -112,11 +155,15 @@ class TaskPool:
 
     def __init__(self, sample_task: Callable[[torch.Generator], TaskProtocol], learned: Optimizer, slots: list[int],
                  horizon: int, horizon_max: int, seed: int, batch_size: int | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", vectorize: bool = True):
         """``slots``: global task-slot numbers owned by this process (process r of a run with n tasks per process
         owns ``r*n .. r*n+n-1``). Each slot draws from its own generator seeded by ``(seed, slot)``, so the tasks do not
-        depend on how slots are spread over processes: 2 processes x 1 task == 1 process x 2 tasks."""
+        depend on how slots are spread over processes: 2 processes x 1 task == 1 process x 2 tasks.
+
+        ``vectorize``: :meth:`advance` evaluates the optimizee losses and gradients of tasks sharing an architecture
+        in one vmapped call (equal to the per-task loop up to float rounding); False keeps the per-task loop."""
         self.sample_task, self.learned = sample_task, learned
+        self.vectorize = vectorize
         self.slots, self.num_tasks = list(slots), len(slots)
         self.horizon, self.horizon_max = horizon, horizon_max
         self.batch_size, self.device = batch_size, torch.device(device)
@@ -146,10 +193,13 @@ class TaskPool:
         steps, until :meth:`detach`); otherwise they keep them detached.
         """
         tasks = self.tasks
-        for t in tasks:
+        jobs: list[Job] = []
+        for i, t in enumerate(tasks):
             if t.pending is None:  # second order: a fresh or detached task's params become a leaf to differentiate
                 p = t.params.detach().requires_grad_(True) if create_graph and not t.params.requires_grad else t.params
-                t.pending = t.loss_and_grad(p, t.step, create_graph=create_graph)
+                jobs.append((i, p, t.step, False))
+        for i, result in self.losses_and_grads(jobs, create_graph).items():
+            tasks[i].pending = result
         bad = [not (loss_ok(t.pending[0], loss_clip) and _finite(t.pending[1])) for t in tasks]
         grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
         sizes = [t.params.numel() for t in tasks]
@@ -160,17 +210,21 @@ class TaskPool:
         losses = [float(t.pending[0]) if not b else float("nan") for t, b in zip(tasks, bad)]
         meta: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tasks)
         next_pending: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tasks)
+        jobs = []
         for i, t in enumerate(tasks):
             if bad[i]:
                 continue
             if not _finite(new_params[i]):
                 bad[i] = True
                 continue
-            if meta_loss == "train":
-                meta[i] = next_pending[i] = t.loss_and_grad(new_params[i], t.step + 1, create_graph=create_graph)
+            if meta_loss == "train":  # the next batch: this is also the next step's inner loss and gradient
+                jobs.append((i, new_params[i], t.step + 1, False))
             else:
-                meta[i] = t.loss_and_grad(new_params[i], t.step, fresh=meta_loss == "fresh", create_graph=create_graph)
-            L, h = meta[i]
+                jobs.append((i, new_params[i], t.step, meta_loss == "fresh"))
+        for i, (L, h) in self.losses_and_grads(jobs, create_graph).items():
+            meta[i] = (L, h)
+            if meta_loss == "train":
+                next_pending[i] = meta[i]
             if not loss_ok(L, loss_clip) or (finite_meta_grad and not _finite(h)):
                 bad[i] = True
                 next_pending[i] = None
@@ -188,6 +242,56 @@ class TaskPool:
             if done:
                 self.reset(i)
         return Advance(contexts, steps, losses, params, grads, states, new_params, meta, bad, finished)
+
+    def losses_and_grads(self, jobs: list[Job], create_graph: bool = False
+                         ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """``{task index: (loss, grad [P])}`` for each job ``(task index, params [P], step, fresh)``: the loss of
+        task i on its batch ``step`` (of the held-out stream when ``fresh``) at ``params`` and its gradient.
+
+        With ``vectorize``, jobs whose tasks share a :func:`vmap_key` and whose batches have the same shapes are
+        evaluated in one vmapped call per group; the rest (groups of one, tasks that cannot be vmapped) in the
+        per-task loop. Second order (``create_graph``) always takes the loop: it needs each loss's autograd graph
+        back to the task's own parameter tensor (a leaf, or the update's output under tbptt), and the vmapped path
+        is first order only.
+        """
+        if not (self.vectorize and not create_graph and len(jobs) > 1):
+            return {i: self.tasks[i].loss_and_grad(p, step, fresh=fresh, create_graph=create_graph)
+                    for i, p, step, fresh in jobs}
+        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for group in self._vmap_groups(jobs):
+            out.update(self._group_losses_and_grads(group))
+        return out
+
+    def _vmap_groups(self, jobs: list[Job]) -> list[list[tuple[Job, tuple[torch.Tensor, torch.Tensor]]]]:
+        """The jobs with their batches ``(x [B, ...], y [B, ...])``, grouped so that each group can be stacked:
+        the same vmap key (architecture, structure, loss), batch shapes and dtypes, parameter dtype and device. A
+        task without a key (:func:`vmap_key`) is a group of its own."""
+        groups: dict[tuple, list] = {}
+        for job in jobs:
+            i, p, step, fresh = job
+            t = self.tasks[i]
+            x, y = t.batch(step, fresh)
+            key = (("alone", i) if t.vmap_key is None else
+                   (t.vmap_key, x.shape, x.dtype, y.shape, y.dtype, p.dtype, p.device))
+            groups.setdefault(key, []).append((job, (x, y)))
+        return list(groups.values())
+
+    def _group_losses_and_grads(self, group: list[tuple[Job, tuple[torch.Tensor, torch.Tensor]]]
+                                ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """One group of :meth:`_vmap_groups`: a single task by :func:`loss_and_grad` (vmap would only add its
+        overhead), several in one :func:`batched_loss_and_grad` call on params ``[K, P]`` and batches
+        ``[K, B, ...]``. Each task's ``(loss, grad [P])`` is a view into the stacked results."""
+        first = self.tasks[group[0][0][0]]
+        if len(group) == 1:
+            (i, p, _, _), (x, y) = group[0]
+            return {i: loss_and_grad(first.model, first.ctx, first.task.loss, p, x.to(p.device), y.to(p.device))}
+        device = group[0][0][1].device
+        params = torch.stack([job[1].detach() for job, _ in group])  # [K, P]
+        # Stacked where the streams produced them, then moved once: one copy to the device instead of K.
+        x = torch.stack([b[0] for _, b in group]).to(device)  # [K, B, ...]
+        y = torch.stack([b[1] for _, b in group]).to(device)  # [K, B, ...]
+        losses, grads = batched_loss_and_grad(first.model, first.ctx, first.task.loss, params, x, y)
+        return {job[0]: (L, g) for (job, _), L, g in zip(group, losses.unbind(0), grads.unbind(0))}
 
     def commit(self, i: int, params: torch.Tensor, state: dict, steps: int, bad: bool) -> bool:
         """Record that an estimator's own unroll advanced task ``i`` by ``steps`` steps to ``params [P]`` and
@@ -240,7 +344,8 @@ class TaskPool:
         kw = {"batch_size": self.batch_size} if self.batch_size else {}
         stream = task.batches("train", seed=seed, **kw)
         fresh = task.batches("train", seed=seed + 7919, **kw)
-        return InnerTask(task, model, ctx, params, state, step, horizon, seed, stream, fresh)
+        return InnerTask(task, model, ctx, params, state, step, horizon, seed, stream, fresh,
+                         vmap_key=vmap_key(task, model, ctx))
 
     def _new_task(self, i: int, stagger: bool = False) -> InnerTask:
         gen = self.generators[i]
