@@ -8,6 +8,8 @@ L2O_DATA ?= $(firstword $(wildcard ../shared/datasets) $(HOME)/.cache/l2o/data)
 override L2O_DATA := $(abspath $(L2O_DATA))
 export L2O_DATA
 TORCH_PIN := torch==2.13.0
+# make run DEVICE=cuda (also results, weight-space, demo): where the commands train (cpu | cuda).
+DEVICE ?= cpu
 
 .PHONY: run demo test test-all bench results weight-space install clean
 
@@ -24,20 +26,20 @@ MINUTES ?= 10
 STEPS   ?= 500
 SEEDS   ?= 1
 run: install
-	$(PY) -m meta_train main-job --data-root "$(L2O_DATA)" --minutes $(MINUTES) --steps $(STEPS) --seeds $(SEEDS)
+	$(PY) -m meta_train main-job --data-root "$(L2O_DATA)" --device $(DEVICE) --minutes $(MINUTES) --steps $(STEPS) --seeds $(SEEDS)
 
 # The full Fashion-MNIST -> CIFAR-10 results (meta-train every shipped optimizer, 5-seed evaluation, width/depth
 # sweep, results/transfer.json): hours on 2 cores; resumable, rerun to continue.
 results: install
-	$(PY) -m meta_train results --data-root "$(L2O_DATA)"
+	$(PY) -m meta_train results --data-root "$(L2O_DATA)" --device $(DEVICE)
 
 # Weight-space tasks (builds the INR and CNN zoos under $(L2O_DATA)/weight_space on first use, then every
 # task x encoder x seed; about an hour on one core; resumable) -> results/weight_space.{md,json}, results/weight_space/
 weight-space: install
-	OMP_NUM_THREADS=1 $(PY) -m meta_train weight-space all --data-root "$(L2O_DATA)"
+	OMP_NUM_THREADS=1 $(PY) -m meta_train weight-space all --data-root "$(L2O_DATA)" --device $(DEVICE)
 
 demo: install
-	$(PY) -m meta_train demo --data-root "$(L2O_DATA)"
+	$(PY) -m meta_train demo --data-root "$(L2O_DATA)" --device $(DEVICE)
 
 test: install
 	$(PY) -m pytest -q -m "not slow"

@@ -6,6 +6,8 @@
     python -m experiments.reference_recipe eval --part ng-gnn
     python -m experiments.reference_recipe report                      # merge the parts: table.md, curves
 
+``--device cuda`` runs ``train`` (as ``run.device``) and ``eval`` on a GPU.
+
 Runs use ``meta_train/configs/reference*.toml`` (the reference code's features, step rule, sizes and meta-training,
 see those files) with a shortened outer budget where this 2-core CPU could not afford the published 1000 outer
 steps (``RUNS`` says which; the cosine schedule is compressed to the budget). Evaluation parts are separate
@@ -55,12 +57,12 @@ PARTS = {
 }
 
 
-def train_runs(names: list[str]) -> None:
+def train_runs(names: list[str], device: str | None = None) -> None:
     from meta_train.train import train
 
     for name in names:
         path, overrides = RUNS[name]
-        cfg = load_config(CONFIGS / path, overrides)
+        cfg = load_config(CONFIGS / path, overrides + ([f"run.device='{device}'"] if device else []))
         print(f"meta-training {name} -> {cfg.run.out_dir}")
         train(cfg, resume=True)
 
@@ -80,10 +82,11 @@ def ship(names: list[str]) -> None:
         print(f"{name}: {best} -> {dest}")
 
 
-def eval_part(part: str) -> None:
+def eval_part(part: str, device: str = "cpu") -> None:
     specs, seeds = PARTS[part]
     # relative Adam: a local search on its grid from 0.1 (the validation accuracy is unimodal along the grid)
-    evaluate(TASK, specs, STEPS, seeds, OUT / TASK / part, resume=True, tune_from={"relative-adam": {"lr": 0.1}})
+    evaluate(TASK, specs, STEPS, seeds, OUT / TASK / part, resume=True, tune_from={"relative-adam": {"lr": 0.1}},
+             device=device)
 
 
 def report() -> dict:
@@ -155,15 +158,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("stage", choices=("train", "ship", "eval", "report"))
     ap.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS), help="runs to train / ship")
     ap.add_argument("--part", choices=list(PARTS), help="evaluation part (eval stage)")
+    ap.add_argument("--device", default=None,
+                    help="cpu | cuda (train: run.device, default the config's; eval: default cpu; eval also cuda:N)")
     args = ap.parse_args(argv)
+    if args.device is not None:
+        from tasks.devices import parse_device
+
+        try:
+            device = parse_device(args.device)
+        except ValueError as exc:
+            ap.exit(2, f"error: {exc}\n")
+        if args.stage == "train" and device.index is not None:
+            ap.exit(2, f"error: --device {args.device}: meta-training takes cpu or cuda; pick the GPU with "
+                       f"CUDA_VISIBLE_DEVICES={device.index}\n")
     if args.stage == "train":
-        train_runs(args.only)
+        train_runs(args.only, args.device)
     elif args.stage == "ship":
         ship(args.only)
     elif args.stage == "eval":
         if not args.part:
             ap.error("eval needs --part (one of: " + ", ".join(PARTS) + ")")
-        eval_part(args.part)
+        eval_part(args.part, args.device or "cpu")
     else:
         report()
 

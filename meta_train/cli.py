@@ -16,6 +16,9 @@ results       make results: the full transfer results (resumable)             pi
 step-stats    a learned optimizer's steps against Adam's along a run          pipelines/step_stats.py
 ============  ==============================================================  ============================
 
+Every command that trains or evaluates takes ``--device cpu | cuda | cuda:N`` (default cpu; ``train``: the config's
+``run.device``), checked before the command starts.
+
 ``python -m meta_train.transfer`` and ``python -m meta_train.step_stats`` are aliases of ``results`` and
 ``step-stats``.
 """
@@ -35,6 +38,10 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
                    help="data folder in torchvision layout (default: $L2O_DATA)")
 
 
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="cpu", help=f"cpu | cuda | cuda:N (default cpu): {what}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; ``args.handler(args)`` runs the parsed one."""
     ap = argparse.ArgumentParser(prog="python -m meta_train", description="Learned optimizers on neural graphs.")
@@ -50,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=200)
     demo.add_argument("--lr", type=float, default=1e-3)
     demo.add_argument("--seed", type=int, default=0)
+    _add_device(demo, "where the model trains")
     _add_data_root(demo)
 
     tr = command("train", _train,
@@ -65,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out-dir", default=None, help="shortcut for --set run.out_dir=...")
     tr.add_argument("--num-processes", type=int, default=None,
                     help="start N processes (gloo on CPU); same as accelerate launch --num_processes N")
+    tr.add_argument("--device", default=None,
+                    help="cpu | cuda | auto: shortcut for --set run.device=... (default: the config's run.device); "
+                         "with several GPUs, pick one with CUDA_VISIBLE_DEVICES=N and pass cuda")
     _add_data_root(tr)
 
     ev = command("evaluate", _evaluate,
@@ -77,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-every", type=int, default=100)
     ev.add_argument("--tune-steps", type=int, default=None, help="horizon of the tuning runs (default: --steps)")
     ev.add_argument("--out", default="results/eval")
-    ev.add_argument("--device", default="cpu")
+    _add_device(ev, "where the optimizers train the task")
     ev.add_argument("--resume", action="store_true",
                     help="keep optimizers already finished in --out (same task, steps, seeds and checkpoint file)")
     _add_data_root(ev)
@@ -94,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     mj.add_argument("--config", default="quick.toml", help="a file in meta_train/configs/")
     mj.add_argument("--out", default="runs/main")
     mj.add_argument("--fresh", action="store_true", help="start meta-training over instead of resuming")
+    _add_device(mj, "meta-training (no GPU index there: use CUDA_VISIBLE_DEVICES) and evaluation")
     _add_data_root(mj)
 
     rp = command("report", _report, help="collect evaluation summaries into results/transfer.json and transfer.md")
@@ -132,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--no-extra", action="store_true",
                     help="`all` without EXTRA_PLAN (longer / no-probe / reconstruction-loss classification runs)")
     ws.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(ws, "training, and fitting the zoos not cached yet")
     _add_data_root(ws)
 
     plan = results_plan
@@ -153,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--runs", default=str(plan.ROOT / "runs" / "transfer"), help="meta-training run folders")
     rs.add_argument("--out", default=str(plan.RESULTS / "eval"), help="evaluation folders")
     rs.add_argument("--max-minutes", type=float, default=0.0, help="wall-time cap per meta-training call")
+    _add_device(rs, "meta-training (no GPU index there: use CUDA_VISIBLE_DEVICES), evaluation, sweep")
     _add_data_root(rs)
 
     ss = command("step-stats", _step_stats,
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compare with relative Adam (steps x each tensor's initial RMS): ratios are relative rates")
     ss.add_argument("--seed", type=int, default=0)
     ss.add_argument("--out", default=None, help="folder for step_stats.json and step_stats.png")
+    _add_device(ss, "where the run goes")
     return ap
 
 
@@ -178,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> None:
     from .pipelines.demo import run_demo
 
-    run_demo(args.task, args.steps, args.lr, args.seed, args.data_root)
+    run_demo(args.task, args.steps, args.lr, args.seed, args.data_root, device=args.device)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -207,7 +222,8 @@ def _main_job(args: argparse.Namespace) -> None:
 
     if args.fresh:  # start meta-training over: the previous run's files go (train refuses to mix them)
         clear_run(Path(args.out) / "meta")
-    main_job(Path(args.out), args.minutes, args.steps, args.seeds, args.config, resume=not args.fresh)
+    main_job(Path(args.out), args.minutes, args.steps, args.seeds, args.config, resume=not args.fresh,
+             device=args.device)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -243,6 +259,8 @@ def _start_train(args: argparse.Namespace, argv: list[str]) -> None:
         args.overrides.append(f"run.max_minutes={args.max_minutes}")
     if args.out_dir:
         args.overrides.append(f"run.out_dir='{args.out_dir}'")
+    if args.device:
+        args.overrides.append(f"run.device='{args.device}'")
     n = requested_processes(args.num_processes)
     if n > 1:
         from .config import ConfigError, load_config  # torch, but only on this path (see "the commands" above)
@@ -255,6 +273,22 @@ def _start_train(args: argparse.Namespace, argv: list[str]) -> None:
         sys.exit(relaunch(n, argv))
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # a worker of torch.distributed.run
         watch_parent()
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Check ``--device`` before the command starts, so that a device this machine lacks is one line and exit status
+    2 at once, not a traceback minutes into a run. Raises ``ValueError`` with the message to print."""
+    from tasks.devices import parse_device
+
+    if args.command == "train" and args.device == "auto":  # train's shortcut takes every run.device value
+        return
+    device = parse_device(args.device)  # the rule of every command line, the zoo builders' too
+    # Meta-training takes its device from Accelerate, which puts a single process on the current GPU: a GPU index
+    # cannot be passed through run.device (auto | cpu | cuda), and dropping it would run on another GPU than asked.
+    meta_trains = args.command in ("train", "main-job") or (args.command == "results" and "train" in args.stages)
+    if device.type == "cuda" and device.index is not None and meta_trains:
+        raise ValueError(f"--device {args.device}: meta-training ({args.command}) takes cpu or cuda; to use GPU "
+                         f"{device.index}, run with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
 
 
 def _exit_status(exc: BaseException) -> int | None:
@@ -275,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     from l2o.runtime import tune_cpu_allocator  # importing l2o imports torch: only once a command runs
 
     tune_cpu_allocator()
+    if getattr(args, "device", None) is not None:
+        try:
+            _check_device(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
     if args.command == "train":
         _start_train(args, argv)
     if getattr(args, "data_root", None):

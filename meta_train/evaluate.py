@@ -50,6 +50,12 @@ class Candidate:
         return build_optimizer(OptimizerConfig(family=self.family, **(hyper or self.hyper or {})))
 
 
+def _on(device, optimizer):
+    """``optimizer`` moved to ``device``: train_optimizee moves the model and the data there, not the optimizer (a
+    learned one's network is built on the CPU)."""
+    return optimizer.to(device) if isinstance(optimizer, torch.nn.Module) else optimizer
+
+
 def parse_spec(spec: str) -> Candidate:
     """``adam`` (tuned), ``adam:lr=1e-3`` (fixed), ``path/to/ckpt.pt`` or ``label=path/to/ckpt.pt``."""
     if spec.endswith(".pt"):
@@ -90,7 +96,7 @@ def tune(cand: Candidate, task, steps: int, device, seed: int = 1000, cached: li
                 return t["val_acc"]
         desc = f"tune {cand.family} " + ",".join(f"{k}={v:g}" for k, v in hyper.items())
         with Progress(steps, desc, unit="step", leave=False) as bar:
-            r = train_optimizee(cand.build(hyper), task, steps, seed=seed, device=device, eval_split="val",
+            r = train_optimizee(_on(device, cand.build(hyper)), task, steps, seed=seed, device=device, eval_split="val",
                                 progress=lambda step, loss: bar.update(1, loss=loss))
         acc = r["acc"] if math.isfinite(r["acc"]) else -1.0
         print(f"{desc}: validation accuracy {100 * acc:.2f} %", flush=True)
@@ -189,8 +195,8 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int | list[int
         for s in todo:
             desc = f"{cand.label} on {task_name}, seed {s} ({seed_list.index(s) + 1}/{len(seed_list)})"
             with Progress(steps, desc, unit="step", leave=False) as bar:
-                r = train_optimizee(cand.build(hyper), task, steps, seed=s, device=device, eval_split="test",
-                                    eval_every=eval_every,
+                r = train_optimizee(_on(device, cand.build(hyper)), task, steps, seed=s, device=device,
+                                    eval_split="test", eval_every=eval_every,
                                     progress=lambda step, loss, bar=bar: bar.update(1, loss=loss))
             runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
                          "step_ms": r["step_ms"], "diverged": r["diverged"]})

@@ -30,13 +30,15 @@ def tuned_adam_lr(task: str = "cifar10-conv", default: float = 3e-3) -> float:
 
 
 def main_job(out: Path = ROOT / "runs" / "main", minutes: float = 10.0, steps: int = 500, seeds: int = 1,
-             config: str = "quick.toml", resume: bool = True) -> dict:
+             config: str = "quick.toml", resume: bool = True, device: str = "cpu") -> dict:
+    """``device``: ``cpu`` or ``cuda`` for both steps (meta-training reads it as ``run.device``; evaluation also takes
+    ``cuda:N``)."""
     cfg = load_config(ROOT / "meta_train" / "configs" / config,
-                      [f"run.out_dir='{out / 'meta'}'", f"run.max_minutes={minutes}"])
-    print(f"== 1/2 meta-training {cfg.optimizer.family} for up to {minutes:g} min -> {out / 'meta'}")
+                      [f"run.out_dir='{out / 'meta'}'", f"run.max_minutes={minutes}", f"run.device='{device}'"])
+    print(f"== 1/2 meta-training {cfg.optimizer.family} on {device} for up to {minutes:g} min -> {out / 'meta'}")
     train(cfg, resume=resume)
     specs = [f"adam:lr={tuned_adam_lr()}", f"this-run={out / 'meta' / 'best.pt'}"]
     if DEFAULT_CHECKPOINT.exists():
         specs.append(f"shipped-default={DEFAULT_CHECKPOINT}")
     print(f"== 2/2 cifar10-conv, {steps} steps, {seeds} seed(s): {', '.join(specs)}")
-    return evaluate("cifar10-conv", specs, steps, seeds, out / "eval", eval_every=100)
+    return evaluate("cifar10-conv", specs, steps, seeds, out / "eval", eval_every=100, device=device)

@@ -38,12 +38,15 @@ from .transfer_report import write as write_transfer
 
 
 # ---------------------------------------------------------------------------------------------- stage 1: train
-def train_all(names: list[str], runs: Path, max_minutes: float = 0.0) -> None:
-    """Meta-train (or resume) each shipped optimizer in ``names``; ship each finished run."""
+def train_all(names: list[str], runs: Path, max_minutes: float = 0.0, device: str | None = None) -> None:
+    """Meta-train (or resume) each shipped optimizer in ``names``; ship each finished run. ``device`` (cpu | cuda)
+    sets ``run.device`` (None: each config's own; a device change does not block resuming a run)."""
     for name in names:
         config, seed = plan.SHIPPED[name]
         out = runs / name
         overrides = [f"run.out_dir='{out}'", f"run.seed={seed}"]
+        if device:
+            overrides.append(f"run.device='{device}'")
         if max_minutes:
             overrides.append(f"run.max_minutes={max_minutes}")
         cfg = load_config(plan.CONFIGS / config, overrides)
@@ -87,14 +90,16 @@ def shipped_specs() -> list[str]:
     return [f"{n}={plan.CHECKPOINTS / (n + '.pt')}" for n in names]
 
 
-def eval_all(steps: int, seeds: int, out: Path, tasks=plan.TASKS) -> None:
+def eval_all(steps: int, seeds: int, out: Path, tasks=plan.TASKS, device: str = "cpu") -> None:
     """Tuned Adam, then the shipped optimizers (default first), then tuned AdamW and SGD-momentum."""
     for task in tasks:
         print(f"== {task}: {steps} steps x {seeds} seeds")
-        evaluate(task, ["adam"] + shipped_specs() + ["adamw", "sgdm"], steps, seeds, out / task, resume=True)
+        evaluate(task, ["adam"] + shipped_specs() + ["adamw", "sgdm"], steps, seeds, out / task, resume=True,
+                 device=device)
 
 
-def sweep_all(steps: int, seeds: int, out: Path, tasks=plan.SWEEP_RUN_ORDER, every_family: bool = False) -> None:
+def sweep_all(steps: int, seeds: int, out: Path, tasks=plan.SWEEP_RUN_ORDER, every_family: bool = False,
+              device: str = "cpu") -> None:
     """Tuned Adam and the default at each sweep point; with ``every_family`` also one shipped optimizer of each other
     family (a point that has them from an earlier call keeps them either way)."""
     default = plan.CHECKPOINTS / "default.pt"
@@ -114,7 +119,7 @@ def sweep_all(steps: int, seeds: int, out: Path, tasks=plan.SWEEP_RUN_ORDER, eve
         specs = ["adam", f"default={default}"] + [s for s in others if every_family or s.split("=")[0] in present]
         print(f"== sweep {task}: {steps} steps x {seeds} seeds")
         evaluate(task, specs, steps, seeds, out / "sweep" / task, eval_every=0, resume=True,
-                 tune_from={"adam": main_tuned("adam", out)})
+                 tune_from={"adam": main_tuned("adam", out)}, device=device)
 
 
 def main_tuned(family: str, out: Path) -> dict | None:
@@ -144,13 +149,14 @@ def report_all(out: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     """``python -m meta_train results``: the stages in ``args.stages``, in their fixed order."""
     out = Path(args.out)
+    device = args.device
     if "train" in args.stages:
-        train_all(args.only or list(plan.SHIPPED), Path(args.runs), max_minutes=args.max_minutes)
+        train_all(args.only or list(plan.SHIPPED), Path(args.runs), max_minutes=args.max_minutes, device=device)
     if "ship" in args.stages:
         ship_finished(args.only or list(plan.SHIPPED), Path(args.runs))
     if "eval" in args.stages:
-        eval_all(args.steps, args.seeds, out, args.tasks)
+        eval_all(args.steps, args.seeds, out, args.tasks, device)
     if "sweep" in args.stages:
-        sweep_all(args.steps, args.sweep_seeds, out, args.sweep_tasks, args.sweep_every_family)
+        sweep_all(args.steps, args.sweep_seeds, out, args.sweep_tasks, args.sweep_every_family, device)
     if "report" in args.stages:
         report_all(out)

@@ -29,10 +29,13 @@ from ..inner_train import context_for, loss_and_grad
 
 @torch.no_grad()
 def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every: int = 10,
-               relative: bool = False) -> list[dict]:
-    """Records ``{"step", "loss", "<category>": {"ratio", "cos"}}`` every ``every`` steps."""
-    model = task.make_model(seed)
-    ctx = context_for(model, optimizer)
+               relative: bool = False, device: str | torch.device = "cpu") -> list[dict]:
+    """Records ``{"step", "loss", "<category>": {"ratio", "cos"}}`` every ``every`` steps. The run is on ``device``
+    (the optimizer is moved there)."""
+    device = torch.device(device)
+    optimizer = optimizer.to(device)
+    model = task.make_model(seed).to(device)
+    ctx = context_for(model, optimizer).to(device)
     named = dict(model.named_parameters())
     params = ctx.flatten([named[n].detach() for n in ctx.names])
     state = optimizer.init_state(ctx, params)
@@ -41,7 +44,7 @@ def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every:
     if relative and "scale" not in state:
         raise ValueError(f"{optimizer.family} takes no relative steps (no 'scale' in its state): drop --relative")
     ref_scale = state["scale"] if relative else 1.0
-    stream = task.batches("train", seed=seed)
+    stream = task.batches("train", seed=seed, device=device)
     category = ctx.category.index_select(0, ctx.tensor_id)  # [P]
     records = []
     for step in range(steps):
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
     """``python -m meta_train step-stats``: print a few records, write ``step_stats.{json,png}`` into ``--out``."""
     optimizer = load_checkpoint(args.checkpoint)[0]
     ref_lr = args.ref_lr if args.ref_lr is not None else (1.0 if args.relative else 3e-3)
-    records = step_stats(optimizer, get_task(args.task), args.steps, ref_lr, args.seed, relative=args.relative)
+    records = step_stats(optimizer, get_task(args.task), args.steps, ref_lr, args.seed, relative=args.relative,
+                         device=args.device)
     for r in records[:: max(1, len(records) // 6)] + records[-1:]:
         cells = "  ".join(f"{n}: x{r[n]['ratio']:.2f} cos {r[n]['cos']:+.2f}" for n in CATEGORIES if n in r)
         print(f"step {r['step']:4d}  loss {r['loss']:.3f}  {cells}")

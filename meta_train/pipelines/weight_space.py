@@ -38,10 +38,12 @@ def _models_for(task: str, models: list[str]) -> list[str]:
 
 
 def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: dict, force: bool = False,
-             root: str | None = None, progress: bool = True, item_overrides: dict | None = None) -> list[Path]:
-    """Run every (task, dataset) x model x seed in ``plan`` (seeds outermost); skip existing records.
+             root: str | None = None, progress: bool = True, item_overrides: dict | None = None,
+             device: str = "cpu") -> list[Path]:
+    """Run every (task, dataset) x model x seed in ``plan`` (seeds outermost) on ``device``; skip existing records.
 
-    Settings: the task defaults, then ``item_overrides``, then ``overrides`` (the command line; None = not given)."""
+    Settings: the task defaults, then ``item_overrides``, then ``overrides`` (the command line; None = not given).
+    A zoo that is not cached yet is fitted on ``device`` too."""
     cache: dict[tuple, object] = {}
     done = []
     for seed in seeds:
@@ -57,11 +59,11 @@ def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: di
                 key = (task, dataset, spec.train_size, spec.val_size, spec.test_size)
                 if key not in cache:
                     t0 = time.time()
-                    cache[key] = load_task_data(spec, root)
+                    cache[key] = load_task_data(spec, root, device)
                     print(f"loaded {task}/{dataset}: {len(cache[key].train)} train, {len(cache[key].val)} val, "
                           f"{len(cache[key].test)} test ({time.time() - t0:.1f} s)", flush=True)
                 run(spec, data=cache[key], out_dir=out, progress=progress, root=root,
-                    log=lambda s: print(s, flush=True))
+                    log=lambda s: print(s, flush=True), device=device)
                 done.append(path)
     return done
 
@@ -83,16 +85,16 @@ def weight_space_main(args: argparse.Namespace) -> None:
         return
     if args.action == "all":
         plan = ALL_PLAN if not args.dataset else tuple((t, d) for t, d in ALL_PLAN if d in args.dataset)
-        run_many(plan, models, seeds, out, overrides, args.force, args.data_root, not args.quiet)
+        run_many(plan, models, seeds, out, overrides, args.force, args.data_root, not args.quiet, device=args.device)
         if not args.no_extra:
             for task, dataset, long_models, item in EXTRA_PLAN:
                 if args.dataset and dataset not in args.dataset:
                     continue
                 run_many([(task, dataset)], [m for m in long_models if m in models], seeds[:1], out, overrides,
-                         args.force, args.data_root, not args.quiet, item_overrides=item)
+                         args.force, args.data_root, not args.quiet, item_overrides=item, device=args.device)
         res = write_report(out, args.results, notes=NOTES)
         print(f"{res['records']} records -> {args.results}/weight_space.md, .json; figures {res['figures']}")
         return
     datasets = args.dataset or [DEFAULT_DATASET[args.action]]
     run_many([(args.action, d) for d in datasets], models, seeds, out, overrides, args.force, args.data_root,
-             not args.quiet)
+             not args.quiet, device=args.device)

@@ -18,6 +18,10 @@ padded to the longest architecture. Splits of one zoo share the templates and gr
 * the same rows densely, zero padded ``[B, Pmax]`` (the flattened-weights MLP baseline) and the StatNN statistics
   (precomputed once per table: they do not change under the augmentations used here).
 
+The tables stay on the CPU; a batcher built with ``device`` indexes them there and moves only the batch's rows (and
+statistics) to the device, where the normalisation, the scatter onto the (cached, on-device) batched graph and the
+model run.
+
 Normalisation (:class:`Normalizer`): every parameter tensor of an architecture is standardised with the mean and
 standard deviation of that tensor over the *train* members of that architecture (per-layer statistics, so the
 hidden-neuron symmetry is kept: the statistics are invariant to it). Architectures absent from the train split
@@ -215,7 +219,7 @@ class Normalizer:
 def tensor_stats(graph: NeuralGraph, rows: torch.Tensor) -> torch.Tensor:
     """``[B, P]`` graph-order rows of one architecture -> ``[B, T, 7]``: per parameter tensor ``mean, var, q0, q25,
     q50, q75, q100``."""
-    q = torch.tensor(_QUANTILES, dtype=rows.dtype)
+    q = torch.tensor(_QUANTILES, dtype=rows.dtype, device=rows.device)
     out, start = [], 0
     for shape in graph.param_shapes:
         x = rows[:, start: start + shape.numel()]
@@ -257,6 +261,7 @@ class WeightBatch:
     stats ``[B, S]`` standardised StatNN features; std ``[P_total]`` the normaliser's std of every element and
     std_rows ``[B, P_b]`` the same per member (1 on padding);
     index ``[B]`` member ids; arch ``[B]`` their architecture ids.
+    Everything is on the batcher's device except ``index`` and ``arch``, which index the CPU tables.
     """
 
     graph: NeuralGraph | None
@@ -300,13 +305,15 @@ class Batcher:
             batches. Without ``mixed``, batches hold one architecture each (cached per architecture and size).
         graph_inputs: build the batched graph and its node / edge features (False for the flat baselines, which
             only read ``dense`` / ``stats``: ``graph``, ``node`` and ``edge`` are then None).
+        device: where the batches go (module docstring); the table, the normaliser and ``stats`` stay on the CPU.
     """
 
     def __init__(self, table: ParamTable, normalizer: Normalizer, stat_mean: torch.Tensor | None = None,
                  stat_std: torch.Tensor | None = None, mixed: bool = False, raw_channel: bool = False,
-                 graph_inputs: bool = True):
+                 graph_inputs: bool = True, device: str | torch.device = "cpu"):
         self.table, self.normalizer, self.mixed, self.raw_channel = table, normalizer, mixed, raw_channel
         self.graph_inputs = graph_inputs
+        self.device = torch.device(device)
         self.channels = 2 if raw_channel else 1
         stats = statnn_features(table)
         if stat_mean is None:
@@ -317,8 +324,9 @@ class Batcher:
         self._plan: tuple[int, torch.Tensor] | None = None
 
     def batched_graph(self, archs: tuple[int, ...]) -> NeuralGraph:
+        """The batched graph of members of these architectures, built once and kept on the batcher's device."""
         if archs not in self._graphs:
-            self._graphs[archs] = NeuralGraph.batch([self.table.graphs[a] for a in archs])
+            self._graphs[archs] = NeuralGraph.batch([self.table.graphs[a] for a in archs]).to(self.device)
         return self._graphs[archs]
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -350,15 +358,23 @@ class Batcher:
 
     def make(self, index: torch.Tensor, rows: torch.Tensor | None = None) -> WeightBatch:
         """The batch of members ``index``. ``rows`` ``[B, >=P]`` replaces their raw flat rows (augmentation)."""
-        index = torch.as_tensor(index).long()
+        # The lookups in the CPU tables happen on the CPU; then only the batch's rows move to the device.
+        index = torch.as_tensor(index).long().cpu()
         archs = self.table.arch[index]
         lengths = self.table.lengths[archs]
         n = int(lengths.max())
-        raw = (self.table.flat[index] if rows is None else rows)[:, :n]
+        raw_cpu = (self.table.flat[index] if rows is None else rows.cpu())[:, :n]
         mask = self.table.mask[archs][:, :n]
-        mean, std = self.normalizer.mean[archs, :n], self.normalizer.std[archs, :n]
-        norm = (raw - mean) / std * mask
         single = bool(mask.all())
+        if rows is None:
+            stats = self.stats[index]
+        else:  # augmented rows (sign flips change the statistics): recompute (one architecture per call)
+            stats = torch.cat([(statnn_features(self.table, raw_cpu[archs == a], a) - self.stat_mean) / self.stat_std
+                               for a in archs.unique().tolist()])[torch.argsort(torch.sort(archs, stable=True).indices)]
+        dev = self.device
+        raw, mask, stats = raw_cpu.to(dev), mask.to(dev), stats.to(dev)
+        mean, std = self.normalizer.mean[archs, :n].to(dev), self.normalizer.std[archs, :n].to(dev)
+        norm = (raw - mean) / std * mask
         graph = node = edge = None
         if self.graph_inputs:
             graph = self.batched_graph(tuple(archs.tolist()))
@@ -371,11 +387,6 @@ class Batcher:
             edge = edge.reshape(graph.num_edges, -1)
         dense = raw.new_zeros(index.numel(), self.table.flat.shape[1])
         dense[:, :n] = norm
-        if rows is None:
-            stats = self.stats[index]
-        else:  # augmented rows (sign flips change the statistics): recompute (one architecture per call)
-            stats = torch.cat([(statnn_features(self.table, raw[archs == a], a) - self.stat_mean) / self.stat_std
-                               for a in archs.unique().tolist()])[torch.argsort(torch.sort(archs, stable=True).indices)]
         return WeightBatch(graph=graph, node=node, edge=edge,
                            flat=raw.reshape(-1) if single else raw[mask], rows=raw, mask=mask, dense=dense,
                            stats=stats, std=std.reshape(-1) if single else std[mask], std_rows=std,

@@ -21,6 +21,10 @@ Design (as in the CNN Wild Park / small-CNN-zoo papers, scaled to one CPU core):
   stored member reproduces its stored accuracy bit for bit.
 * The train / val / test split of the zoo is drawn per *run*: all snapshots of a run share a split.
 
+``device`` (``--device cuda``) trains the groups and evaluates the members on a GPU (the initial weights are drawn on
+the CPU, the same on every device); the stored weights are CPU tensors. Accuracies are exact re-evaluations on the
+device the zoo was built on (``eval["device"]``); elsewhere they agree up to floating-point rounding.
+
 The zoo is cached at ``<cache dir>/cnnzoo-<dataset>-<settings hash>.pt`` where the cache dir is ``cache_dir``,
 else ``$L2O_ZOO_DIR``, else ``<data root>/weight_space`` (or ``~/.cache/l2o/weight_space`` when the data root
 is not writable). It is written atomically; finished groups are kept in a ``.parts`` folder
@@ -60,6 +64,7 @@ from tasks.data import (
     load_dataset,
     resolve_data_root,
 )
+from tasks.devices import parse_device
 from tasks.weight_space.cnn_zoo_member import (
     ACTIVATIONS,
     DEPTHS,
@@ -146,7 +151,7 @@ def _check_group(specs: Sequence[CnnSpec]) -> None:
 
 
 def train_group(specs: Sequence[CnnSpec], train: ImageDataset, snapshots: Sequence[int],
-                progress: bool | str = False) -> dict[str, torch.Tensor]:
+                progress: bool | str = False, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Train the runs ``specs`` (one architecture) together and return their weights at every snapshot step.
 
     Run g starts from ``build_cnn(specs[g])`` (its seed and init scale) and takes ``max(snapshots)`` Adam steps
@@ -157,12 +162,15 @@ def train_group(specs: Sequence[CnnSpec], train: ImageDataset, snapshots: Sequen
     not depend on the other runs of the group (up to floating-point rounding of the batched convolutions), so
     training a run alone gives the same weights (see the tests).
 
+    The runs train on ``device`` (built on the CPU, then moved); the returned tensors are on the CPU.
+
     Returns:
         ``params`` float32 ``[S, G, P]`` (snapshot, run, flat parameters in state_dict order) and ``train_loss``
         float32 ``[S, G]``: the mean mini-batch loss over the steps since the previous snapshot (at step 0: the
         loss of batch 0 at the initial weights).
     """
     _check_group(specs)
+    device = torch.device(device)
     snaps = sorted({int(s) for s in snapshots})
     if not snaps or snaps[0] < 0:
         raise ValueError(f"snapshots must be non-negative step counts, got {snapshots}")
@@ -170,23 +178,26 @@ def train_group(specs: Sequence[CnnSpec], train: ImageDataset, snapshots: Sequen
     names = param_names(specs[0])
     models = [build_cnn(s) for s in specs]
     params, _ = stack_module_state(models)
-    params = {n: params[n].detach().clone() for n in names}
-    base = build_cnn(specs[0].architecture(), init=False)
+    params = {n: params[n].detach().to(device, copy=True) for n in names}
+    base = build_cnn(specs[0].architecture(), init=False).to(device)
 
     def loss_fn(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(base, p, (x,)), y)
 
     shared = len({s.data_seed for s in specs}) == 1
     step_fn = vmap(grad_and_value(loss_fn), in_dims=(0, None, None) if shared else 0)
-    streams = [BatchStream(train, specs[0].batch_size, seed=s.data_seed) for s in (specs[:1] if shared else specs)]
+    # The shared stream keeps the data set on the device; per-run streams stay on the CPU (one device copy of the
+    # data set each would be G copies) and their batches are moved per step.
+    streams = [BatchStream(train, specs[0].batch_size, seed=s.data_seed, device=device if shared else "cpu")
+               for s in (specs[:1] if shared else specs)]
     G, B = len(specs), specs[0].batch_size
-    lr = torch.tensor([s.lr for s in specs], dtype=torch.float32)
+    lr = torch.tensor([s.lr for s in specs], dtype=torch.float32, device=device)
     m = {n: torch.zeros_like(p) for n, p in params.items()}
     v = {n: torch.zeros_like(p) for n, p in params.items()}
     b1, b2 = ADAM_BETAS
     out_params = torch.empty(len(snaps), G, sum(p[0].numel() for p in params.values()))
     out_loss = torch.empty(len(snaps), G)
-    loss_sum, loss_count, k = torch.zeros(G), 0, 0
+    loss_sum, loss_count, k = torch.zeros(G, device=device), 0, 0
     bar = tqdm(range(total + (1 if total == 0 else 0)), desc=progress if isinstance(progress, str) else "group",
                unit="step", leave=False, disable=not progress, mininterval=1.0)
     for t in bar:
@@ -194,12 +205,12 @@ def train_group(specs: Sequence[CnnSpec], train: ImageDataset, snapshots: Sequen
             x, y = streams[0].batch(t)
         else:
             idx = torch.stack([st.indices(t) for st in streams]).reshape(-1)
-            x = streams[0].normalise(train.images[idx]).view(G, B, *train.shape)
-            y = train.labels[idx].view(G, B)
+            x = streams[0].normalise(train.images[idx]).view(G, B, *train.shape).to(device)
+            y = train.labels[idx].view(G, B).to(device)
         with torch.no_grad():
             grads, loss = step_fn(params, x, y)
         if t == 0 and snaps[0] == 0:
-            out_params[k], out_loss[k] = flatten_state(params, names, stacked=True), loss
+            out_params[k], out_loss[k] = flatten_state(params, names, stacked=True).cpu(), loss.cpu()
             k += 1
         if total == 0:
             break
@@ -215,9 +226,9 @@ def train_group(specs: Sequence[CnnSpec], train: ImageDataset, snapshots: Sequen
         loss_sum += loss
         loss_count += 1
         if t + 1 in snaps:
-            out_params[k] = flatten_state(params, names, stacked=True)
-            out_loss[k] = loss_sum / loss_count
-            loss_sum, loss_count, k = torch.zeros(G), 0, k + 1
+            out_params[k] = flatten_state(params, names, stacked=True).cpu()
+            out_loss[k] = (loss_sum / loss_count).cpu()
+            loss_sum, loss_count, k = torch.zeros(G, device=device), 0, k + 1
     bar.close()
     return {"params": out_params, "train_loss": out_loss, "steps": torch.tensor(snaps)}
 
@@ -242,19 +253,21 @@ def load_test_subset(dataset: str, root: str | Path | None = None, n_test: int =
 
 
 def count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Number of examples whose arg-max logit is the label, in fixed chunks of EVAL_CHUNK examples."""
+    """Number of examples whose arg-max logit is the label, in fixed chunks of EVAL_CHUNK examples (moved to the
+    model's device chunk by chunk)."""
+    device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
         for start in range(0, len(x), EVAL_CHUNK):
-            logits = model(x[start:start + EVAL_CHUNK])
-            correct += int((logits.argmax(dim=1) == y[start:start + EVAL_CHUNK]).sum())
+            logits = model(x[start:start + EVAL_CHUNK].to(device))
+            correct += int((logits.argmax(dim=1) == y[start:start + EVAL_CHUNK].to(device)).sum())
     return correct
 
 
 def evaluate_network(model: nn.Module, dataset: str, root: str | Path | None = None, n_test: int = 2000,
                      strict: bool = True) -> float:
     """Test accuracy of ``model`` on the zoo's test subset (first ``n_test`` official test images, the zoo's
-    normalisation); the same computation that produced the stored ``test_acc``."""
+    normalisation), on the model's device; the same computation that produced the stored ``test_acc``."""
     x, y = load_test_subset(dataset, root, n_test, strict)
     was_training = model.training
     model.eval()
@@ -264,10 +277,12 @@ def evaluate_network(model: nn.Module, dataset: str, root: str | Path | None = N
         model.train(was_training)
 
 
-def _count_correct_group(specs_arch: CnnSpec, flats: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[int]:
-    """Correct counts of every row of ``flats`` ``[M, P]`` (one architecture), one standalone module each: the
-    exact computation of `evaluate_network` (a vmap'd evaluation would round differently from it)."""
-    model = build_cnn(specs_arch, init=False)
+def _count_correct_group(specs_arch: CnnSpec, flats: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                         device: str | torch.device = "cpu") -> list[int]:
+    """Correct counts of every row of ``flats`` ``[M, P]`` (one architecture), one standalone module each on
+    ``device``: the exact computation of `evaluate_network` (a vmap'd evaluation would round differently from it)."""
+    model = build_cnn(specs_arch, init=False).to(device)
+    x, y = x.to(device), y.to(device)  # once per group, not per member
     out = []
     for flat in flats:
         model.load_state_dict(unflatten_state(flat, specs_arch))
@@ -368,9 +383,9 @@ def run_splits(n_runs: int, fractions: Sequence[float], seed: int) -> np.ndarray
 
 
 def _build_group(specs: list[CnnSpec], train: ImageDataset, snapshots: Sequence[int], x_test: torch.Tensor,
-                 y_test: torch.Tensor, run0: int, desc: str) -> dict:
-    """Train one group, evaluate every finite snapshot, return its members (plain types + tensors)."""
-    out = train_group(specs, train, snapshots, progress=desc)
+                 y_test: torch.Tensor, run0: int, desc: str, device: str | torch.device = "cpu") -> dict:
+    """Train one group, evaluate every finite snapshot, return its members (plain types + CPU tensors)."""
+    out = train_group(specs, train, snapshots, progress=desc, device=device)
     arch = specs[0].architecture()
     members = {"specs": [], "params": [], "train_loss": [], "step": [], "run": [], "correct": []}
     dropped = 0
@@ -385,7 +400,7 @@ def _build_group(specs: list[CnnSpec], train: ImageDataset, snapshots: Sequence[
             members["train_loss"].append(float(out["train_loss"][si, g]))
             members["step"].append(int(step))
             members["run"].append(run0 + g)
-    members["correct"] = _count_correct_group(arch, torch.stack(members["params"]), x_test, y_test) \
+    members["correct"] = _count_correct_group(arch, torch.stack(members["params"]), x_test, y_test, device) \
         if members["params"] else []
     members["dropped"] = dropped
     return members
@@ -395,7 +410,8 @@ def build_cnn_zoo(dataset: str, root: str | Path | None = None, n_archs: int | N
                   nets_per_arch: int | None = None, snapshots: Sequence[int] | None = None,
                   batch_size: int | None = None, n_test: int | None = None, seed: int = 0,
                   split_fractions: Sequence[float] | None = None, force: bool = False,
-                  cache_dir: str | Path | None = None, strict: bool = True, progress: bool = True) -> Path:
+                  cache_dir: str | Path | None = None, strict: bool = True, progress: bool = True,
+                  device: str | torch.device = "cpu") -> Path:
     """Build (or find in the cache) the CNN zoo of ``dataset`` ("fmnist" / "fashion-mnist" or "cifar10").
 
     Args:
@@ -410,6 +426,7 @@ def build_cnn_zoo(dataset: str, root: str | Path | None = None, n_archs: int | N
             only without force).
         cache_dir: where to store the zoo (default: see `default_cache_dir`).
         strict: passed to `tasks.data.load_dataset` (False for small synthetic files in the official formats).
+        device: where the groups are trained and evaluated (module docstring); not part of the settings hash.
     Returns:
         Path of the zoo file (load it with `CnnZoo.load`).
     """
@@ -443,7 +460,8 @@ def build_cnn_zoo(dataset: str, root: str | Path | None = None, n_archs: int | N
         if members is None:
             arch = group[0]
             desc = f"  {gi + 1}/{len(groups)} {arch.activation} {list(arch.channels)} k{arch.kernel_size}"
-            members = _build_group(group, train, settings["snapshots"], x_test, y_test, run0, desc if progress else "")
+            members = _build_group(group, train, settings["snapshots"], x_test, y_test, run0, desc if progress else "",
+                                   device)
             atomic_save(members, part)
         built.append(members)
         run0 += len(group)
@@ -470,7 +488,7 @@ def build_cnn_zoo(dataset: str, root: str | Path | None = None, n_archs: int | N
         "eval": {"test_images": int(len(y_test)), "test_subset": "first n of the official test set",
                  "normalisation": "BatchStream: (pixel/255 - mean) / std per channel", "chunk": EVAL_CHUNK,
                  "strict": bool(strict), "dropped_nonfinite": int(sum(m["dropped"] for m in built)),
-                 "build_seconds": float(time.time() - start), "kmax": KMAX},
+                 "build_seconds": float(time.time() - start), "kmax": KMAX, "device": str(device)},
         "settings": settings,
     }
     atomic_save(zoo, path)
@@ -561,9 +579,10 @@ class CnnZoo:
         model.load_state_dict(self.state_dict(i))
         return model
 
-    def evaluate(self, i: int, root: str | Path | None = None) -> float:
-        """Re-evaluate member ``i`` on the zoo's test subset (needs the data root the zoo was built from)."""
-        return evaluate_network(self.module(i), self.dataset, root, self.n_test,
+    def evaluate(self, i: int, root: str | Path | None = None, device: str | torch.device = "cpu") -> float:
+        """Re-evaluate member ``i`` on the zoo's test subset (needs the data root the zoo was built from) on
+        ``device`` (exactly the stored accuracy on the device the zoo was built on, ``data["eval"]["device"]``)."""
+        return evaluate_network(self.module(i).to(device), self.dataset, root, self.n_test,
                                 strict=bool(self.data["eval"].get("strict", True)))
 
     def architectures(self) -> list[CnnSpec]:
@@ -625,7 +644,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the zoo is cached")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where the CNNs train (default cpu)")
     args = parser.parse_args(argv)
+    try:
+        device = parse_device(args.device)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
     try:
         info = dataset_info(args.dataset)
     except KeyError as err:
@@ -637,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.time()
         path = build_cnn_zoo(info.name, root=args.data_root, n_archs=args.n_archs, nets_per_arch=args.nets_per_arch,
                              snapshots=snaps, batch_size=args.batch_size, n_test=args.n_test, seed=args.seed,
-                             force=args.force, cache_dir=args.cache_dir, progress=not args.no_progress)
+                             force=args.force, cache_dir=args.cache_dir, progress=not args.no_progress, device=device)
         elapsed = time.time() - start
         zoo = CnnZoo.load(path)
     except (DataNotFoundError, CorruptDataError, ZooNotFoundError, CorruptZooError) as err:

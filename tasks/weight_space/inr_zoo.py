@@ -20,6 +20,10 @@ the zoo splits follow the image splits. Build from the command line::
 
 A build writes one chunk file per ``batch`` INRs next to the final file and resumes from them when restarted;
 the final file is written atomically (temporary file + rename) and the chunks are then removed.
+
+``device`` (``--device cuda``) fits on a GPU: the initialisations are drawn on the CPU from each INR's seed (the same
+on every device), each micro-batch is fitted on the device and the fitted weights come back to the CPU, so zoo files
+never hold device tensors. On a GPU pass a larger ``--micro-batch`` (e.g. 1024): the default is sized for a CPU cache.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from tasks.data import (
     load_dataset,
     resolve_data_root,
 )
+from tasks.devices import parse_device
 
 from .siren import Siren, make_coords, render, sample_siren_params, siren_param_shapes
 from .storage import atomic_save
@@ -215,8 +220,8 @@ def _lr_at(step: int, steps: int, lr: float, schedule: str) -> float:
 def fit_inrs(images: torch.Tensor, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
              seeds: int | Sequence[int] | torch.Tensor = 0, *, hidden: Sequence[int] = DEFAULT_HIDDEN,
              w0: float = DEFAULT_W0, schedule: str = DEFAULT_SCHEDULE, micro_batch: int = DEFAULT_MICRO_BATCH,
-             backend: str = "fast", init: dict[str, torch.Tensor] | None = None,
-             progress: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+             backend: str = "fast", init: dict[str, torch.Tensor] | None = None, progress: bool = False,
+             device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Fit one SIREN per image, many at once.
 
     Args:
@@ -231,9 +236,10 @@ def fit_inrs(images: torch.Tensor, steps: int = DEFAULT_STEPS, lr: float = DEFAU
         backend: ``"fast"`` (hand-written batched backward) or ``"vmap"`` (``torch.func.vmap(grad(...))``).
         init: optional starting parameters ``{name: [B, ...]}`` instead of the seeded initialisation.
         progress: show a tqdm bar over INRs.
+        device: where the micro-batches are fitted (module docstring).
     Returns:
         ``params`` ``{name: [B, *shape]}`` float32 (``Siren.state_dict()`` names and order), and ``psnr [B]`` in dB
-        of the final reconstruction (clamped to [0, 1]) against the image.
+        of the final reconstruction (clamped to [0, 1]) against the image; on the CPU.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -252,21 +258,23 @@ def fit_inrs(images: torch.Tensor, steps: int = DEFAULT_STEPS, lr: float = DEFAU
         params = sample_siren_params(seed_list, 2, hidden, channels, w0)
     else:
         params = {name: init[name].detach().float().clone() for name in names}
-    coords = make_coords(h, w)
-    template = Siren(2, hidden, channels, w0) if backend == "vmap" else None
+    device = torch.device(device)
+    coords = make_coords(h, w, device=device)
+    template = Siren(2, hidden, channels, w0).to(device) if backend == "vmap" else None
     micro_batch = max(1, int(micro_batch))
     results: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     scores: list[torch.Tensor] = []
     bar = tqdm(total=batch, desc="fit INRs", unit="INR", disable=not progress, leave=False)
     for start in range(0, batch, micro_batch):
         stop = min(batch, start + micro_batch)
-        part = {name: params[name][start:stop].contiguous() for name in names}
-        fitted = _fit_chunk(part, names, targets[start:stop], coords, steps, lr, w0, schedule, template)
+        part = {name: params[name][start:stop].to(device).contiguous() for name in names}
+        target = targets[start:stop].to(device)
+        fitted = _fit_chunk(part, names, target, coords, steps, lr, w0, schedule, template)
         for name in names:
-            results[name].append(fitted[name])
+            results[name].append(fitted[name].cpu())
         with torch.no_grad():
             out = _forward(fitted, names, coords, w0)
-        scores.append(psnr(((out + 1.0) * 0.5).clamp(0.0, 1.0), (targets[start:stop] + 1.0) * 0.5))
+        scores.append(psnr(((out + 1.0) * 0.5).clamp(0.0, 1.0), (target + 1.0) * 0.5).cpu())
         bar.update(stop - start)
     bar.close()
     stacked = {name: (torch.cat(results[name]) if results[name] else torch.zeros(0, *shapes[name])) for name in names}
@@ -527,7 +535,7 @@ def build_inr_zoo(dataset: str, root: str | Path | None = None, n_train: int = 1
                   seed: int = 0, force: bool = False, *, schedule: str = DEFAULT_SCHEDULE,
                   hidden: Sequence[int] = DEFAULT_HIDDEN, w0: float = DEFAULT_W0,
                   micro_batch: int = DEFAULT_MICRO_BATCH, cache_dir: str | Path | None = None, strict: bool = True,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, device: str | torch.device = "cpu") -> Path:
     """Fit (or find cached) the INR zoo of ``dataset`` ("mnist" or "fmnist") and return its file path.
 
     INRs are fitted to the first ``n_train`` images of ``load_dataset(dataset, "train")``, the first ``n_val`` of
@@ -538,6 +546,8 @@ def build_inr_zoo(dataset: str, root: str | Path | None = None, n_train: int = 1
     Args:
         root: data root (default ``$L2O_DATA``); the zoo goes to ``<root>/weight_space/`` unless ``cache_dir``.
         strict: passed to ``load_dataset`` (False accepts small synthetic data files, for tests).
+        device: where the INRs are fitted (not part of the file name: the fit settings are the same on every
+            device; the weights agree up to floating-point rounding).
     """
     info = dataset_info(dataset)
     if info.shape[0] != 1:
@@ -581,7 +591,7 @@ def build_inr_zoo(dataset: str, root: str | Path | None = None, n_train: int = 1
         chunk = _load_chunk(chunk_file, key, start, stop)
         if chunk is None:
             params, scores = fit_inrs(images_t[start:stop], steps, lr, seeds[start:stop], hidden=hidden, w0=w0,
-                                      schedule=schedule, micro_batch=micro_batch)
+                                      schedule=schedule, micro_batch=micro_batch, device=device)
             chunk = {"key": key, "start": start, "stop": stop, "params": params, "psnr": scores}
             atomic_save(chunk, chunk_file)
         chunks.append(chunk)
@@ -598,7 +608,7 @@ def build_inr_zoo(dataset: str, root: str | Path | None = None, n_train: int = 1
         "labels": labels_t, "psnr": torch.cat([c["psnr"] for c in chunks]).float(), "split": splits_t,
         "image_index": index_t, "images": images_t,
         "fit": {"steps": int(steps), "lr": float(lr), "batch": int(batch), "seed": int(seed), "schedule": schedule,
-                "micro_batch": int(micro_batch), "seconds": round(time.time() - t0, 1)},
+                "micro_batch": int(micro_batch), "seconds": round(time.time() - t0, 1), "device": str(device)},
     })
     zoo.save(path)
     if partial.is_dir():
@@ -655,16 +665,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="default: <data root>/weight_space")
     parser.add_argument("--force", action="store_true", help="refit even if the zoo is cached")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where the INRs are fitted (default cpu)")
     args = parser.parse_args(argv)
     try:
         dataset_info(args.dataset)
     except KeyError as err:
         parser.error(str(err.args[0]))
+    try:
+        device = parse_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start = time.time()
     try:
         path = build_inr_zoo(args.dataset, args.data_root, args.n_train, args.n_val, args.n_test, args.steps, args.lr,
                              args.batch, args.seed, args.force, schedule=args.schedule, micro_batch=args.micro_batch,
-                             cache_dir=args.cache_dir)
+                             cache_dir=args.cache_dir, device=device)
         zoo = InrZoo.load(path)
     except (DataNotFoundError, CorruptDataError, InrZooError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,6 +17,11 @@ on the test split and writes a record JSON (``<out>/<task>-<dataset>-<label>-s<s
 tasks, on by default): random hidden-neuron permutations and sign flips (exact symmetries of a SIREN, ``siren.py``).
 Graph encoders are invariant to the permutations anyway; the flattened-weights MLP is not, and all models see the
 sign flips.
+
+Devices: ``run(..., device=...)`` puts the model, the batches (``Batcher``) and the losses on the device; the data
+(parameter tables, labels, targets) stay on the CPU and each batch's part is moved there, and the augmentation draws
+on the CPU from the run's seeded generator (so it is the same on every device). Outputs collected for the metrics
+come back to the CPU.
 """
 from __future__ import annotations
 
@@ -169,16 +174,17 @@ def cnn_task_data(zoo, train_size: int | None = None, val_size: int | None = Non
                     n_outputs=max(n_out), info=info)
 
 
-def load_task_data(spec: "RunSpec", root: str | None = None) -> TaskData:
-    """Load (building and caching if needed) the zoo of ``spec.dataset`` for ``spec.task``."""
+def load_task_data(spec: "RunSpec", root: str | None = None, device: str | torch.device = "cpu") -> TaskData:
+    """Load (building and caching if needed) the zoo of ``spec.dataset`` for ``spec.task``; ``device``: where a
+    zoo that is not cached yet is fitted (the data returned is on the CPU either way)."""
     if spec.task in ("classify", "edit"):
         from .inr_zoo import load_or_build_inr_zoo
 
-        zoo = load_or_build_inr_zoo(spec.dataset, root)
+        zoo = load_or_build_inr_zoo(spec.dataset, root, device=device)
         return inr_task_data(zoo, spec.task, spec.train_size, spec.val_size, spec.test_size)
     from .cnn_zoo import CnnZoo, build_cnn_zoo
 
-    zoo = CnnZoo.load(build_cnn_zoo(spec.dataset, root))
+    zoo = CnnZoo.load(build_cnn_zoo(spec.dataset, root, device=device))
     return cnn_task_data(zoo, spec.train_size, spec.val_size, spec.test_size)
 
 
@@ -296,13 +302,13 @@ def build_model(spec: RunSpec, data: TaskData, batcher: Batcher) -> nn.Module:
 class _Task:
     """Loss and metrics of one task (``loss`` on a batch; ``metrics`` on a whole split's collected outputs)."""
 
-    def __init__(self, spec: RunSpec, data: TaskData):
-        self.spec, self.data = spec, data
+    def __init__(self, spec: RunSpec, data: TaskData, device: str | torch.device = "cpu"):
+        self.spec, self.data, self.device = spec, data, torch.device(device)
         if spec.task == "edit":
             from .siren import make_coords
 
             h, w = data.image_shape
-            self.coords = make_coords(h, w)
+            self.coords = make_coords(h, w, device=self.device)
 
     def render(self, rows: torch.Tensor, arch_table: ParamTable) -> torch.Tensor:
         """Edited rows ``[B, P]`` -> pixels ``[B, H*W]`` in [0, 1] scale (not clamped: MSE gradients flow)."""
@@ -314,16 +320,20 @@ class _Task:
     def loss(self, model: nn.Module, batch: WeightBatch, split: Split) -> tuple[torch.Tensor, dict]:
         out = model(batch)
         idx = batch.index
+
+        def rows(table: torch.Tensor) -> torch.Tensor:  # this batch's labels / targets, moved to the device
+            return table[idx].to(self.device)
+
         if self.spec.task == "classify":
-            loss = F.cross_entropy(out["logits"], split.labels[idx])
+            loss = F.cross_entropy(out["logits"], rows(split.labels))
             if "recon" in out:
-                loss = loss + self.spec.aux_recon * F.mse_loss(out["recon"], split.images[idx].flatten(1))
+                loss = loss + self.spec.aux_recon * F.mse_loss(out["recon"], rows(split.images).flatten(1))
             return loss, {"logits": out["logits"].detach()}
         if self.spec.task == "edit":
             pixels = self.render(out["rows"], split.table)
-            loss = F.mse_loss(pixels, split.target[idx])
+            loss = F.mse_loss(pixels, rows(split.target))
             return loss, {"pixels": pixels.detach()}
-        loss = F.binary_cross_entropy_with_logits(out["logit"], split.target[idx])
+        loss = F.binary_cross_entropy_with_logits(out["logit"], rows(split.target))
         return loss, {"pred": out["pred"].detach()}
 
     def metrics(self, split: Split, outputs: list[dict], index: torch.Tensor) -> dict[str, float]:
@@ -363,27 +373,33 @@ def evaluate(model: nn.Module, task: _Task, batcher: Batcher, split: Split, batc
     for idx in batcher.batches(batch_size):
         batch = batcher.make(idx)
         _, out = task.loss(model, batch, split)
-        outputs.append(out)
+        outputs.append({k: v.cpu() for k, v in out.items()})  # the metrics compare them with the CPU tables
         order.append(idx)
     index = torch.cat(order)
     return task.metrics(split, outputs, index), outputs, index
 
 
 def run(spec: RunSpec, data: TaskData | None = None, out_dir: str | Path | None = None, progress: bool = True,
-        root: str | None = None, log: Callable[[str], None] | None = print) -> dict:
-    """Train and evaluate one run; returns the record (also written to ``record_path(out_dir, spec)``)."""
+        root: str | None = None, log: Callable[[str], None] | None = print,
+        device: str | torch.device = "cpu") -> dict:
+    """Train and evaluate one run on ``device`` (module docstring); returns the record (also written to
+    ``record_path(out_dir, spec)``)."""
     t_start = time.time()
-    data = data if data is not None else load_task_data(spec, root)
+    device = torch.device(device)
+    data = data if data is not None else load_task_data(spec, root, device)
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     normalizer = Normalizer(data.train.table)
     mixed = spec.mixed_batches and data.train.table.num_archs > 1
     gin = spec.encoder in GRAPH_ENCODERS
-    train_b = Batcher(data.train.table, normalizer, mixed=mixed, raw_channel=spec.raw_channel, graph_inputs=gin)
-    val_b = Batcher(data.val.table, normalizer, train_b.stat_mean, train_b.stat_std, mixed, spec.raw_channel, gin)
-    test_b = Batcher(data.test.table, normalizer, train_b.stat_mean, train_b.stat_std, mixed, spec.raw_channel, gin)
-    model = build_model(spec, data, train_b)
-    task = _Task(spec, data)
+    train_b = Batcher(data.train.table, normalizer, mixed=mixed, raw_channel=spec.raw_channel, graph_inputs=gin,
+                      device=device)
+    val_b = Batcher(data.val.table, normalizer, train_b.stat_mean, train_b.stat_std, mixed, spec.raw_channel, gin,
+                    device)
+    test_b = Batcher(data.test.table, normalizer, train_b.stat_mean, train_b.stat_std, mixed, spec.raw_channel, gin,
+                     device)
+    model = build_model(spec, data, train_b).to(device)  # built on the CPU: the same initial weights on any device
+    task = _Task(spec, data, device)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     steps_per_epoch = len(train_b.batches(spec.batch_size))
     total = max(1, steps_per_epoch * spec.epochs)
@@ -435,14 +451,14 @@ def run(spec: RunSpec, data: TaskData | None = None, out_dir: str | Path | None 
         "epochs": len(history), "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
         "params": count_parameters(model), "sec_per_epoch": sum(epoch_secs) / max(1, len(epoch_secs)),
         "test_eval_sec": eval_sec, "total_sec": time.time() - t_start, "config": asdict(spec), "history": history,
-        "data": data.info, "torch_threads": torch.get_num_threads(),
+        "data": data.info, "torch_threads": torch.get_num_threads(), "device": str(device),
     }
     if spec.task == "edit":
         with torch.no_grad():
             ref = []
             for idx in test_b.batches(spec.batch_size):
-                ref.append(task.render(data.test.table.flat[idx][:, : int(data.test.table.lengths[0])],
-                                       data.test.table).clamp(0, 1))
+                rows = data.test.table.flat[idx][:, : int(data.test.table.lengths[0])].to(device)
+                ref.append(task.render(rows, data.test.table).clamp(0, 1).cpu())
             ref_pixels = torch.cat(ref)
             record["metrics"]["mse_no_edit"] = float(((ref_pixels - data.test.target[index]) ** 2).mean())
     if spec.task == "generalization":
@@ -471,9 +487,10 @@ def _save_edit_examples(model: nn.Module, task: _Task, batcher: Batcher, data: T
     batch = batcher.make(idx)
     out = model(batch)
     h, w = data.image_shape
+    # Saved from the CPU, so that the figure code reads the file on any machine.
     torch.save({"image": data.test.images[idx], "target": data.test.target[idx].view(-1, h, w),
-                "original": task.render(batch.rows, data.test.table).clamp(0, 1).view(-1, h, w),
-                "edited": task.render(out["rows"], data.test.table).clamp(0, 1).view(-1, h, w)}, path)
+                "original": task.render(batch.rows, data.test.table).clamp(0, 1).view(-1, h, w).cpu(),
+                "edited": task.render(out["rows"], data.test.table).clamp(0, 1).view(-1, h, w).cpu()}, path)
 
 
 def pixel_mlp_reference(zoo, train_size: int, seeds: int = 3, epochs: int = 20, val_size: int = 500) -> list[float]:
