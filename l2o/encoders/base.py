@@ -5,6 +5,9 @@
 ``graph`` is a :class:`~l2o.graph.NeuralGraph` (one architecture, or a batch of several from
 ``NeuralGraph.batch``). ``edge_in`` is the flattened edge feature size, ``kmax**2 * F`` for ``F`` features per
 kernel slot, so encoders that treat kernel positions separately (DNG) can reshape to ``[E, kmax**2, F]``.
+``edge_feats`` may also be a :class:`~l2o.graph.SlotFeatures` (from ``graph.scatter_slots``), the slot-sparse form
+of the same ``[E, edge_in]`` tensor; every encoder gives the same result for both forms, and the sparse one never
+pays for the empty kernel slots (8 of 9 for a linear layer's weights with ``kmax = 3``).
 Every encoder is equivariant to permutations of hidden neurons: permuting the hidden nodes of the input
 permutes the output node and edge embeddings the same way.
 """
@@ -12,8 +15,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..graph import NeuralGraph
+from ..graph import NeuralGraph, SlotFeatures
 
 
 def reset_children(module: nn.Module) -> None:
@@ -32,15 +36,30 @@ class GraphEncoder(nn.Module):
             raise ValueError(f"edge_in={edge_in} must be a multiple of kmax**2={kmax * kmax} (features per kernel slot)")
         self.node_in, self.edge_in, self.hidden, self.depth, self.kmax = node_in, edge_in, hidden, depth, kmax
 
-    def check_inputs(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor) -> None:
+    def check_inputs(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures
+                     ) -> None:
         if graph.kmax != self.kmax:
             raise ValueError(f"{type(self).__name__} was built for kmax={self.kmax}, the graph has kmax={graph.kmax}; "
                              f"build the graph with NeuralGraph.from_module(model, kmax={self.kmax})")
         if node_feats.shape != (graph.num_nodes, self.node_in):
             raise ValueError(f"node_feats must be [N={graph.num_nodes}, {self.node_in}], got {list(node_feats.shape)}")
-        if edge_feats.shape != (graph.num_edges, self.edge_in):
+        if isinstance(edge_feats, SlotFeatures):
+            if edge_feats.index is not graph.slot_index():
+                raise ValueError("edge_feats are SlotFeatures of another graph: build them with graph.scatter_slots")
+            if edge_feats.edge_dim != self.edge_in:
+                raise ValueError(f"edge_feats stand for [E={graph.num_edges}, {edge_feats.edge_dim}] features, "
+                                 f"expected [E, {self.edge_in}]")
+        elif edge_feats.shape != (graph.num_edges, self.edge_in):
             raise ValueError(f"edge_feats must be [E={graph.num_edges}, {self.edge_in}], got {list(edge_feats.shape)}")
 
-    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor
+    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def encode_projected(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures,
+                         weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` followed by the linear map ``weight [D, hidden]`` (no bias) on both outputs:
+        ``(node_emb W^T [N, D], edge_emb W^T [E, D])``. An encoder whose edge output ends in a linear layer folds
+        ``W`` into it (one ``[E, hidden] x [hidden, D]`` product less); this default applies it afterwards."""
+        node_emb, edge_emb = self(graph, node_feats, edge_feats)
+        return F.linear(node_emb, weight), F.linear(edge_emb, weight)

@@ -45,9 +45,19 @@ Edge embeddings: an MLP (:class:`EdgeDecoder`) over ``[node_emb(src), node_emb(d
 ``depth`` is the number of linear layers of that edge decoder. DNG is one traversal per direction by design (the
 paper's cost argument), so ``depth`` does not stack traversals; a deeper decoder is the cheap place for capacity.
 
-Cost choices: the per-slot features of all edges are built at once (``[E, K, F + 4]``, cheap); everything with
-``d`` channels is per layer and per node where possible. The Python loop is over layers (about ten tensor ops each,
-and one host sync per forward for the layer ranges), never over nodes or edges.
+Cost choices: the ``[E, K, F + 4]`` per-slot features are never built. Each layer's block (or, for a per-edge
+layer, its ``[E_t, k, F + 4]`` slot features) is assembled from the feature rows on first use and shared by both
+traversals; with slot-sparse input (:class:`~l2o.graph.SlotFeatures`, one row per parameter element) the block of
+a fully connected linear or conv layer *is* its weight's rows (a view, no copy). The structure channels (fixed
+kernel value, kind one-hot) are constant: a layer whose every block position holds the same ones (a fully connected
+weight layer) is handled by one vector instead of a block. Where to find all of this (:class:`_Plan`) is derived
+from the structure once per graph and cached on it. Everything with ``d`` channels is per layer and per node where
+possible. The Python loop is over layers (about ten tensor ops each), never over nodes or edges.
+
+The edge decoder's first map is applied to ``e_ij`` only, and both it and the input projection are linear (without
+Fourier features), so they are composed once per forward (``[d, d] x [d, K F]``) and applied to the features
+directly; a linear map applied to the encoder's outputs (:meth:`DynamicGraphEncoder.encode_projected`, the update
+head's projection) is likewise folded into the decoder's last layer.
 """
 from __future__ import annotations
 
@@ -55,7 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..graph import EDGE_KINDS, ROLE_INPUT, NeuralGraph
+from ..graph import EDGE_KINDS, ROLE_INPUT, NeuralGraph, SlotFeatures
 from .base import GraphEncoder
 from .embeddings import GraphInputEmbedding
 
@@ -63,20 +73,34 @@ AGGREGATIONS = ("sum", "mean")
 RECURRENCES = ("gru", "rnn", "none")
 
 
+STRUCTURE = 1 + len(EDGE_KINDS)  # per-slot structure channels: fixed kernel value, edge-kind one-hot
+
+
+def occupied_slots(graph: NeuralGraph) -> torch.Tensor:
+    """``[E, K]`` bool: a parameter element or a fixed kernel value (identity edges) sits in the slot."""
+    E, K, N = graph.num_edges, graph.kernel_slots, graph.num_nodes
+    # graph.slot indexes cat([nodes, edges * K]).
+    occ = torch.zeros(N + E * K, dtype=torch.bool, device=graph.device).index_fill_(0, graph.slot, True)
+    return occ[N:].view(E, K) | (graph.edge_constant != 0)
+
+
+def slot_structure(graph: NeuralGraph, dtype: torch.dtype) -> torch.Tensor:
+    """``[E, K, 4]``: the structure channels of every slot, ``[fixed kernel value, kind one-hot]``; the one-hot is
+    set on occupied slots only (:func:`occupied_slots`), so empty slots are all zero."""
+    occ = occupied_slots(graph).to(dtype)
+    kind = F.one_hot(graph.edge_kind, len(EDGE_KINDS)).to(dtype)
+    return torch.cat([graph.edge_constant.to(dtype)[..., None], occ[..., None] * kind[:, None, :]], -1)
+
+
 def slot_features(graph: NeuralGraph, edge_feats: torch.Tensor) -> torch.Tensor:
     """``edge_feats [E, K*F]`` -> per-slot features ``[E, K, F + 4]``: ``[features, fixed kernel value, kind one-hot]``.
 
     The kind one-hot (weight / norm / identity) is set on *occupied* slots only (a parameter element or a fixed
-    kernel value sits there), so empty slots are all zero: ``scatter`` leaves their features zero too.
+    kernel value sits there), so empty slots are all zero: ``scatter`` leaves their features zero too. (The encoder
+    itself never builds this tensor: see :class:`_LayerInputs`.)
     """
-    E, K, N = graph.num_edges, graph.kernel_slots, graph.num_nodes
-    feats = edge_feats.reshape(E, K, -1)
-    const = graph.edge_constant.to(edge_feats.dtype)
-    # A slot is occupied if some parameter element sits there (graph.slot indexes cat([nodes, edges * K])).
-    occ = edge_feats.new_zeros(N + E * K).index_fill(0, graph.slot, 1.0)[N:].view(E, K)
-    occ = torch.maximum(occ, (const != 0).to(edge_feats.dtype))
-    kind = F.one_hot(graph.edge_kind, len(EDGE_KINDS)).to(edge_feats.dtype)
-    return torch.cat([feats, const[..., None], occ[..., None] * kind[:, None, :]], -1)
+    E, K = graph.num_edges, graph.kernel_slots
+    return torch.cat([edge_feats.reshape(E, K, -1), slot_structure(graph, edge_feats.dtype)], -1)
 
 
 class KernelMessage(nn.Module):
@@ -91,7 +115,7 @@ class KernelMessage(nn.Module):
     The message is linear in the slot features ``f`` for fixed sender memories, so the sum of the messages a node
     receives can be computed either per edge (:meth:`message`, then a scatter-sum) or, for a dense layer, as one
     matrix product of the layer's ``[receivers, senders * K]`` feature block with the senders' projections
-    (:meth:`propagate` chooses); both give the same sum.
+    (:meth:`propagate` chooses; :meth:`propagate_block` takes the block itself); both give the same sum.
     """
 
     def __init__(self, hidden: int, slots: int, slot_in: int):
@@ -135,10 +159,55 @@ class KernelMessage(nn.Module):
         # index_add, not a copy: a pair may have several edges (e.g. a weight and a residual identity edge), and
         # the message is linear in the features, so adding their features adds their messages.
         block = slot_feats.new_zeros(num_receivers * n_s, k * f).index_add(
-            0, receive * n_s + send, slot_feats.reshape(E_t, k * f)).view(num_receivers, n_s, k, f)
-        gathered = block.permute(0, 3, 1, 2).reshape(num_receivers * f, n_s * k) @ sender_proj.reshape(n_s * k, d)
-        scaled = (gathered.view(num_receivers, f, d) * self.slot_scale.weight.t()).sum(1)
-        return scaled + self.slot_shift(block.sum((1, 2)))
+            0, receive * n_s + send, slot_feats.reshape(E_t, k * f))
+        return self.propagate_block(sender_proj, block.view(num_receivers, n_s, k, f))
+
+    def propagate_block(self, sender_proj: torch.Tensor, feats: torch.Tensor, structure: torch.Tensor | None = None,
+                        reverse: bool = False) -> torch.Tensor:
+        """Sum of the messages each receiver gets in one dense snapshot, from the layer's feature block.
+
+        Args:
+            feats: ``[n_t, n_s, k, c]``: the summed slot features of the edges from sender ``s`` to receiver ``t``
+                (zeros where there is none), over the first ``c`` slot channels.
+            structure: the remaining ``slot_in - c`` channels: ``[n_t, n_s, k, slot_in - c]``, or one vector
+                ``[slot_in - c]`` when every position of the block holds the same one (a fully connected weight
+                layer: the weight-kind one-hot everywhere), or None when ``c == slot_in``.
+            sender_proj: ``[n_s, k, d]`` (or ``[n_t, k, d]`` with ``reverse``).
+            reverse: messages run from the block's rows ``t`` to its columns ``s`` (the backward traversal).
+        Returns: ``[n_s or n_t, d]`` (columns with ``reverse``, rows without).
+        """
+        n_t, n_s, k, c = feats.shape
+        scale, shift = self.slot_scale.weight, self.slot_shift.weight  # [d, slot_in]
+        out = _block_messages(feats, sender_proj, scale[:, :c], shift[:, :c], reverse)
+        if structure is None:
+            return out
+        if structure.dim() == 1:
+            # sum over the block of (A v) * proj + B v = (A v) * (sum of all projections) + (count) * B v.
+            count = (n_t if reverse else n_s) * k
+            return out + (scale[:, c:] @ structure) * sender_proj.sum((0, 1)) + count * (shift[:, c:] @ structure)
+        return out + _block_messages(structure, sender_proj, scale[:, c:], shift[:, c:], reverse)
+
+
+def _block_messages(block: torch.Tensor, proj: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    reverse: bool) -> torch.Tensor:
+    """``sum_{s,k} A block[t, s, k] * proj[s, k] + B sum_{s,k} block[t, s, k]`` per row ``t`` (per column ``s``, over
+    ``t``, with ``reverse``): ``block [n_t, n_s, k, c]``, ``proj [n_s or n_t, k, d]``, ``scale``, ``shift [d, c]``.
+
+    The block is contracted with the projections in one product (``A`` multiplies elementwise after it: the message
+    is ``A(f) * (W s)``), read where it lies when ``k == 1``: batched over receivers ``[c, n_s] x [n_s, d]`` forward,
+    a single ``[d, n_t] x [n_t, n_s * c]`` in reverse. A column of ones appended to the projections makes the same
+    product return each receiver's feature sums (the input of ``B``) without another pass over the block.
+    """
+    n_t, n_s, k, c = block.shape
+    d = proj.shape[-1]
+    ext = torch.cat([proj.reshape(-1, d), proj.new_ones(proj.shape[0] * k, 1)], 1)  # [senders * k, d + 1]
+    if not reverse:
+        out = torch.matmul(block.view(n_t, n_s * k, c).transpose(1, 2), ext)  # [n_t, c, d + 1]
+    elif k == 1:
+        out = (ext.t() @ block.view(n_t, n_s * c)).view(d + 1, n_s, c).permute(1, 2, 0)  # [n_s, c, d + 1]
+    else:
+        out = torch.matmul(block.permute(1, 3, 0, 2).reshape(n_s, c, n_t * k), ext)
+    return (out[..., :d] * scale.t()).sum(1) + out[..., d] @ shift.t()
 
 
 class MemorySum(nn.Module):
@@ -156,35 +225,186 @@ def _make_cell(recurrence: str, hidden: int) -> nn.Module:
     return MemorySum()
 
 
+def _contiguous_range(rows: torch.Tensor, pos: torch.Tensor, size: int) -> tuple[int, int] | None:
+    """``(a, a + size)`` when row ``a + i`` goes to position ``i`` for every ``i`` (the block is a view), else None."""
+    n = rows.numel()
+    if n != size or n == 0:
+        return None
+    ar = torch.arange(n, device=rows.device)
+    a = int(rows[0])
+    return (a, a + n) if bool((rows == ar + a).all()) and bool((pos == ar).all()) else None
+
+
+class _LayerPlan:
+    """Where layer ``t``'s inputs go (see :class:`_Plan`). Positions index the layer's flattened block
+    ``[n_t, n_s, k]`` (dense layers: receiver, sender, slot) or ``[E_t, k]`` (per-edge layers: edge, slot).
+
+    ``view``: ``(a, b)`` when feature rows ``a:b`` *are* the block in order (no copy), else ``rows`` and ``pos``.
+    ``uniform``: the structure vector ``[4]`` held by every position, else ``struct_pos`` and ``struct_val``.
+    """
+
+    def __init__(self, slots, k, dense, shape, size, send, receive):
+        self.slots, self.k, self.dense, self.shape, self.size = slots, k, dense, shape, size
+        self.send, self.receive = send, receive
+        self.view: tuple[int, int] | None = None
+        self.rows = self.pos = None
+        self.uniform: torch.Tensor | None = None
+        self.struct_pos = self.struct_val = None
+
+
 class _Plan:
-    """Host-side per-layer facts of one graph, read with a single device sync.
+    """Host-side per-layer facts of one graph and one input layout, built once and cached on the graph.
 
     ``node_ptr``, ``edge_ptr`` [L + 1]; ``lo[t]``: lowest layer holding a source of layer ``t``'s edges (messages
     only involve layers ``lo[t] .. t``); ``slots[t]``: kernel slots occupied in layer ``t`` (None = all of them);
     ``dense[t]``: whether layer ``t``'s edges fill at least ``dense_density`` of its (layer ``t``) x (layers
-    ``lo[t] .. t-1``) block.
+    ``lo[t] .. t-1``) block; ``layers[t]``: a :class:`_LayerPlan` (None for a layer without edges).
+
+    ``layout``: what the feature rows are. ``"elements"``: the graph's parameter elements ``[P, F]``
+    (:class:`~l2o.graph.SlotFeatures`; a row sits on one edge slot, or on a node); ``"dense"``: the ``E * K`` rows of
+    ``edge_feats [E, K * F]`` (row ``e * K + k``; rows of unoccupied slots are read too, as given).
     """
 
-    def __init__(self, graph: NeuralGraph, slot_feats: torch.Tensor, dense_density: float):
+    def __init__(self, graph: NeuralGraph, layout: str, dense_density: float):
+        if layout not in ("elements", "dense"):
+            raise ValueError(f"unknown input layout {layout!r}")
         L, K = graph.num_layers, graph.kernel_slots
-        src_layer = graph.node_layer[graph.edge_index[0]]
         lo = torch.full((L,), L, dtype=torch.long, device=graph.device)
-        lo = lo.scatter_reduce(0, graph.edge_layer, src_layer, reduce="amin")
-        occupied = (slot_feats[..., -len(EDGE_KINDS):].sum(-1) > 0).float()
-        used = torch.zeros(L, K, device=graph.device).index_add_(0, graph.edge_layer, occupied)
-        info = torch.cat([graph.layer_node_ptr, graph.layer_edge_ptr, lo, (used > 0).long().flatten()]).tolist()
-        self.num_layers = L
+        lo = lo.scatter_reduce(0, graph.edge_layer, graph.node_layer[graph.edge_index[0]], reduce="amin")
+        occ = occupied_slots(graph)
+        used = torch.zeros(L, K, device=graph.device).index_add_(0, graph.edge_layer, occ.float())
+        # Occupied (edge, slot) pairs with their structure channels, ordered by edge (so by layer).
+        pair_e, pair_k = occ.nonzero().unbind(1)
+        self._pairs = (pair_e, pair_k, slot_structure(graph, graph.edge_constant.dtype)[pair_e, pair_k])
+        self._rows = _edge_rows(graph) if layout == "elements" else None
+        parts = [graph.layer_node_ptr, graph.layer_edge_ptr, lo, (used > 0).long().flatten(),
+                 torch.searchsorted(pair_e, graph.layer_edge_ptr)]
+        if self._rows is not None:
+            parts.append(torch.searchsorted(self._rows[3], torch.arange(L + 1, device=graph.device)))
+        info = torch.cat(parts).tolist()  # the one host sync
+        self.num_layers, self.layout = L, layout
         self.node_ptr, self.edge_ptr = info[: L + 1], info[L + 1: 2 * L + 2]
         self.lo = info[2 * L + 2: 3 * L + 2]
-        flags = info[3 * L + 2:]
+        flags = info[3 * L + 2: 3 * L + 2 + L * K]
+        self._pair_ptr = info[3 * L + 2 + L * K: 4 * L + 3 + L * K]
+        self._row_ptr = info[4 * L + 3 + L * K:]
         self.slots: list[torch.Tensor | None] = []
         self.dense: list[bool] = []
+        self.layers: list[_LayerPlan | None] = []
         for t in range(L):
             in_use = [k for k in range(K) if flags[t * K + k]]
-            self.slots.append(None if len(in_use) == K else torch.tensor(in_use, dtype=torch.long, device=graph.device))
+            self.slots.append(None if len(in_use) == K else torch.tensor(in_use, dtype=torch.long,
+                                                                          device=graph.device))
+            n_r, n_s = self.node_ptr[t + 1] - self.node_ptr[t], self.node_ptr[t] - self.node_ptr[min(self.lo[t], t)]
             edges = self.edge_ptr[t + 1] - self.edge_ptr[t]
-            pairs = (self.node_ptr[t + 1] - self.node_ptr[t]) * (self.node_ptr[t] - self.node_ptr[min(self.lo[t], t)])
-            self.dense.append(edges > 0 and edges >= dense_density * pairs)
+            self.dense.append(edges > 0 and edges >= dense_density * n_r * n_s)
+            self.layers.append(self._layer(graph, t, in_use) if edges else None)
+        del self._pairs, self._rows  # only needed while building
+
+    def _layer(self, graph: NeuralGraph, t: int, in_use: list[int]) -> _LayerPlan:
+        """Where layer ``t``'s feature rows and structure channels go in its block (or per-edge slot features)."""
+        K, dev, dense = graph.kernel_slots, graph.device, self.dense[t]
+        n0, n1, e0, e1 = self.node_ptr[t], self.node_ptr[t + 1], self.edge_ptr[t], self.edge_ptr[t + 1]
+        n_s, k = n0 - self.node_ptr[self.lo[t]], len(in_use)
+        lut = torch.full((K,), -1, dtype=torch.long, device=dev)  # global slot -> position among the slots in use
+        lut[torch.tensor(in_use, dtype=torch.long, device=dev)] = torch.arange(k, device=dev)
+        send, receive = graph.edge_index[0, e0:e1] - self.node_ptr[self.lo[t]], graph.edge_index[1, e0:e1] - n0
+
+        def position(e: torch.Tensor, kk: torch.Tensor) -> torch.Tensor:
+            if dense:  # (receiver, sender, slot) in the [n_t, n_s, k] block
+                return (receive[e - e0] * n_s + send[e - e0]) * k + lut[kk]
+            return (e - e0) * k + lut[kk]  # (edge, slot) in [E_t, k]
+
+        shape = (n1 - n0, n_s, k) if dense else (e1 - e0, k)
+        lay = _LayerPlan(self.slots[t], k, dense, shape, int(torch.Size(shape).numel()), send, receive)
+        if self._rows is not None:
+            r0, r1 = self._row_ptr[t], self._row_ptr[t + 1]
+            rows, re, rk = (x[r0:r1] for x in self._rows[:3])
+        else:
+            re = torch.arange(e0, e1, device=dev).repeat_interleave(k)
+            rk = torch.tensor(in_use, dtype=torch.long, device=dev).repeat(e1 - e0)
+            rows = re * K + rk
+        pos = position(re, rk)
+        lay.view = _contiguous_range(rows, pos, lay.size)
+        if lay.view is None:
+            lay.rows, lay.pos = rows, pos
+        p0, p1 = self._pair_ptr[t], self._pair_ptr[t + 1]
+        pair_e, pair_k, pair_val = (x[p0:p1] for x in self._pairs)
+        spos = position(pair_e, pair_k)
+        if (p1 - p0 == lay.size > 0 and torch.unique(spos).numel() == lay.size
+                and bool((pair_val == pair_val[0]).all())):
+            lay.uniform = pair_val[0]
+        else:
+            lay.struct_pos, lay.struct_val = spos, pair_val
+        return lay
+
+
+def _edge_rows(graph: NeuralGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, edge, slot, layer)`` of the parameter elements held by edges, ordered by layer, then by row."""
+    N, K = graph.num_nodes, graph.kernel_slots
+    on_edge = (graph.slot >= N).nonzero().squeeze(1)
+    rel = graph.slot.index_select(0, on_edge) - N
+    order = torch.sort(graph.edge_layer.index_select(0, rel // K), stable=True).indices
+    rows, rel = on_edge.index_select(0, order), rel.index_select(0, order)
+    edge = rel // K
+    return rows, edge, rel % K, graph.edge_layer.index_select(0, edge)
+
+
+class _LayerInputs:
+    """One forward's inputs of every layer, built from the feature rows on first use and shared by both
+    traversals: the feature block (a view of the rows when the plan allows) and the structure channels."""
+
+    def __init__(self, plan: _Plan, values: torch.Tensor):
+        self.plan, self.values = plan, values
+        self._feats: dict[int, torch.Tensor] = {}
+        self._slot_feats: dict[int, torch.Tensor] = {}
+
+    def features(self, t: int) -> torch.Tensor:
+        """``[size_t, F]``: summed feature rows per block position of layer ``t``."""
+        if t not in self._feats:
+            lay, v = self.plan.layers[t], self.values
+            if lay.view is not None:
+                self._feats[t] = v[lay.view[0]: lay.view[1]]
+            else:
+                # index_add: in a dense block several edges may share a position (a weight and a residual identity
+                # edge between the same neurons); the message is linear in the features, so their sum is right.
+                self._feats[t] = v.new_zeros(lay.size, v.shape[1]).index_add_(
+                    0, lay.pos, v.index_select(0, lay.rows))
+        return self._feats[t]
+
+    def structure(self, t: int) -> torch.Tensor:
+        """``[4]`` (the same at every position) or ``[size_t, 4]``: the structure channels of layer ``t``."""
+        lay, v = self.plan.layers[t], self.values
+        if lay.uniform is not None:
+            return lay.uniform.to(v.dtype)
+        return v.new_zeros(lay.size, STRUCTURE).index_add_(0, lay.struct_pos, lay.struct_val.to(v.dtype))
+
+    def slot_feats(self, t: int) -> torch.Tensor:
+        """``[E_t, k, F + 4]``: per-edge slot features of a layer without a dense block."""
+        if t not in self._slot_feats:
+            lay = self.plan.layers[t]
+            feats, struct = self.features(t), self.structure(t)
+            if struct.dim() == 1:
+                struct = struct.expand(lay.size, STRUCTURE)
+            self._slot_feats[t] = torch.cat([feats, struct], 1).view(*lay.shape, -1)
+        return self._slot_feats[t]
+
+    def receive(self, message: KernelMessage, t: int, sender_proj: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """Summed messages of layer ``t``'s edges: at its nodes ``[n_t, d]``, or, with ``reverse``, at the nodes of
+        layers ``lo[t] .. t-1`` along the reversed edges ``[n_s, d]``."""
+        lay = self.plan.layers[t]
+        if lay.dense:
+            n_t, n_s, k = lay.shape
+            block = self.features(t).view(n_t, n_s, k, -1)
+            struct = self.structure(t)
+            if struct.dim() > 1:
+                struct = struct.view(n_t, n_s, k, -1)
+            return message.propagate_block(sender_proj, block, struct, reverse)
+        nptr = self.plan.node_ptr
+        n_t, n_s = nptr[t + 1] - nptr[t], nptr[t] - nptr[self.plan.lo[t]]
+        send, receive = (lay.receive, lay.send) if reverse else (lay.send, lay.receive)
+        return message.propagate(sender_proj, self.slot_feats(t), send, receive, n_s if reverse else n_t,
+                                 dense=False)
 
 
 def _select(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -220,25 +440,23 @@ class LayerTraversal(nn.Module):
         deg = torch.bincount(receiver, minlength=graph.num_nodes).clamp(min=1)
         return deg.to(memory.dtype)[:, None]
 
-    def forward(self, graph: NeuralGraph, plan: _Plan, memory: torch.Tensor, slot_feats: torch.Tensor
+    def forward(self, graph: NeuralGraph, plan: _Plan, memory: torch.Tensor, inputs: _LayerInputs
                 ) -> torch.Tensor:
-        """``memory [N, d]`` (initial memories), ``slot_feats [E, K, slot_in]`` -> final memories ``[N, d]``."""
+        """``memory [N, d]`` (initial memories), ``inputs`` (the layers' slot features) -> final memories ``[N, d]``."""
         degree = self._degree(graph, memory)
         run = self._backward if self.reverse else self._forward
-        return run(graph, plan, memory, slot_feats, degree)
+        return run(plan, memory, inputs, degree)
 
-    def _forward(self, graph, plan, memory, slot_feats, degree):
-        L, nptr, eptr = plan.num_layers, plan.node_ptr, plan.edge_ptr
+    def _forward(self, plan, memory, inputs, degree):
+        L, nptr = plan.num_layers, plan.node_ptr
         out = [memory[nptr[0]: nptr[1]]]  # input nodes keep their initial memory
         proj = [self.message.project(out[0])] if L > 1 else []
         for t in range(1, L):
-            n0, n1, e0, e1, lo = nptr[t], nptr[t + 1], eptr[t], eptr[t + 1], plan.lo[t]
-            if e1 > e0:
-                src, dst = graph.edge_index[0, e0:e1], graph.edge_index[1, e0:e1]
+            n0, n1, lo = nptr[t], nptr[t + 1], plan.lo[t]
+            if plan.layers[t] is not None:
                 # Senders live in layers lo .. t-1, all already updated.
                 senders = _select(proj[lo] if lo == t - 1 else torch.cat(proj[lo:t], 0), plan.slots[t])
-                agg = self.message.propagate(senders, _select(slot_feats[e0:e1], plan.slots[t]), src - nptr[lo],
-                                             dst - n0, n1 - n0, plan.dense[t])
+                agg = inputs.receive(self.message, t, senders, reverse=False)
                 if degree is not None:
                     agg = agg / degree[n0:n1]
             else:
@@ -248,23 +466,21 @@ class LayerTraversal(nn.Module):
                 proj.append(self.message.project(out[-1]))
         return torch.cat(out, 0)
 
-    def _backward(self, graph, plan, memory, slot_feats, degree):
-        L, nptr, eptr = plan.num_layers, plan.node_ptr, plan.edge_ptr
+    def _backward(self, plan, memory, inputs, degree):
+        L, nptr = plan.num_layers, plan.node_ptr
         inbox: list[torch.Tensor | None] = [None] * L  # messages accumulated per layer
         out: list[torch.Tensor] = [memory] * L
         for t in range(L - 1, -1, -1):
-            n0, n1, e0, e1 = nptr[t], nptr[t + 1], eptr[t], eptr[t + 1]
+            n0, n1 = nptr[t], nptr[t + 1]
             agg = memory.new_zeros(n1 - n0, self.hidden) if inbox[t] is None else inbox[t]
             if degree is not None:
                 agg = agg / degree[n0:n1]
             out[t] = self.cell(agg, memory[n0:n1])
-            if e1 > e0:
+            if plan.layers[t] is not None:
                 # Receivers (the edges' sources) live in layers lo .. t-1 and have not been updated yet.
                 lo = plan.lo[t]
-                src, dst = graph.edge_index[0, e0:e1], graph.edge_index[1, e0:e1]
                 senders = _select(self.message.project(out[t]), plan.slots[t])
-                received = self.message.propagate(senders, _select(slot_feats[e0:e1], plan.slots[t]), dst - n0,
-                                                  src - nptr[lo], n0 - nptr[lo], plan.dense[t])
+                received = inputs.receive(self.message, t, senders, reverse=True)
                 sizes = [nptr[u + 1] - nptr[u] for u in range(lo, t)]
                 for u, part in zip(range(lo, t), received.split(sizes, 0)):
                     inbox[u] = part if inbox[u] is None else inbox[u] + part
@@ -282,19 +498,40 @@ class EdgeDecoder(nn.Module):
         self.node_in = nn.Linear(hidden, 2 * hidden, bias=False)
         self.edge_in = nn.Linear(hidden, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
-        self.act = nn.SiLU()
 
     def reset_parameters(self) -> None:
         for lin in (self.node_in, self.edge_in, *self.layers):
             lin.reset_parameters()
 
-    def forward(self, edge_index: torch.Tensor, node_emb: torch.Tensor, edge_state: torch.Tensor) -> torch.Tensor:
-        """``edge_index [2, E]``, ``node_emb [N, d]``, ``edge_state [E, d]`` -> ``[E, d]``."""
+    def forward(self, edge_index: torch.Tensor, node_emb: torch.Tensor, edge_state: torch.Tensor,
+                out_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``edge_index [2, E]``, ``node_emb [N, d]``, ``edge_state [E, d]`` -> ``[E, d]`` (``[E, D]`` mapped by
+        ``out_weight [D, d]`` when given)."""
+        return self.decode(edge_index, node_emb, self.edge_in(edge_state), out_weight)
+
+    def decode(self, edge_index: torch.Tensor, node_emb: torch.Tensor, edge_input: torch.Tensor,
+               out_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` from ``edge_input = edge_in(edge_state) [E, d]``, a fresh tensor that is accumulated into.
+
+        ``out_weight [D, d]`` (no bias) maps the result; it is folded into the last linear layer (two maps, one
+        ``[E, d] x [d, D]`` product).
+        """
         to_src, to_dst = self.node_in(node_emb).chunk(2, -1)
-        h = to_src.index_select(0, edge_index[0]) + to_dst.index_select(0, edge_index[1]) + self.edge_in(edge_state)
-        for lin in self.layers:
-            h = lin(self.act(h))
+        # In place into the fresh input (autograd-safe: its producer's backward does not read it).
+        h = edge_input.add_(to_src.index_select(0, edge_index[0])).add_(to_dst.index_select(0, edge_index[1]))
+        for i, lin in enumerate(self.layers):
+            weight, bias = lin.weight, lin.bias
+            if out_weight is not None and i == len(self.layers) - 1:
+                weight, bias = out_weight @ weight, out_weight @ bias
+            h = F.linear(_silu(h), weight, bias)
+        if out_weight is not None and not self.layers:
+            h = F.linear(h, out_weight)
         return h
+
+
+def _silu(h: torch.Tensor) -> torch.Tensor:
+    """SiLU of a fresh temporary, in place when no gradient is recorded (saves an ``[E, d]`` allocation)."""
+    return F.silu(h, inplace=not torch.is_grad_enabled())
 
 
 class DynamicGraphEncoder(GraphEncoder):
@@ -353,24 +590,63 @@ class DynamicGraphEncoder(GraphEncoder):
         self.node_out.reset_parameters()
         self.edge_decoder.reset_parameters()
 
-    def traverse(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor
+    def traverse(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Run the traversals. Returns ``(edge_state [E, d], forward_memory [N, d], backward_memory [N, d] | None)``."""
         self.check_inputs(graph, node_feats, edge_feats)
-        x, e = self.embed(graph, node_feats, edge_feats)
-        memory = x + (graph.node_role == ROLE_INPUT)[:, None].to(x.dtype) * self.input_memory
-        slots = slot_features(graph, edge_feats)
-        plan = _Plan(graph, slots, self.dense_density)
-        fwd = self.forward_traversal(graph, plan, memory, slots)
-        bwd = self.backward_traversal(graph, plan, fwd, slots) if self.backward_traversal is not None else None
-        return e, fwd, bwd
+        fwd, bwd = self._memories(graph, node_feats, edge_feats)
+        return self.embed.embed_edges(graph, edge_feats), fwd, bwd
 
-    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor
+    def _memories(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward memories ``[N, d]`` (the traversals never read the edge state)."""
+        x = self.embed.embed_nodes(graph, node_feats)
+        memory = x + (graph.node_role == ROLE_INPUT)[:, None].to(x.dtype) * self.input_memory
+        if isinstance(edge_feats, SlotFeatures):
+            layout, rows = "elements", edge_feats.values
+        else:
+            layout, rows = "dense", edge_feats.reshape(graph.num_edges * graph.kernel_slots, -1)
+        # The plan is structure only: built on the first forward over this graph, then reused.
+        plan = graph.cached(("dng-plan", layout, self.dense_density),
+                            lambda: _Plan(graph, layout, self.dense_density))
+        inputs = _LayerInputs(plan, rows)
+        fwd = self.forward_traversal(graph, plan, memory, inputs)
+        bwd = self.backward_traversal(graph, plan, fwd, inputs) if self.backward_traversal is not None else None
+        return fwd, bwd
+
+    def _decoder_input(self, graph: NeuralGraph, edge_feats: torch.Tensor | SlotFeatures) -> torch.Tensor:
+        """``edge_decoder.edge_in(e) [E, d]`` of the edge state ``e = edge_proj(f) + kind embedding``.
+
+        Without Fourier features both maps are linear, so they are composed first (a ``[d, d] x [d, K F]`` product)
+        and applied to the features at once: the ``[E, d]`` state ``e`` and one ``[E, d] x [d, d]`` product per
+        forward are never formed.
+        """
+        proj, edge_in = self.embed.edge_proj, self.edge_decoder.edge_in
+        if proj.fourier:
+            return edge_in(self.embed.embed_edges(graph, edge_feats))
+        weight = edge_in.weight @ proj.linear.weight  # [d, K F]
+        table = F.linear(self.embed.edge_kind.weight + proj.linear.bias, edge_in.weight, edge_in.bias)  # [kinds, d]
+        base = F.embedding(graph.edge_kind, table)  # fresh: the product is accumulated into it
+        if isinstance(edge_feats, SlotFeatures):
+            return edge_feats.project(weight, into=base)
+        return base.addmm_(edge_feats, weight.t())
+
+    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``node_feats [N, node_in]``, ``edge_feats [E, edge_in]`` -> ``(node_emb [N, d], edge_emb [E, d])``."""
-        e, fwd, bwd = self.traverse(graph, node_feats, edge_feats)
+        return self._encode(graph, node_feats, edge_feats, None)
+
+    def encode_projected(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures,
+                         weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` mapped by ``weight [D, d]``, folded into the edge decoder's last linear layer."""
+        return self._encode(graph, node_feats, edge_feats, weight)
+
+    def _encode(self, graph, node_feats, edge_feats, weight):
+        self.check_inputs(graph, node_feats, edge_feats)
+        fwd, bwd = self._memories(graph, node_feats, edge_feats)
         node_emb = self.node_out(fwd if bwd is None else torch.cat([fwd, bwd], -1))
-        return node_emb, self.edge_decoder(graph.edge_index, node_emb, e)
+        edge_emb = self.edge_decoder.decode(graph.edge_index, node_emb, self._decoder_input(graph, edge_feats), weight)
+        return (node_emb if weight is None else F.linear(node_emb, weight)), edge_emb
 
     def extra_repr(self) -> str:
         return (f"node_in={self.node_in}, edge_in={self.edge_in}, hidden={self.hidden}, depth={self.depth}, "

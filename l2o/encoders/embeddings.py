@@ -16,8 +16,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..graph import ACTIVATIONS, EDGE_KINDS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT, NeuralGraph
+from ..graph import ACTIVATIONS, EDGE_KINDS, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT, NeuralGraph, SlotFeatures
 
 
 def sinusoid_table(n: int, d: int) -> torch.Tensor:
@@ -46,7 +47,12 @@ class FeatureProjection(nn.Module):
         else:
             self.linear = nn.Linear(in_dim, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | SlotFeatures) -> torch.Tensor:
+        """``[*, F] -> [*, d]``; slot-sparse edge features (:class:`SlotFeatures`) -> ``[E, d]``."""
+        if isinstance(x, SlotFeatures):
+            if not self.fourier:  # linear: computed from the occupied slots alone
+                return x.project(self.linear.weight, self.linear.bias)
+            x = x.dense()  # Fourier features of an empty slot are not zero: they need the dense form
         if self.fourier:
             z = 2 * math.pi * x @ self.freqs
             x = torch.cat([x, z.sin(), z.cos()], -1)
@@ -94,7 +100,8 @@ class GraphInputEmbedding(nn.Module):
     Args:
         node_in: node feature size ``F_n``; edge_in: edge feature size ``F_e`` (e.g. ``kmax**2 * F``).
         d: hidden size. fourier: number of random Fourier frequencies (0 = plain linear projection).
-    Shapes: ``forward(graph, node_feats [N, F_n], edge_feats [E, F_e]) -> (x [N, d], e [E, d])``.
+    Shapes: ``forward(graph, node_feats [N, F_n], edge_feats [E, F_e]) -> (x [N, d], e [E, d])``; ``edge_feats`` may
+    also be slot-sparse (:class:`~l2o.graph.SlotFeatures` standing for ``[E, F_e]``).
     """
 
     def __init__(self, node_in: int, edge_in: int, d: int, fourier: int = 0, max_positions: int = 256,
@@ -115,15 +122,26 @@ class GraphInputEmbedding(nn.Module):
         for emb in (self.act, self.spatial, self.edge_kind):
             nn.init.normal_(emb.weight, std=0.1)
 
-    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor
+    def forward(self, graph: NeuralGraph, node_feats: torch.Tensor, edge_feats: torch.Tensor | SlotFeatures
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_nodes(graph, node_feats), self.embed_edges(graph, edge_feats)
+
+    def embed_nodes(self, graph: NeuralGraph, node_feats: torch.Tensor) -> torch.Tensor:
+        """``x [N, d]``: projected features + positional, activation and spatial-position embeddings."""
         x = self.node_proj(node_feats) + self.pos(graph) + self.act(graph.node_activation)
         has_pos = graph.node_position >= 0
         # Non-copies use row 0 masked out, keeping the op free of data-dependent shapes.
         spatial = self.spatial(graph.node_position.clamp(min=0) % self.spatial.num_embeddings)
-        x = x + spatial * has_pos[:, None].to(x.dtype)
-        e = self.edge_proj(edge_feats) + self.edge_kind(graph.edge_kind)
-        return x, e
+        return x + spatial * has_pos[:, None].to(x.dtype)
+
+    def embed_edges(self, graph: NeuralGraph, edge_feats: torch.Tensor | SlotFeatures) -> torch.Tensor:
+        """``e [E, d]``: projected features + edge-kind embedding."""
+        proj = self.edge_proj
+        if isinstance(edge_feats, SlotFeatures) and not proj.fourier:
+            # The kind rows (with the projection's bias folded into the 3-row table) are the product's input.
+            base = F.embedding(graph.edge_kind, self.edge_kind.weight + proj.linear.bias)
+            return edge_feats.project(proj.linear.weight, into=base)
+        return proj(edge_feats) + self.edge_kind(graph.edge_kind)
 
 
 def graph_readout(graph: NeuralGraph, node_emb: torch.Tensor, edge_emb: torch.Tensor | None = None,

@@ -41,7 +41,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from ..graph import NeuralGraph
+from ..graph import NeuralGraph, SlotFeatures
 from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 
@@ -205,13 +205,11 @@ class NGGNN(GraphEncoder):
         for layer in self.layers:
             layer.reset_parameters()
 
-    def forward(self, graph: NeuralGraph, node_feats: Tensor, edge_feats: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, graph: NeuralGraph, node_feats: Tensor, edge_feats: Tensor | SlotFeatures
+                ) -> tuple[Tensor, Tensor]:
         self.check_inputs(graph, node_feats, edge_feats)
         if self.shared_reverse:
-            zero = torch.zeros_like(edge_feats)
-            x, e = self.embed(graph, node_feats, torch.cat([edge_feats, zero, edge_feats], 1))
-            e_twin = self.embed.edge_proj(torch.cat([zero, edge_feats, edge_feats], 1)) + self.embed.edge_kind(graph.edge_kind)
-            e = torch.cat([e, e_twin], 0)  # [2E, d]: forward edges, then their twins
+            x, e = self.embed.embed_nodes(graph, node_feats), self._twin_edge_states(graph, edge_feats)
             rels = [torch.cat([graph.edge_index, graph.reverse_edge_index()], 1)]
         else:
             x, e = self.embed(graph, node_feats, edge_feats)
@@ -221,3 +219,22 @@ class NGGNN(GraphEncoder):
         for layer in self.layers:
             x, e = layer(x, e, rels, deg, amp)
         return x, e[: graph.num_edges]
+
+    def _twin_edge_states(self, graph: NeuralGraph, edge_feats: Tensor | SlotFeatures) -> Tensor:
+        """``[2E, d]``: the embeddings of ``[e_ij, 0, e_ij]`` (forward edges), then of ``[0, e_ij, e_ij]`` (twins)."""
+        kind = self.embed.edge_kind(graph.edge_kind)
+        proj = self.embed.edge_proj
+        if isinstance(edge_feats, SlotFeatures) and not proj.fourier:
+            # Linear in the features: [f, 0, f] W^T = f (W_1 + W_3)^T, so both directions come from one product
+            # over the occupied slots, never from [E, 3 K F] inputs.
+            w1, w2, w3 = proj.linear.weight.chunk(3, dim=1)
+            bias = proj.linear.bias
+            both = edge_feats.project(torch.cat([w1 + w3, w2 + w3], 0), torch.cat([bias, bias]))
+            fwd, twin = both.chunk(2, dim=1)
+            return torch.cat([fwd + kind, twin + kind], 0)
+        if isinstance(edge_feats, SlotFeatures):
+            edge_feats = edge_feats.dense()
+        zero = torch.zeros_like(edge_feats)
+        e = proj(torch.cat([edge_feats, zero, edge_feats], 1)) + kind
+        e_twin = proj(torch.cat([zero, edge_feats, edge_feats], 1)) + kind
+        return torch.cat([e, e_twin], 0)  # forward edges, then their twins

@@ -13,6 +13,11 @@ A :class:`NeuralGraph` is the static structure of one architecture (or a batch o
 Each has a ``*_flat`` twin working on all parameters concatenated into one ``[P, F]`` tensor (``P`` = number of
 represented parameter elements, in ``param_names`` order), which is what the hot path of the optimizer uses.
 
+``scatter_slots`` is the slot-sparse twin of ``scatter_flat``: it returns the node features and a
+:class:`SlotFeatures` that keeps the per-element rows ``[P, F]`` with each row's (edge, kernel slot), instead of the
+dense ``[E, K, F]`` whose empty slots (8 of 9 for every linear weight with ``kmax = 3``) are zeros. Encoders take
+either form; linear maps of the edge features (:meth:`SlotFeatures.project`) never build the dense one.
+
 Layout guarantees (encoders rely on them): nodes are sorted by ``node_layer`` and edges by ``edge_layer`` (the
 layer of the edge's *target*), so layer ``t`` is the contiguous range ``layer_node_ptr[t]:layer_node_ptr[t+1]``
 (and likewise for edges); every edge goes from a lower to a higher layer, i.e. layer order is a topological
@@ -28,7 +33,7 @@ projections of an edge (K >= 3), without changing this layout.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -40,6 +45,9 @@ ROLES = ("input", "hidden", "output")
 
 def _max0(t: torch.Tensor) -> int:
     return int(t.max()) if t.numel() else 0
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class NeuralGraph:
     layers: list[list[LayerInfo]] = field(default_factory=list)  # per graph
     unmapped_params: list[str] = field(default_factory=list)  # parameters not on the graph (unused or skipped)
     skipped_modules: list[str] = field(default_factory=list)  # parts left off with on_unsupported="skip"
+    # Index tensors derived from the structure on first use (see `cached`); never compared, copied by `to` or shown.
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -261,6 +271,13 @@ class NeuralGraph:
                 f"layers={self.num_layers}, kmax={self.kmax}, params={len(self.param_names)} tensors / "
                 f"{self.num_param_elements} elements)")
 
+    def cached(self, key: object, build: Callable[[], _T]) -> _T:
+        """``build()`` once per graph and ``key``: index tensors derived from the (immutable) structure, so the
+        per-step hot path does not recompute them."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
     # ------------------------------------------------------------------ flat <-> per-parameter
     def flatten(self, per_param: Mapping[str, torch.Tensor] | Iterable[torch.Tensor], feature_dim: bool = True
                 ) -> torch.Tensor:
@@ -318,12 +335,39 @@ class NeuralGraph:
         buf = torch.cat([node_feats, edge_feats.reshape(E * K, -1)], 0)
         return buf.index_select(0, self.slot)
 
+    def scatter_slots(self, flat: torch.Tensor) -> tuple[torch.Tensor, "SlotFeatures"]:
+        """``[P, F]`` -> ``(node_feats [N, F], SlotFeatures)``: :meth:`scatter_flat` without the dense edge buffer.
+
+        ``SlotFeatures(...).dense()`` equals ``scatter_flat(flat)[1].reshape(E, K * F)``. Differentiable.
+        """
+        if flat.dim() != 2 or flat.shape[0] != self.num_param_elements:
+            raise ValueError(f"scatter_slots expects [P={self.num_param_elements}, F], got {list(flat.shape)}")
+        index = self.slot_index()
+        node = flat.new_zeros(self.num_nodes, flat.shape[1]).index_copy(
+            0, index.node_of, flat.index_select(0, index.node_rows))
+        return node, SlotFeatures(flat, index)
+
+    def slot_index(self) -> "SlotIndex":
+        """Where the parameter elements sit (cached): see :class:`SlotIndex`."""
+        return self.cached("slot_index", lambda: SlotIndex.for_elements(self))
+
     def gather_flat(self, node_emb: torch.Tensor, edge_emb: torch.Tensor) -> torch.Tensor:
         """``(node_emb [N, D], edge_emb [E, D])`` -> ``[P, D]``: each element gets its node's / edge's embedding."""
         if node_emb.shape[0] != self.num_nodes or edge_emb.shape[0] != self.num_edges:
             raise ValueError(f"gather expects node [{self.num_nodes}, D] and edge [{self.num_edges}, D], got "
                              f"{list(node_emb.shape)} and {list(edge_emb.shape)}")
-        return torch.cat([node_emb, edge_emb], 0).index_select(0, self.elem_owner)
+        if self.num_edges == 0:
+            return node_emb.index_select(0, self.elem_owner)
+        index = self.slot_index()
+        # Filled piece by piece (no cat([node_emb, edge_emb]) copy of all E rows first): a weight tensor's rows are
+        # its edges' rows in order, each repeated once per occupied slot (a broadcast copy, no index reads); other
+        # rows are gathered. In place into a fresh tensor: autograd records each write.
+        out = edge_emb.new_empty(self.num_param_elements, edge_emb.shape[1])
+        for r0, r1, e0, e1, slots in index.segments:
+            out[r0:r1].view(e1 - e0, len(slots), -1).copy_(edge_emb[e0:e1, None])
+        for _, rows, edges in index.groups:
+            out.index_copy_(0, rows, edge_emb.index_select(0, edges))
+        return out.index_copy_(0, index.node_rows, node_emb.index_select(0, index.node_of))
 
     def scatter(self, per_param) -> tuple[torch.Tensor, torch.Tensor]:
         """``{name: [*param.shape, F]}`` -> ``(node_feats [N, F], edge_feats [E, K, F])``."""
@@ -374,3 +418,152 @@ class NeuralGraph:
     def reverse_edge_index(self) -> torch.Tensor:
         """``[2, E]`` with source and target swapped (for messages from later to earlier layers)."""
         return self.edge_index.flip(0)
+
+
+@dataclass(frozen=True, eq=False)
+class SlotIndex:
+    """Where the rows of a per-element feature tensor ``[P, F]`` sit on the graph (structure only, cached per graph).
+
+    Attributes (``P`` rows, ``E`` edges, ``K`` kernel slots):
+        num_rows, num_edges, kernel_slots: ``P``, ``E``, ``K``.
+        node_rows [P_n], node_of [P_n]: the rows held by nodes (biases) and their nodes.
+        segments: ``(r0, r1, e0, e1, slots)`` for every parameter tensor whose rows ``r0:r1`` fill edges ``e0:e1``
+            edge by edge, the same kernel slots ``slots`` (a tuple, in row order) on each: a linear weight (one
+            slot) or a conv kernel (its ``k x k`` slots). Rows ``r0:r1`` viewed as ``[e1 - e0, len(slots) * F]`` *are*
+            those edges' occupied features, so a linear map of them is one product on a view, no gather.
+        groups: every other edge-held row, by kernel slot: ``(k, rows, edges)`` with ``rows [n_k]`` the rows at slot
+            ``k`` and ``edges [n_k]`` their edges.
+    """
+
+    num_rows: int
+    num_edges: int
+    kernel_slots: int
+    node_rows: torch.Tensor
+    node_of: torch.Tensor
+    segments: tuple
+    groups: tuple
+
+    @staticmethod
+    def for_elements(graph: NeuralGraph) -> "SlotIndex":
+        N, E, K = graph.num_nodes, graph.num_edges, graph.kernel_slots
+        slot = graph.slot
+        on_edge = slot >= N
+        node_rows = (~on_edge).nonzero().squeeze(1)
+        edge_all, kk_all = (slot - N).clamp(min=0) // K, (slot - N).clamp(min=0) % K
+        segments, rest = [], torch.ones_like(on_edge) & on_edge
+        offsets = graph.param_offsets.tolist()
+        for r0, r1 in zip(offsets[:-1], offsets[1:]):
+            seg = _segment(on_edge[r0:r1], edge_all[r0:r1], kk_all[r0:r1])
+            if seg is not None:
+                e0, e1, slots = seg
+                segments.append((r0, r1, e0, e1, slots))
+                rest[r0:r1] = False
+        rows = rest.nonzero().squeeze(1)
+        edge, kk = edge_all.index_select(0, rows), kk_all.index_select(0, rows)
+        groups = []
+        for k in torch.unique(kk).tolist():
+            mask = kk == k
+            groups.append((k, rows[mask], edge[mask]))
+        return SlotIndex(num_rows=slot.numel(), num_edges=E, kernel_slots=K, node_rows=node_rows,
+                         node_of=slot.index_select(0, node_rows), segments=tuple(segments),
+                         groups=tuple(groups))
+
+
+def _segment(on_edge: torch.Tensor, edge: torch.Tensor, kk: torch.Tensor) -> tuple[int, int, tuple] | None:
+    """``(e0, e1, slots)`` when one tensor's rows fill edges ``e0:e1`` in order, the same slots on each, else None."""
+    n = edge.numel()
+    if n == 0 or not bool(on_edge.all()):
+        return None
+    e0, e1 = int(edge[0]), int(edge[-1]) + 1
+    if n % (e1 - e0):
+        return None
+    m = n // (e1 - e0)
+    ar = torch.arange(n, device=edge.device)
+    if not (bool((edge == e0 + ar // m).all()) and bool((kk == kk[:m].repeat(e1 - e0)).all())):
+        return None
+    return e0, e1, tuple(kk[:m].tolist())
+
+
+class SlotFeatures:
+    """Edge features in slot-sparse form: per-element rows ``values [P, F]`` plus where each row sits
+    (:class:`SlotIndex`), standing for the dense ``[E, K * F]`` of :meth:`NeuralGraph.scatter_flat` (zeros in every
+    empty slot) without materialising it. Made by :meth:`NeuralGraph.scatter_slots`.
+
+    Everything linear in the edge features is computed from the rows directly: :meth:`project` is
+    ``dense() @ weight.T + bias`` at the cost of one ``[n_k, F] x [F, d]`` product per occupied kernel slot.
+    """
+
+    def __init__(self, values: torch.Tensor, index: SlotIndex):
+        if values.dim() != 2 or values.shape[0] != index.num_rows:
+            raise ValueError(f"SlotFeatures expects values [{index.num_rows}, F], got {list(values.shape)}")
+        self.values, self.index = values, index
+
+    @property
+    def num_edges(self) -> int:
+        return self.index.num_edges
+
+    @property
+    def kernel_slots(self) -> int:
+        return self.index.kernel_slots
+
+    @property
+    def feature_dim(self) -> int:
+        """Features per kernel slot ``F``."""
+        return self.values.shape[1]
+
+    @property
+    def edge_dim(self) -> int:
+        """Size ``K * F`` of a dense edge feature row."""
+        return self.kernel_slots * self.feature_dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def dense(self) -> torch.Tensor:
+        """The dense edge features ``[E, K * F]`` (zeros in empty slots)."""
+        E, K, F = self.num_edges, self.kernel_slots, self.feature_dim
+        out = self.values.new_zeros(E * K, F)
+        dev = self.values.device
+        for r0, r1, e0, e1, slots in self.index.segments:
+            pos = torch.arange(e0, e1, device=dev)[:, None] * K + torch.tensor(slots, device=dev)
+            out = out.index_copy(0, pos.flatten(), self.values[r0:r1])
+        for k, rows, edges in self.index.groups:
+            out = out.index_copy(0, edges * K + k, self.values.index_select(0, rows))
+        return out.view(E, K * F)
+
+    def project(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, into: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``dense() @ weight.T + bias`` -> ``[E, d]`` for ``weight [d, K * F]``, ``bias [d]`` or ``[E, d]`` (per
+        edge; not modified); differentiable.
+
+        ``into``: instead of ``bias``, a fresh ``[E, d]`` tensor (e.g. per-edge embeddings just gathered) that the
+        product is accumulated into in place and returned; its producer's backward must not read it (an
+        ``embedding`` or ``index_select`` output is fine). Saves an ``[E, d]`` copy.
+
+        The linear map splits into one ``[d, F]`` block per kernel slot, and an empty slot contributes nothing, so
+        only the occupied slots' rows are multiplied.
+        """
+        E, K, F = self.num_edges, self.kernel_slots, self.feature_dim
+        d = weight.shape[0]
+        if weight.shape[1] != K * F:
+            raise ValueError(f"project expects weight [d, {K * F}], got {list(weight.shape)}")
+        if into is not None and (bias is not None or into.shape != (E, d)):
+            raise ValueError(f"project takes either bias or into=[{E}, {d}], got into {list(into.shape)}")
+        w = weight.view(d, K, F)
+        # In-place accumulation into `out`, a fresh tensor whose producers (embedding, clone) do not need it for
+        # their backward: autograd-safe, and it saves an [E, d] copy per product.
+        out = self._fresh(bias, d) if into is None else into
+        for r0, r1, e0, e1, slots in self.index.segments:  # one product per weight tensor, on a view of its rows
+            m = len(slots)
+            w_seg = weight if slots == tuple(range(K)) else w[:, list(slots)].reshape(d, m * F)
+            out[e0:e1].addmm_(self.values[r0:r1].reshape(e1 - e0, m * F), w_seg.t())
+        for k, rows, edges in self.index.groups:
+            out.index_add_(0, edges, self.values.index_select(0, rows) @ w[:, k].t())
+        return out
+
+    def _fresh(self, bias: torch.Tensor | None, d: int) -> torch.Tensor:
+        """A new ``[E, d]`` tensor holding ``bias`` (zeros without one), safe to accumulate into."""
+        if bias is None:
+            return self.values.new_zeros(self.num_edges, d)
+        return bias.expand(self.num_edges, d).clone(memory_format=torch.contiguous_format)

@@ -102,9 +102,10 @@ def adam_direction(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def logsign(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     """``[..., F] -> [..., 2F]``: the log/sign preprocessing; the log branch never sees |x| < e^-p (finite grads)."""
-    big = x.abs() >= math.exp(-p)
-    safe = torch.where(big, x.abs(), torch.ones_like(x))
-    first = torch.where(big, torch.log(safe) / p, -torch.ones_like(x))
+    mag = x.abs()
+    big = mag >= math.exp(-p)
+    # Scalar branches of torch.where: no [P, F] tensors of ones.
+    first = torch.where(big, torch.log(torch.where(big, mag, 1.0)) / p, -1.0)
     second = torch.where(big, torch.sign(x), x * math.exp(p))
     return torch.cat([first, second], -1)
 

@@ -37,6 +37,29 @@ from .context import NUM_CATEGORIES, ParamContext
 RELATIVE_FLOOR = 1e-3  # a zero-initialised tensor still moves (and then grows geometrically)
 
 
+def first_layer(feats: torch.Tensor, linear: nn.Linear, embed: torch.Tensor | None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(feats) + embed + extra`` -> ``[P, hidden]`` with one pass over ``[P, hidden]`` per term fewer.
+
+    ``embed [P, hidden]`` or None; ``extra``: ``[hidden]`` or ``[P, hidden]`` or None. The embedding is the input of
+    the product (``addmm``) and the bias-like terms are summed first, then added in place to the fresh result.
+    ``embed`` is consumed: when no gradient is recorded (the optimizer step) the product is accumulated into it.
+    """
+    shift = linear.bias if extra is None else linear.bias + extra
+    if embed is None:
+        return torch.addmm(shift, feats, linear.weight.t()) if shift.dim() == 1 else feats @ linear.weight.t() + shift
+    if not torch.is_grad_enabled():
+        return embed.addmm_(feats, linear.weight.t()).add_(shift)
+    # In place on the fresh product: addmm's backward does not read its output, so this is autograd-safe.
+    return torch.addmm(embed, feats, linear.weight.t()).add_(shift)
+
+
+def activation_(act, h: torch.Tensor) -> torch.Tensor:
+    """``act(h)``, in place when no gradient is recorded (``h`` must be a fresh temporary): the optimizer step runs
+    under ``no_grad``, where this saves a ``[P, hidden]`` allocation per layer; meta-training keeps ``h``."""
+    return act(h, inplace=True) if not torch.is_grad_enabled() else act(h)
+
+
 def relative_scale(ctx: ParamContext, params: torch.Tensor) -> torch.Tensor:
     """``[P]``: the RMS of each element's tensor in ``params [P]``, floored at ``RELATIVE_FLOOR``."""
     return ctx.tensor_rms(params.detach()[:, None]).squeeze(1).clamp_min(RELATIVE_FLOOR)
@@ -53,7 +76,8 @@ class UpdateHead(nn.Module):
         multiplier ``exp(adam_scale * tanh(s))``. additive: keep the ``lam d exp(lam m)`` term. relative: scale the
         Adam step by each tensor's initial RMS.
     Valid combinations: ``relative``, ``adam_scale > 0`` and ``additive=False`` each need ``adam_residual``.
-    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, tfeat [T], adam_dir [P], scale [P]) -> step [P]``.
+    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, tfeat [T], adam_dir [P], scale [P]) -> step [P]``;
+    ``embed`` is consumed (see :func:`first_layer`).
     """
 
     needs_adam_direction = True
@@ -94,12 +118,7 @@ class UpdateHead(nn.Module):
     def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat: torch.Tensor,
                 adam_dir: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``scale [P]`` (each element's tensor RMS at the start, :func:`relative_scale`) only with ``relative``."""
-        h = self.feat_in(feats) + self.time_in(tfeat)
-        if embed is not None:
-            h = h + embed
-        h = F.silu(h)
-        h = F.silu(self.hidden(h))
-        out = self.out(h)
+        out = self.mlp_outputs(feats, embed, tfeat)
         step = None
         if self.additive:
             d, m = out[:, 0], out[:, 1]
@@ -109,13 +128,27 @@ class UpdateHead(nn.Module):
         if self.adam_residual:
             adam_step = torch.exp(self.log_adam_lr)[ctx.category].index_select(0, ctx.tensor_id) * adam_dir
             if self.adam_scale:
-                adam_step = adam_step * torch.exp(self.adam_scale * torch.tanh(out[:, 2]))
+                s = out[:, -1]  # the multiplier's output is the last one computed
+                adam_step = adam_step * torch.exp(self.adam_scale * torch.tanh(s))
             if self.relative:
                 if scale is None:
                     raise ValueError("a relative update head needs the per-element scale kept in the optimizer state")
                 adam_step = adam_step * scale
             step = -adam_step if step is None else step - adam_step
         return step
+
+
+    def mlp_outputs(self, feats: torch.Tensor, embed: torch.Tensor | None, tfeat: torch.Tensor
+                    ) -> torch.Tensor | None:
+        """The MLP outputs in use: ``[P, 3]`` or ``[P, 2]`` ``(d, m[, s])`` with the additive term, else ``[P, 1]``
+        (``s`` alone: one ``[P, hidden] x [hidden]`` product instead of three), or None when the step is the Adam
+        term alone (the MLP is then not evaluated)."""
+        if not (self.additive or self.adam_scale):
+            return None
+        rows = slice(None) if self.additive else slice(2, 3)
+        h = activation_(F.silu, first_layer(feats, self.feat_in, embed, self.time_in(tfeat)))
+        h = activation_(F.silu, self.hidden(h))
+        return F.linear(h, self.out.weight[rows], self.out.bias[rows])
 
 
 class MLPStepHead(nn.Module):
@@ -131,7 +164,7 @@ class MLPStepHead(nn.Module):
         hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
     Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ...) -> step [P]``; ``embed`` comes already
     projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the per-element gather, which
-    equals a first linear layer on the concatenation ``[features, embedding]``).
+    equals a first linear layer on the concatenation ``[features, embedding]``) and is consumed (:func:`first_layer`).
     """
 
     needs_adam_direction = False
@@ -156,11 +189,8 @@ class MLPStepHead(nn.Module):
 
     def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat=None,
                 adam_dir=None, scale=None) -> torch.Tensor:
-        h = self.feat_in(feats)
-        if embed is not None:
-            h = h + embed
-        h = F.relu(h)
+        h = activation_(F.relu, first_layer(feats, self.feat_in, embed))
         for lin in self.hidden:
-            h = F.relu(lin(h))
+            h = activation_(F.relu, lin(h))
         d, m = self.out(h).unbind(-1)
         return self.lam * d * torch.exp(self.lam * m)

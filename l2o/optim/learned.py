@@ -138,11 +138,13 @@ class GraphOptimizer(LearnedOptimizer):
         g = ctx.graph
         if g is None:  # a model that cannot be traced, under fallback='per-parameter': own features only
             return None, {}
-        node, edge = g.scatter_flat(ctx.graph_part(feats))
-        node_emb, edge_emb = self.encoder(g, node, edge.reshape(g.num_edges, -1))
-        proj = self.head.embed_proj
-        emb = g.gather_flat(proj(node_emb), proj(edge_emb))
-        return ctx.from_graph_part(emb), {}
+        # Slot-sparse edge features: a linear weight fills 1 of the kmax**2 slots of its edge, so the dense
+        # [E, kmax**2, F] form would be mostly zeros that every encoder then multiplies.
+        node, edge = g.scatter_slots(ctx.graph_part(feats))
+        # The head's projection is applied to nodes and edges before the per-element gather (E rows, not P); the
+        # encoder may fold it into its own last linear layer.
+        node_emb, edge_emb = self.encoder.encode_projected(g, node, edge, self.head.embed_proj.weight)
+        return ctx.from_graph_part(g.gather_flat(node_emb, edge_emb)), {}
 
 
 class FFOptimizer(LearnedOptimizer):
