@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from meta_train.config import load_config
+from meta_train.eval_records import read_results, write_results
 from meta_train.evaluate import evaluate, write_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "meta_train" / "configs"
@@ -94,27 +96,27 @@ def report() -> dict:
     optimizers with all seeds are kept) and write the table and curves there."""
     merged = {"task": TASK, "steps": STEPS, "seeds": SEEDS, "runs": {}, "tuning": {}}
     # Tuned Adam: the 5 runs `make results` made with the same evaluation code, seeds and tuned rate (3e-3)
-    main = json.loads(ADAM_RESULTS.read_text())
+    main = read_results(ADAM_RESULTS)
     merged["runs"]["adam"] = main["runs"]["adam"]
     merged["tuning"]["adam"] = main["tuning"].get("adam", [])
     for part in PARTS:
         path = OUT / TASK / part / "results.json"
         if not path.is_file():
             continue
-        res = json.loads(path.read_text())
+        res = read_results(path)
         for label, entry in res["runs"].items():
-            have = merged["runs"].setdefault(label, {**entry, "runs": []})
-            seen = {r["seed"] for r in have["runs"]}
-            have["runs"] += [r for r in entry["runs"] if r["seed"] not in seen]
+            have = merged["runs"].setdefault(label, replace(entry, runs=[]))  # the first part's record, no seeds
+            seen = {r.seed for r in have.runs}
+            have.runs += [r for r in entry.runs if r.seed not in seen]
         merged["tuning"].update(res.get("tuning", {}))
     for label in list(merged["runs"]):
-        runs = sorted(merged["runs"][label]["runs"], key=lambda r: r["seed"])
-        if [r["seed"] for r in runs] != SEED_LIST:
-            print(f"{label}: seeds {[r['seed'] for r in runs]} of {SEED_LIST} done; left out of the table")
+        runs = sorted(merged["runs"][label].runs, key=lambda r: r.seed)
+        if [r.seed for r in runs] != SEED_LIST:
+            print(f"{label}: seeds {[r.seed for r in runs]} of {SEED_LIST} done; left out of the table")
             del merged["runs"][label]
         else:
-            merged["runs"][label]["runs"] = runs
-    (OUT / TASK / "results.json").write_text(json.dumps(merged) + "\n")
+            merged["runs"][label].runs = runs
+    write_results(OUT / TASK / "results.json", merged)
     write_report(merged, OUT / TASK)
     plot_meta_training()
     return merged

@@ -7,14 +7,15 @@ Every optimizer sees the same seeds (a seed fixes the optimizee initialisation a
 loss is recorded every step, test accuracy on the full test set every ``--eval-every`` steps and at the end.
 Hand-designed baselines are tuned, not defaulted: a learning-rate grid (and weight decay for AdamW) is run on the
 validation split at the same horizon, and the best setting by validation accuracy is used (and printed).
-Writes ``results.json`` (every curve), ``table.md`` (mean +- std over seeds) and two PNG figures.
+Writes ``results.json`` (every curve; its records are :mod:`meta_train.eval_records`), ``table.md`` (mean +- std
+over seeds) and two PNG figures.
 """
 from __future__ import annotations
 
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ import torch
 from l2o.optim import OptimizerConfig, build_optimizer, load_checkpoint
 from l2o.optim.learned import Optimizer
 
+from .eval_records import OptimizerRuns, SeedRun, results_from_json, write_results
 from .inner_train import train_optimizee
 from .progress import Progress
 
@@ -141,14 +143,15 @@ def _previous(out: Path, task_name: str, steps: int, seeds: int) -> dict | None:
     except json.JSONDecodeError:
         return None
     same = (old.get("task"), old.get("steps"), old.get("seeds")) == (task_name, steps, seeds)
-    return old if same else None
+    return results_from_json(old) if same else None
 
 
 def evaluate(task_name: str, specs: list[str], steps: int, seeds: int | list[int], out: Path, eval_every: int = 100,
              tune_steps: int | None = None, device: str = "cpu", tuned: dict | None = None,
              resume: bool = False, tune_from: dict | None = None) -> dict:
     """Run every optimizer over ``seeds`` seeds (``0..seeds-1``, or the given list, e.g. to split seeds over two
-    processes writing to two folders); returns (and writes) the results dict.
+    processes writing to two folders); returns (and writes) the results dict, its ``runs`` values
+    :class:`~meta_train.eval_records.OptimizerRuns` (``results.json`` holds them as plain dicts).
 
     With ``resume``, optimizers already complete in ``out/results.json`` (same task, steps and seeds, same
     checkpoint file, same hyperparameters) are kept instead of rerun, one cut short by a kill continues from its
@@ -164,9 +167,8 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int | list[int
     old = _previous(out, task_name, steps, seeds) if resume else None
     for spec in specs:
         cand = parse_spec(spec)
-        done = (old or {}).get("runs", {}).get(cand.label)
+        done: OptimizerRuns | None = (old or {}).get("runs", {}).get(cand.label)
         digest = file_digest(cand.checkpoint) if cand.checkpoint else None
-        same_file = _same_file((done or {}).get("checkpoint"), cand.checkpoint)
         hyper = None
         if cand.checkpoint is None and cand.hyper is None:  # a tuned hand-designed baseline
             if tuned and cand.family in tuned:
@@ -182,29 +184,30 @@ def evaluate(task_name: str, specs: list[str], steps: int, seeds: int | list[int
                                      start=(tune_from or {}).get(cand.family), on_trial=save)
                 save(trials)
             print(f"{cand.label}: tuned on validation -> {hyper}")
-        runs = []  # finished seeds of an earlier call are kept, by seed number
-        if done and same_file and done.get("digest") == digest and done.get("hyper") == (hyper or cand.hyper):
-            runs = [r for r in done["runs"] if r["seed"] in seed_list]
-        todo = [s for s in seed_list if s not in {r["seed"] for r in runs}]
+        runs: list[SeedRun] = []  # finished seeds of an earlier call are kept, by seed number
+        if (done and _same_file(done.checkpoint, cand.checkpoint) and done.digest == digest
+                and done.hyper == (hyper or cand.hyper)):
+            runs = [r for r in done.runs if r.seed in seed_list]
+        todo = [s for s in seed_list if s not in {r.seed for r in runs}]
         if not todo:
             print(f"{cand.label}: kept from {out / 'results.json'}")
-            results["runs"][cand.label] = {**done, "runs": sorted(runs, key=lambda r: seed_list.index(r["seed"]))}
+            results["runs"][cand.label] = replace(done, runs=sorted(runs, key=lambda r: seed_list.index(r.seed)))
             continue
         if runs:
-            print(f"{cand.label}: seeds {sorted(r['seed'] for r in runs)} kept from {out / 'results.json'}")
+            print(f"{cand.label}: seeds {sorted(r.seed for r in runs)} kept from {out / 'results.json'}")
         for s in todo:
             desc = f"{cand.label} on {task_name}, seed {s} ({seed_list.index(s) + 1}/{len(seed_list)})"
             with Progress(steps, desc, unit="step", leave=False) as bar:
                 r = train_optimizee(_on(device, cand.build(hyper)), task, steps, seed=s, device=device,
                                     eval_split="test", eval_every=eval_every,
                                     progress=lambda step, loss, bar=bar: bar.update(1, loss=loss))
-            runs.append({"seed": s, "losses": r["losses"], "evals": r["evals"], "acc": r["acc"],
-                         "step_ms": r["step_ms"], "diverged": r["diverged"]})
-            runs.sort(key=lambda run: seed_list.index(run["seed"]))
-            results["runs"][cand.label] = {"family": cand.family, "checkpoint": cand.checkpoint, "digest": digest,
-                                           "hyper": hyper or cand.hyper, "runs": list(runs)}
+            runs.append(SeedRun(seed=s, losses=r["losses"], evals=r["evals"], acc=r["acc"], step_ms=r["step_ms"],
+                                diverged=r["diverged"]))
+            runs.sort(key=lambda run: seed_list.index(run.seed))
+            results["runs"][cand.label] = OptimizerRuns(family=cand.family, checkpoint=cand.checkpoint, digest=digest,
+                                                        hyper=hyper or cand.hyper, runs=list(runs))
             _save_partial(out, results, old)  # a kill loses at most the seed in progress
-    (out / "results.json").write_text(json.dumps(results) + "\n")  # exactly the optimizers asked for
+    write_results(out / "results.json", results)  # exactly the optimizers asked for
     write_report(results, out)
     return results
 
@@ -222,28 +225,31 @@ def _save_partial(out: Path, results: dict, old: dict | None) -> None:
     old = old or {}
     merged = {**results, "runs": {**old.get("runs", {}), **results["runs"]},
               "tuning": {**old.get("tuning", {}), **results["tuning"]}}
-    (out / "results.json").write_text(json.dumps(merged) + "\n")
+    write_results(out / "results.json", merged)
 
 
 def summarise(results: dict) -> list[dict]:
-    """One record per optimizer: test accuracy mean/std over seeds, step time."""
+    """One record per optimizer (the rows of ``summary.json``): test accuracy mean/std over seeds, step time.
+    ``results``: as :func:`evaluate` returns it or :func:`~meta_train.eval_records.read_results` reads it."""
     rows = []
     for label, entry in results["runs"].items():
-        accs = [r["acc"] for r in entry["runs"]]
+        accs = [r.acc for r in entry.runs]
         ok = [a for a in accs if math.isfinite(a)]
         rows.append({
-            "task": results["task"], "optimizer": label, "family": entry["family"],
-            "checkpoint": entry["checkpoint"], "hyper": entry["hyper"], "steps": results["steps"],
+            "task": results["task"], "optimizer": label, "family": entry.family,
+            "checkpoint": entry.checkpoint, "hyper": entry.hyper, "steps": results["steps"],
             "seeds": len(accs), "test_accs": [100 * a for a in accs],
             "test_acc_mean": 100 * statistics.mean(ok) if ok else float("nan"),
             "test_acc_std": 100 * statistics.stdev(ok) if len(ok) > 1 else 0.0,
-            "diverged": sum(r["diverged"] for r in entry["runs"]),
-            "step_ms": statistics.mean(r["step_ms"] for r in entry["runs"]),
+            "diverged": sum(r.diverged for r in entry.runs),
+            "step_ms": statistics.mean(r.step_ms for r in entry.runs),
         })
     return rows
 
 
 def write_report(results: dict, out: Path) -> None:
+    """``table.md``, ``summary.json`` and the figures in ``out`` from ``results`` (typed records, as for
+    :func:`summarise`)."""
     rows = summarise(results)
     n = results["seeds"] if isinstance(results["seeds"], int) else len(results["seeds"])
     lines = [f"# {results['task']}: {results['steps']} steps, {n} seeds (test accuracy, full test set)",
@@ -281,18 +287,18 @@ def plot_curves(results: dict, out: Path) -> None:
     fig_l, ax_l = plt.subplots(figsize=(8, 4.5))
     colours = plt.get_cmap("tab10" if len(results["runs"]) <= 10 else "tab20")
     for i, (label, entry) in enumerate(results["runs"].items()):
-        runs = [r for r in entry["runs"] if not r["diverged"]]
+        runs = [r for r in entry.runs if not r.diverged]
         if not runs:
             continue
         style = dict(color=colours(i % colours.N), lw=2.4 if _is_highlighted(label) else 1.2,
                      zorder=3 if _is_highlighted(label) else 2, label=f"{label} ({len(runs)} seeds)")
-        steps = [e[0] for e in runs[0]["evals"]]
-        accs = torch.tensor([[100 * e[1] for e in r["evals"]] for r in runs])
+        steps = [e[0] for e in runs[0].evals]
+        accs = torch.tensor([[100 * e[1] for e in r.evals] for r in runs])
         mean, std = accs.mean(0), accs.std(0) if len(runs) > 1 else torch.zeros(len(steps))
         ax_a.plot(steps, mean, **style)
         ax_a.fill_between(steps, mean - std, mean + std, alpha=0.15, color=style["color"])
-        n = min(len(r["losses"]) for r in runs)
-        loss = torch.tensor([r["losses"][:n] for r in runs]).log().mean(0)
+        n = min(len(r.losses) for r in runs)
+        loss = torch.tensor([r.losses[:n] for r in runs]).log().mean(0)
         k = max(1, n // 50)  # moving average over ~2% of the run for readability
         smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
         ax_l.plot(range(k - 1, n), smooth, **style)

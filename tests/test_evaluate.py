@@ -36,17 +36,17 @@ def test_evaluate_tunes_and_reports(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "ff.pt", build_optimizer(cfg), cfg)
     res = ev.evaluate("fmnist-conv", ["adam", f"ff={tmp_path / 'ff.pt'}"], steps=30, seeds=2, out=tmp_path / "out",
                       eval_every=10)
-    assert res["runs"]["adam"]["hyper"] == {"lr": 3e-3}  # tuning chose the sensible lr on validation
+    assert res["runs"]["adam"].hyper == {"lr": 3e-3}  # tuning chose the sensible lr on validation
     assert [t["lr"] for t in res["tuning"]["adam"]] == [1e-6, 3e-3]
-    run = res["runs"]["adam"]["runs"][0]
-    assert len(run["losses"]) == 30 and [e[0] for e in run["evals"]] == [10, 20, 30]
+    run = res["runs"]["adam"].runs[0]
+    assert len(run.losses) == 30 and [e[0] for e in run.evals] == [10, 20, 30]
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {r["optimizer"] for r in rows} == {"adam", "ff"} and all(r["seeds"] == 2 for r in rows)
     assert (tmp_path / "out" / "accuracy.png").stat().st_size > 1000 and (tmp_path / "out" / "table.md").exists()
     # Same seeds for every optimizer: two adam seeds differ from each other, and are reproducible.
     again = ev.evaluate("fmnist-conv", ["adam:lr=0.003"], steps=30, seeds=2, out=tmp_path / "again", eval_every=10)
-    assert again["runs"]["adam:lr=0.003"]["runs"][1]["losses"] == res["runs"]["adam"]["runs"][1]["losses"]
-    assert run["losses"] != res["runs"]["adam"]["runs"][1]["losses"]
+    assert again["runs"]["adam:lr=0.003"].runs[1].losses == res["runs"]["adam"].runs[1].losses
+    assert run.losses != res["runs"]["adam"].runs[1].losses
 
 
 @needs_data
@@ -96,7 +96,7 @@ def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch
     real = ev.train_optimizee
     monkeypatch.setattr(ev, "train_optimizee", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = ev.evaluate("fmnist-conv", specs, steps=5, seeds=1, out=tmp_path / "o", eval_every=0, resume=True)
-    assert calls == [] and again["runs"] == json.loads(json.dumps(first["runs"]))  # nothing rerun, tuning reused
+    assert calls == [] and again["runs"] == first["runs"]  # nothing rerun (the records read back), tuning reused
     # a relative data root (L2O_DATA=../shared/datasets) would stop naming the data once we change directory
     monkeypatch.setenv("L2O_DATA", str(Path(os.environ["L2O_DATA"]).resolve()))
     monkeypatch.chdir(tmp_path)  # the same file under a relative path is the same checkpoint
@@ -115,7 +115,7 @@ def test_evaluate_resume_keeps_finished_and_reruns_changed(tmp_path, monkeypatch
     n = len(calls)
     res = ev.evaluate("fmnist-conv", specs, steps=5, seeds=2, out=tmp_path / "o", eval_every=0, resume=True)
     best = max(res["tuning"]["adam"], key=lambda t: t["val_acc"])["lr"]
-    assert len(res["tuning"]["adam"]) == 2 and res["runs"]["adam"]["hyper"] == {"lr": best}
+    assert len(res["tuning"]["adam"]) == 2 and res["runs"]["adam"].hyper == {"lr": best}
     assert len(calls) - n == 1 + 2 * (best != 3e-3)
 
 
@@ -174,7 +174,7 @@ def test_evaluate_resume_continues_a_killed_optimizer_from_its_first_missing_see
     ran.clear()
     res = ev.evaluate("fmnist-conv", specs, steps=3, seeds=4, out=tmp_path, eval_every=0, resume=True)
     assert ran == [2, 3]  # only the missing seeds ran
-    assert [r["acc"] for r in res["runs"]["adam:lr=0.003"]["runs"]] == [0.5, 0.51, 0.52, 0.53]
+    assert [r.acc for r in res["runs"]["adam:lr=0.003"].runs] == [0.5, 0.51, 0.52, 0.53]
     ran.clear()  # another hyperparameter is another optimizer: nothing is kept
     ev.evaluate("fmnist-conv", ["adam:lr=0.01"], steps=3, seeds=4, out=tmp_path, eval_every=0, resume=True)
     assert ran == [0, 1, 2, 3]
@@ -200,7 +200,7 @@ def test_evaluate_resume_keeps_the_tuning_runs_finished_before_a_kill(tmp_path, 
     ran.clear()
     kill[0] = False
     res = ev.evaluate("fmnist-conv", ["adam"], steps=3, seeds=1, out=tmp_path, eval_every=0, resume=True)
-    assert ran == [("val", 1e-2), ("test", 3e-3)] and res["runs"]["adam"]["hyper"] == {"lr": 3e-3}
+    assert ran == [("val", 1e-2), ("test", 3e-3)] and res["runs"]["adam"].hyper == {"lr": 3e-3}
 
 
 def test_evaluate_runs_a_given_list_of_seeds_and_resumes_it(tmp_path, monkeypatch):
@@ -212,7 +212,7 @@ def test_evaluate_runs_a_given_list_of_seeds_and_resumes_it(tmp_path, monkeypatc
 
     monkeypatch.setattr(ev, "train_optimizee", fake)
     res = ev.evaluate("fmnist-conv", ["adam:lr=0.003"], steps=2, seeds=[3, 4], out=tmp_path, eval_every=0, resume=True)
-    assert ran == [3, 4] and [r["seed"] for r in res["runs"]["adam:lr=0.003"]["runs"]] == [3, 4]
+    assert ran == [3, 4] and [r.seed for r in res["runs"]["adam:lr=0.003"].runs] == [3, 4]
     ran.clear()
     ev.evaluate("fmnist-conv", ["adam:lr=0.003"], steps=2, seeds=[3, 4], out=tmp_path, eval_every=0, resume=True)
     assert ran == []

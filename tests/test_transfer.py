@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from l2o.optim import OptimizerConfig, build_optimizer, read_checkpoint, save_checkpoint
+from meta_train.eval_records import OptimizerRuns, SeedRun
 from meta_train.pipelines import model_cards, results, results_plan, sweep_report
 
 
@@ -20,6 +21,14 @@ def results_dir(tmp_path, monkeypatch):
     key = {"validation_task": "fmnist-conv", "validation_steps": 20, "validation_seeds": 1, "adam_lr": 3e-3}
     monkeypatch.setattr(model_cards, "reference_validation", lambda: {"key": key, "val_score": 0.5})
     return tmp_path
+
+
+def _record(accs: list[float], hyper: dict | None = None, digest: str | None = None) -> dict:
+    """One optimizer's entry of results.json, as the evaluation writes it (only the accuracies matter here)."""
+    runs = [SeedRun(seed=i, losses=[1.0], evals=[(1, a, 1.0)], acc=a, step_ms=1.0, diverged=False)
+            for i, a in enumerate(accs)]
+    return OptimizerRuns(family="x", checkpoint=None if hyper else "x.pt", digest=digest, hyper=hyper,
+                         runs=runs).to_json()
 
 
 def _run(tmp_path, name, family, score):
@@ -56,9 +65,9 @@ def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     digest = file_digest(default)
 
     def res(task, learned: dict):
-        runs = {"adam": {"hyper": {"lr": 3e-3}, "digest": None, "runs": [{"acc": a} for a in learned.pop("adam")]}}
+        runs = {"adam": _record(learned.pop("adam"), hyper={"lr": 3e-3})}
         for label, (dig, accs) in learned.items():
-            runs[label] = {"digest": dig, "runs": [{"acc": a} for a in accs]}
+            runs[label] = _record(accs, digest=dig)
         return {"task": task, "steps": 100, "runs": runs}
 
     out = results_dir / "eval"
@@ -101,7 +110,7 @@ def test_sweep_runs_the_default_and_keeps_families_an_earlier_call_added(results
     results.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-w32"], every_family=True)
     assert calls == [("cifar10-conv-w16", ["adam", "default", "ff"], {"adam": None})]  # w32 is the main task
     (out / "cifar10-conv").mkdir()  # once the main evaluation has tuned Adam, tuning starts from its rate
-    (out / "cifar10-conv" / "results.json").write_text(json.dumps({"runs": {"adam": {"hyper": {"lr": 3e-3}}}}))
+    (out / "cifar10-conv" / "results.json").write_text(json.dumps({"runs": {"adam": _record([0.5], {"lr": 3e-3})}}))
     calls.clear()  # a default-only call keeps the families already there (evaluate writes exactly what it is given)
     results.sweep_all(10, 1, out, ["cifar10-conv-w16", "cifar10-conv-d1"])
     assert [c[1] for c in calls] == [["adam", "default", "ff"], ["adam", "default"]]

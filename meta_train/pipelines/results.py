@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 
 from ..config import load_config
+from ..eval_records import read_results
 from ..evaluate import GRIDS, evaluate, file_digest, write_report
 from ..train import train
 from . import results_plan as plan
@@ -115,7 +116,7 @@ def sweep_all(steps: int, seeds: int, out: Path, tasks=plan.SWEEP_RUN_ORDER, eve
             print(f"== sweep {task}: the same network as {plan.SWEEP_ALIASES[task]}, read from its evaluation")
             continue
         path = out / "sweep" / task / "results.json"
-        present = set(json.loads(path.read_text())["runs"]) if path.exists() else set()
+        present = set(json.loads(path.read_text())["runs"]) if path.exists() else set()  # labels only: no records
         specs = ["adam", f"default={default}"] + [s for s in others if every_family or s.split("=")[0] in present]
         print(f"== sweep {task}: {steps} steps x {seeds} seeds")
         evaluate(task, specs, steps, seeds, out / "sweep" / task, eval_every=0, resume=True,
@@ -127,9 +128,9 @@ def main_tuned(family: str, out: Path) -> dict | None:
     local search. None (tune on the whole grid) before that evaluation has them."""
     path = out / "cifar10-conv" / "results.json"
     if path.exists():
-        hyper = json.loads(path.read_text())["runs"].get(family, {}).get("hyper")
-        if hyper in GRIDS[family]:
-            return hyper
+        entry = read_results(path)["runs"].get(family)
+        if entry is not None and entry.hyper in GRIDS[family]:
+            return entry.hyper
     return None
 
 
@@ -138,8 +139,9 @@ def report_all(out: Path) -> None:
     """Tables and figures from whatever finished, also when an evaluation was stopped midway."""
     for t in plan.TASKS:
         path = out / t / "results.json"
-        if path.exists() and json.loads(path.read_text())["runs"]:
-            write_report(json.loads(path.read_text()), out / t)
+        results = read_results(path) if path.exists() else None
+        if results and results["runs"]:
+            write_report(results, out / t)
     dirs = [out / t for t in plan.TASKS if (out / t / "summary.json").exists()]
     if dirs:
         write_transfer(dirs, plan.RESULTS)

@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..eval_records import read_results
 from ..evaluate import file_digest
 from . import results_plan as plan
 
@@ -25,18 +26,18 @@ def sweep_records(out: Path) -> list[dict]:
             path = out / plan.SWEEP_ALIASES[task] / "results.json"
         if not path.exists():
             continue
-        res = json.loads(path.read_text())
+        res = read_results(path)
         if "adam" not in res["runs"]:
             continue
         adam = res["runs"]["adam"]
-        a = [r["acc"] * 100 for r in adam["runs"]]
-        learned = {("default" if e.get("digest") == digest else label): e for label, e in res["runs"].items()
-                   if e.get("digest") and (e.get("digest") == digest or label in plan.FAMILY_REPRESENTATIVES)}
+        a = [r.acc * 100 for r in adam.runs]
+        learned = {("default" if e.digest == digest else label): e for label, e in res["runs"].items()
+                   if e.digest and (e.digest == digest or label in plan.FAMILY_REPRESENTATIVES)}
         for name, e in sorted(learned.items(), key=lambda kv: kv[0] != "default"):
-            acc = [r["acc"] * 100 for r in e["runs"]]
+            acc = [r.acc * 100 for r in e.runs]
             diff = [x - y for x, y in zip(acc, a)]
             recs.append({"task": task, "optimizer": name, "same_as": plan.SWEEP_ALIASES.get(task),
-                         "steps": res["steps"], "seeds": len(diff), "adam_lr": adam["hyper"]["lr"],
+                         "steps": res["steps"], "seeds": len(diff), "adam_lr": adam.hyper["lr"],
                          "adam_acc_mean": statistics.mean(a), "adam_acc_std": _std(a),
                          "acc_mean": statistics.mean(acc), "acc_std": _std(acc),
                          "advantage_mean": statistics.mean(diff), "advantage_std": _std(diff)})
