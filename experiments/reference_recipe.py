@@ -56,6 +56,9 @@ PARTS = {
     "ng-gnn-b": ([_spec("ng-gnn")], SEED_LIST[3:]),
     "ff": ([_spec("ff")], SEED_LIST),
     "tensor-lstm": ([_spec("tensor-lstm")], SEED_LIST),
+    # the NG-GNN's best checkpoint after its first 200 outer steps (cosine compressed to 200), kept for comparison
+    "ng-gnn-200": ([_spec("ng-gnn-200")], SEED_LIST[:3]),
+    "ng-gnn-200-b": ([_spec("ng-gnn-200")], SEED_LIST[3:]),
 }
 
 
