@@ -124,6 +124,10 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
                               f"represent: {', '.join(self.graph.skipped_modules)}; their parameters are updated "
                               "from their own features only (no graph embedding)", stacklevel=2)
         self.learned = optimizer
+        # The flat layout, (re)built by _layout(): here and when add_param_group adds parameters.
+        self._params: list[torch.Tensor] = []
+        self._in_groups: list[bool] = []
+        self._flat_cache: tuple[dict, torch.Tensor] | None = None  # per-element state kept flat between steps
         self._layout()
         if self.context.device.type == "cpu":
             tune_cpu_allocator()  # large per-step temporaries otherwise page-fault in on every step
@@ -151,7 +155,7 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         graph_names = list(self.graph.param_names) if self.graph is not None else []
         on_graph = set(graph_names)
         names = graph_names + [self._by_id[id(p)] for p in group_params if self._by_id[id(p)] not in on_graph]
-        self._params: list[torch.Tensor] = [self._named[n] for n in names]
+        self._params = [self._named[n] for n in names]
         self._in_groups = [id(p) in in_groups for p in self._params]
         device = self._params[0].device if self._params else torch.device("cpu")
         self.context = ParamContext.build(self.graph, names, [p.shape for p in self._params]).to(device)
