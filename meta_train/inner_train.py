@@ -58,6 +58,17 @@ def batched_loss_and_grad(model: torch.nn.Module, ctx: ParamContext, loss_fn, pa
     return losses, grads
 
 
+def start_optimizee(optimizer: Optimizer, task, seed: int, device: torch.device
+                    ) -> tuple[torch.nn.Module, ParamContext, torch.Tensor, dict]:
+    """A fresh ``task.make_model(seed)`` on ``device`` ready for ``optimizer``: ``(model, ctx, params [P], state)``,
+    the parameters flattened in the layout's order and the optimizer's initial state."""
+    model = task.make_model(seed).to(device)
+    ctx = context_for(model, optimizer).to(device)
+    named = dict(model.named_parameters())
+    params = ctx.flatten([named[n].detach() for n in ctx.names])
+    return model, ctx, params, optimizer.init_state(ctx, params)
+
+
 @torch.no_grad()
 def train_optimizee(optimizer: Optimizer, task, steps: int, seed: int, device: torch.device | str = "cpu",
                     eval_split: str | None = "val", eval_every: int = 0, lr: float = 1.0, progress=None,
@@ -69,11 +80,8 @@ def train_optimizee(optimizer: Optimizer, task, steps: int, seed: int, device: t
     "diverged" (non-finite loss seen; training stops there)}``.
     """
     device = torch.device(device)
-    model = task.make_model(seed).to(device)
-    ctx = context_for(model, optimizer).to(device)
+    model, ctx, params, state = start_optimizee(optimizer, task, seed, device)
     named = dict(model.named_parameters())
-    params = ctx.flatten([named[n].detach() for n in ctx.names])
-    state = optimizer.init_state(ctx, params)
     stream = task.batches("train", seed=seed, device=device, **({"root": data_root} if data_root else {}))
     losses, evals, update_s, diverged = [], [], 0.0, False
 

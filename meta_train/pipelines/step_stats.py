@@ -24,7 +24,7 @@ from l2o.optim.context import CATEGORIES
 from l2o.optim.features import adam_direction
 from tasks import get_task
 
-from ..inner_train import context_for, loss_and_grad
+from ..inner_train import loss_and_grad, start_optimizee
 
 
 @torch.no_grad()
@@ -34,11 +34,7 @@ def step_stats(optimizer, task, steps: int, ref_lr: float, seed: int = 0, every:
     (the optimizer is moved there)."""
     device = torch.device(device)
     optimizer = optimizer.to(device)
-    model = task.make_model(seed).to(device)
-    ctx = context_for(model, optimizer).to(device)
-    named = dict(model.named_parameters())
-    params = ctx.flatten([named[n].detach() for n in ctx.names])
-    state = optimizer.init_state(ctx, params)
+    model, ctx, params, state = start_optimizee(optimizer, task, seed, device)
     if "m" not in state or "v" not in state:
         raise ValueError(f"{optimizer.family} keeps no Adam moments; step_stats needs a learned optimizer")
     if relative and "scale" not in state:
