@@ -150,16 +150,26 @@ def test_project_accumulates_into_a_given_tensor():
         slots.project(weight, base, into=base.clone())
 
 
+HEADS = {"modulated": dict(adam_residual=True, adam_scale=1.0, additive=False, relative=True),
+         "mlp": dict(inputs="reference", step_rule="mlp", head_layers=3, layer_scale=False)}
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 7], ids=["whole", "chunks-of-7"])
+@pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("family", ["dng", "ng-gnn"])
-def test_update_is_the_same_with_and_without_autograd(family):
-    """The no-grad step (in-place activations, only the head outputs in use) computes what meta-training does."""
+def test_update_is_the_same_with_and_without_autograd(family, head, chunk_rows, monkeypatch):
+    """The no-grad step (in-place activations, only the head outputs in use, and the per-element MLPs in row chunks:
+    7 rows leaves a partial last chunk) computes what meta-training does."""
+    import l2o.runtime
     from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
 
+    if chunk_rows is not None:
+        monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", chunk_rows)
     graph = NeuralGraph.from_module(ResidualCNN(0), kmax=3)
     ctx = ParamContext.for_graph(graph)
     torch.manual_seed(0)
-    opt = build_optimizer(OptimizerConfig(family=family, hidden=8, head_hidden=8, adam_residual=True,
-                                          adam_scale=1.0, additive=False, relative=True)).double()
+    opt = build_optimizer(OptimizerConfig(family=family, hidden=8, head_hidden=8, **HEADS[head])).double()
+    torch.nn.init.normal_(opt.head.out.weight, std=0.5)  # the Adam-residual head starts at zero: make the MLP count
     p = _flat(graph)[:, 0].clone()
     g = _flat(graph, seed=1)[:, 0] * 1e-2
     state = opt.init_state(ctx, p)
@@ -194,3 +204,16 @@ def test_rows_outside_segments_are_scattered_by_slot(graph_name, monkeypatch):
     node = graph.scatter_flat(flat)[0]
     for a, b in zip(enc(graph, node, slots), enc(graph, node, dense)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_row_chunks_cover_the_rows_in_order_and_only_without_autograd(monkeypatch):
+    import l2o.runtime
+    from l2o.runtime import row_chunks
+
+    monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", 4)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        assert row_chunks(10, cpu) == [(0, 4), (4, 8), (8, 10)]
+        assert row_chunks(4, cpu) == [(0, 4)]
+        assert row_chunks(0, cpu) == [(0, 0)]
+    assert row_chunks(10, cpu) == [(0, 10)]  # autograd would keep every chunk's activations: one chunk

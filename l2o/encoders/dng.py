@@ -67,6 +67,7 @@ import torch.nn.functional as F
 
 from ..graph import EDGE_KINDS, ROLE_INPUT, NeuralGraph, SlotFeatures
 from .base import GraphEncoder
+from ..runtime import row_chunks
 from .embeddings import GraphInputEmbedding
 
 AGGREGATIONS = ("sum", "mean")
@@ -517,15 +518,31 @@ class EdgeDecoder(nn.Module):
         ``[E, d] x [d, D]`` product).
         """
         to_src, to_dst = self.node_in(node_emb).chunk(2, -1)
+        # (weight, bias, SiLU before it) of each linear map after the first.
+        maps = [(lin.weight, lin.bias, True) for lin in self.layers]
+        if out_weight is not None:
+            if maps:
+                maps[-1] = (out_weight @ maps[-1][0], out_weight @ maps[-1][1], True)
+            else:
+                maps.append((out_weight, None, False))
+        chunks = row_chunks(edge_input.shape[0], edge_input.device)
+        if len(chunks) == 1:
+            return self._decode_rows(edge_index, to_src, to_dst, edge_input, maps)
+        # Without autograd, edge by edge in cache-sized chunks (runtime.row_chunks): same arithmetic per row.
+        out = edge_input.new_empty(edge_input.shape[0], maps[-1][0].shape[0] if maps else edge_input.shape[1])
+        for e0, e1 in chunks:
+            out[e0:e1] = self._decode_rows(edge_index[:, e0:e1], to_src, to_dst, edge_input[e0:e1], maps)
+        return out
+
+    @staticmethod
+    def _decode_rows(edge_index: torch.Tensor, to_src: torch.Tensor, to_dst: torch.Tensor, edge_input: torch.Tensor,
+                     maps: list) -> torch.Tensor:
+        """The MLP on the rows of ``edge_input [e, d]`` (edges ``edge_index [2, e]``); ``maps``: its linear maps after
+        the first, ``(weight, bias or None, SiLU before it)``."""
         # In place into the fresh input (autograd-safe: its producer's backward does not read it).
         h = edge_input.add_(to_src.index_select(0, edge_index[0])).add_(to_dst.index_select(0, edge_index[1]))
-        for i, lin in enumerate(self.layers):
-            weight, bias = lin.weight, lin.bias
-            if out_weight is not None and i == len(self.layers) - 1:
-                weight, bias = out_weight @ weight, out_weight @ bias
-            h = F.linear(_silu(h), weight, bias)
-        if out_weight is not None and not self.layers:
-            h = F.linear(h, out_weight)
+        for weight, bias, act in maps:
+            h = F.linear(_silu(h) if act else h, weight, bias)
         return h
 
 

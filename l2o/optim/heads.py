@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..runtime import row_chunks
 from .context import NUM_CATEGORIES, ParamContext
 
 RELATIVE_FLOOR = 1e-3  # a zero-initialised tensor still moves (and then grows geometrically)
@@ -52,6 +53,24 @@ def first_layer(feats: torch.Tensor, linear: nn.Linear, embed: torch.Tensor | No
         return embed.addmm_(feats, linear.weight.t()).add_(shift)
     # In place on the fresh product: addmm's backward does not read its output, so this is autograd-safe.
     return torch.addmm(embed, feats, linear.weight.t()).add_(shift)
+
+
+def per_row_chunks(mlp, feats: torch.Tensor, embed: torch.Tensor | None) -> torch.Tensor:
+    """``mlp(feats [n, F], embed [n, H] or None) -> [n, O]``, a row-wise map, applied to all ``P`` rows.
+
+    Without autograd (the optimizer step) the rows go through in cache-sized chunks (``runtime.row_chunks``): every
+    ``[n, hidden]`` temporary then stays in cache and is reused instead of being allocated at ``[P, hidden]`` once
+    per layer. The same arithmetic on every row either way."""
+    chunks = row_chunks(feats.shape[0], feats.device)
+    if len(chunks) == 1:
+        return mlp(feats, embed)
+    out = None
+    for r0, r1 in chunks:
+        part = mlp(feats[r0:r1], None if embed is None else embed[r0:r1])
+        if out is None:
+            out = part.new_empty(feats.shape[0], *part.shape[1:])
+        out[r0:r1] = part
+    return out
 
 
 def activation_(act, h: torch.Tensor) -> torch.Tensor:
@@ -146,9 +165,14 @@ class UpdateHead(nn.Module):
         if not (self.additive or self.adam_scale):
             return None
         rows = slice(None) if self.additive else slice(2, 3)
-        h = activation_(F.silu, first_layer(feats, self.feat_in, embed, self.time_in(tfeat)))
-        h = activation_(F.silu, self.hidden(h))
-        return F.linear(h, self.out.weight[rows], self.out.bias[rows])
+        shift, out_weight, out_bias = self.time_in(tfeat), self.out.weight[rows], self.out.bias[rows]
+
+        def mlp(f: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+            h = activation_(F.silu, first_layer(f, self.feat_in, e, shift))
+            h = activation_(F.silu, self.hidden(h))
+            return F.linear(h, out_weight, out_bias)
+
+        return per_row_chunks(mlp, feats, embed)
 
 
 class MLPStepHead(nn.Module):
@@ -189,8 +213,11 @@ class MLPStepHead(nn.Module):
 
     def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat=None,
                 adam_dir=None, scale=None) -> torch.Tensor:
-        h = activation_(F.relu, first_layer(feats, self.feat_in, embed))
-        for lin in self.hidden:
-            h = activation_(F.relu, lin(h))
-        d, m = self.out(h).unbind(-1)
+        def mlp(f: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+            h = activation_(F.relu, first_layer(f, self.feat_in, e))
+            for lin in self.hidden:
+                h = activation_(F.relu, lin(h))
+            return self.out(h)
+
+        d, m = per_row_chunks(mlp, feats, embed).unbind(-1)
         return self.lam * d * torch.exp(self.lam * m)
