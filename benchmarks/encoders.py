@@ -46,6 +46,7 @@ from l2o.encoders import ENCODERS, build_encoder
 from l2o.graph import NeuralGraph
 from tasks import get_task
 from tasks.registry import Task, conv_task, mlp_task
+from tasks.devices import parse_device
 
 HIDDEN, DEPTH, KMAX, FEATURES = 64, 4, 3, 2
 SWEEP_WIDTHS = (16, 32, 64, 128)
@@ -229,7 +230,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true",
                     help="only fmnist-conv, cifar10-conv and the two smallest sweep widths (a smoke test)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: left as is; set 1 on a shared, busy CPU)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for encoders.json and encoders.md")
@@ -238,7 +239,10 @@ def main(argv=None) -> None:
     unknown = [n for n in encoders if n not in ENCODERS]
     if unknown:
         ap.error(f"unknown encoders {unknown}; registered: {sorted(ENCODERS)}")
-    device = torch.device(args.device)
+    try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     info = {**machine(), "device": str(device)}

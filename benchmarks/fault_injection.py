@@ -1,13 +1,15 @@
 """Fault injection: a meta-training run killed again and again (SIGKILL at random moments, SIGTERM) must resume to
 exactly the run that was never interrupted.
 
-    python -m benchmarks.fault_injection [--kills 8] [--steps 60] [--estimators greedy window pes]
+    python -m benchmarks.fault_injection [--kills 8] [--steps 60] [--estimators greedy window pes] [--device cuda]
 
 For each estimator: one uninterrupted run of ``meta_train/configs/regression.toml``; then the same run started and
 killed ``--kills`` times at random wall-clock moments (the kill lands anywhere: mid-step, mid-checkpoint write, mid
 validation), resumed with ``--resume`` after each kill, plus one SIGTERM (graceful stop), until it finishes. The
 final metrics (every field but wall times and speeds) and the final weights (``last.pt``) are compared bit for bit.
-Writes ``results/benchmarks/fault_injection.{json,md}``.
+Writes ``results/benchmarks/fault_injection.{json,md}`` (``fault_injection_cuda.*`` with ``--device cuda``: every run
+meta-trains with ``--device``, i.e. ``run.device``; default cpu; no GPU index, pick the GPU with
+``CUDA_VISIBLE_DEVICES``).
 """
 from __future__ import annotations
 
@@ -24,14 +26,16 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, machine, markdown_table, write_json
+from tasks.devices import parse_device
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "meta_train" / "configs" / "regression.toml"
 TIMING_KEYS = {"inner_steps_per_s", "wall_s"}
 
 
-def _cmd(out: Path, steps: int, estimator: str, resume: bool) -> list[str]:
+def _cmd(out: Path, steps: int, estimator: str, resume: bool, device: str = "cpu") -> list[str]:
     cmd = [sys.executable, "-m", "meta_train", "train", "--config", str(CONFIG), "--out-dir", str(out),
+           "--device", device,
            "--set", f"meta.outer_steps={steps}", "--set", f"meta.estimator={estimator}",
            "--set", "run.checkpoint_every=3", "--set", "run.validate_every=10",
            "--set", "run.validation_task=regression"]
@@ -57,19 +61,20 @@ def _finished(out: Path, steps: int) -> bool:
     return (out / "metrics.jsonl").exists() and any(r["step"] == steps for r in _metrics(out))
 
 
-def run_one(estimator: str, steps: int, kills: int, scratch: Path, rng: random.Random) -> dict:
+def run_one(estimator: str, steps: int, kills: int, scratch: Path, rng: random.Random, device: str = "cpu"
+            ) -> dict:
     clean, faulty = scratch / f"{estimator}-clean", scratch / f"{estimator}-faulty"
-    subprocess.run(_cmd(clean, steps, estimator, False) + ["--overwrite"], env=_env(), check=True, cwd=ROOT,
+    subprocess.run(_cmd(clean, steps, estimator, False, device) + ["--overwrite"], env=_env(), check=True, cwd=ROOT,
                    capture_output=True)
     t0 = time.time()
-    proc = subprocess.run(_cmd(scratch / "timing", steps, estimator, False) + ["--overwrite"], env=_env(), cwd=ROOT,
-                          capture_output=True)
+    proc = subprocess.run(_cmd(scratch / "timing", steps, estimator, False, device) + ["--overwrite"], env=_env(),
+                          cwd=ROOT, capture_output=True)
     duration = time.time() - t0
     injected, survived, attempts = 0, 0, 0
     first = True
     while not _finished(faulty, steps) and attempts < 4 * kills + 10:
         attempts += 1
-        cmd = _cmd(faulty, steps, estimator, not first) + (["--overwrite"] if first else [])
+        cmd = _cmd(faulty, steps, estimator, not first, device) + (["--overwrite"] if first else [])
         p = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         first = False
         if injected < kills + 1:
@@ -85,7 +90,7 @@ def run_one(estimator: str, steps: int, kills: int, scratch: Path, rng: random.R
     same_weights = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     return {"estimator": estimator, "outer_steps": steps, "faults_injected": injected, "starts": attempts,
             "runs_survived": survived, "finished": _finished(faulty, steps), "metrics_bit_identical": same_metrics,
-            "weights_bit_identical": same_weights, "clean_run_s": round(duration, 1), **machine()}
+            "weights_bit_identical": same_weights, "clean_run_s": round(duration, 1), "device": device, **machine()}
 
 
 def main(argv=None) -> None:
@@ -96,18 +101,30 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scratch", type=Path, default=ROOT / "runs" / "fault-injection")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu | cuda (default cpu): the runs' run.device; pick a GPU with CUDA_VISIBLE_DEVICES")
     args = ap.parse_args(argv)
+    try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
+    if device.index is not None:
+        ap.exit(2, f"error: --device {args.device}: meta-training takes cpu or cuda; pick the GPU with "
+                   f"CUDA_VISIBLE_DEVICES={device.index}\n")
     rng = random.Random(args.seed)
-    records = [run_one(e, args.steps, args.kills, args.scratch, rng) for e in args.estimators]
+    records = [run_one(e, args.steps, args.kills, args.scratch, rng, device.type) for e in args.estimators]
     cols = ["estimator", "outer_steps", "faults_injected", "starts", "runs_survived", "finished",
             "metrics_bit_identical", "weights_bit_identical", "clean_run_s"]
     table = markdown_table(records, cols)
     print(table)
-    write_json("fault_injection.json", records, args.out)
-    (args.out or RESULTS).joinpath("fault_injection.md").write_text(
-        "# Fault injection: killed meta-training runs resume exactly\n\nProduced by `python -m "
-        "benchmarks.fault_injection`: per estimator, SIGKILLs at random moments plus one SIGTERM, each followed by "
-        "`--resume`; the final metrics and weights compared with an uninterrupted run.\n\n" + table + "\n")
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    write_json(f"fault_injection{suffix}.json", records, args.out)
+    (args.out or RESULTS).joinpath(f"fault_injection{suffix}.md").write_text(
+        "# Fault injection: killed meta-training runs resume exactly"
+        + ("" if device.type == "cpu" else f" ({records[0]['cuda'] or device.type})") + "\n\nProduced by `python -m "
+        "benchmarks.fault_injection" + ("" if device.type == "cpu" else f" --device {device.type}") + "`: per "
+        "estimator, SIGKILLs at random moments plus one SIGTERM, each followed by `--resume`; the final metrics and "
+        "weights compared with an uninterrupted run.\n\n" + table + "\n")
     if not all(r["metrics_bit_identical"] and r["weights_bit_identical"] for r in records):
         sys.exit(1)
 

@@ -6,7 +6,9 @@ tasks, the step divided by relative Adam's at rate 1, per layer category) on the
 ``results/experiments/family-rates/rates.json``:
 
     python -m experiments.family_rates                      # about 15 min on a core
-    python -m experiments.family_rates CHECKPOINT ... [--out PATH.json]
+    python -m experiments.family_rates CHECKPOINT ... [--out PATH.json] [--device cuda]
+
+``--device`` (default cpu) is where the runs go, as in :mod:`experiments.dng_discount`.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ relative rate at 1000 steps is from ``python -m experiments.hand_designed_adam``
 Writes ``results/experiments/gradient-noise-rule/snr.json`` after every task and skips the tasks already in it:
 
     python -m experiments.gradient_noise_rule            # about 6 min on one core
+    python -m experiments.gradient_noise_rule --device cuda
+
+``--device`` (default cpu; cpu | cuda | cuda:N) is where the model, the optimizer and the batches go; a row measured
+off the CPU records its ``device``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from experiments import RESULTS
 from experiments.hand_designed_adam import relative_adam
 from tasks import channels_for, conv_task
+from tasks.devices import parse_device
 
 OUT = RESULTS / "experiments" / "gradient-noise-rule" / "snr.json"
 ETA, READ_AT, B, SEED = 0.13, (50, 100, 200, 400), 0.9, 1000
@@ -53,15 +58,19 @@ def mean_last(values: list[float]) -> float:
     return sum(values[-WINDOW:]) / len(values[-WINDOW:])
 
 
-def measure(task, bs: int, best: str) -> dict:
-    """Train ``task`` with relative Adam for max(READ_AT) steps and read the candidate statistics at READ_AT."""
+def measure(task, bs: int, best: str, device: str | torch.device = "cpu") -> dict:
+    """Train ``task`` with relative Adam for max(READ_AT) steps on ``device`` and read the candidate statistics at
+    READ_AT (off the CPU the row also holds its ``"device"``)."""
+    device = torch.device(device)
     torch.manual_seed(SEED)
-    model = task.make_model(SEED)
+    model = task.make_model(SEED).to(device)
     opt = relative_adam(model, ETA)
-    stream = task.batches("train", seed=SEED)
+    stream = task.batches("train", seed=SEED, device=device)
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in model.parameters()]
     row = {"task": task.name, "batch": bs, "best_rate": best, "per_weight": {}, "tensor_level": {}, "per_tensor": {},
            "cos_prev": {}, "train_loss": {}, "fresh_over_own": {}}
+    if device.type != "cpu":
+        row["device"] = str(device)
     prev, cosines, losses, own, fresh = None, [], [], [], []
     for t in range(max(READ_AT)):
         x, y = stream.batch(t)
@@ -101,14 +110,20 @@ def summary(row: dict, bs: int, best: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.gradient_noise_rule", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.relative_to(RESULTS.parent)})")
-    path = ap.parse_args(argv).out
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs go")
+    args = ap.parse_args(argv)
+    try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
+    path = args.out
     torch.set_num_threads(1)
     rows = json.loads(path.read_text()) if path.exists() else []
     for data, base, depth, bs, best in TASKS:
         task = conv_task(data, channels_for(base, depth, 1.0), batch_size=bs)
         if any(r["task"] == task.name and r["batch"] == bs for r in rows):
             continue
-        row = measure(task, bs, best)
+        row = measure(task, bs, best, device)
         rows.append(row)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=1) + "\n")

@@ -14,11 +14,13 @@ holds those lines (the study writes no file). Run from the repository root with 
     python -m experiments.hand_designed_adam adam-layers in=1e-2               # CIFAR-10, per-layer rates
     python -m experiments.hand_designed_adam relative cifar10-conv@0.07 cifar10-conv@0.1@live  # TASK@ETA[@live]
     python -m experiments.hand_designed_adam relative-depth --data mnist 1@0.3 5@0.1          # DEPTH@ETA
+    python -m experiments.hand_designed_adam relative --device cuda cifar10-conv@0.07         # any of them on a GPU
 
 ``adam-grid`` and ``adam-batch`` train with this package's functional Adam (``l2o.optim``, family "adam"), the
 others with ``torch.optim.Adam`` (the two agree: ``tests/test_optim.py::test_hand_designed_match_torch``).
 *Relative Adam* is Adam with one rate per tensor, ``eta`` x the tensor's RMS at initialisation
 (:func:`relative_adam`; the library's version is the optimizer family "relative-adam", which also floors the RMS).
+Every subcommand takes ``--device`` (default cpu; cpu | cuda | cuda:N): where the models, optimizers and batches go.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import torch
 from l2o.optim import OptimizerConfig, build_optimizer
 from meta_train.inner_train import train_optimizee
 from tasks import Task, channels_for, conv_task, get_task
+from tasks.devices import parse_device
 
 SEED, STEPS = 1000, 1000
 SCHEDULE_SEEDS = (1000, 1001)
@@ -52,8 +55,9 @@ def train_torch(task: Task, model: torch.nn.Module, opt: torch.optim.Optimizer, 
                 steps: int = STEPS, before_step: Callable[[int], None] | None = None) -> float:
     """Train ``model`` with ``opt`` on batches ``0..steps-1`` of the seeded train stream; validation accuracy.
 
-    ``before_step(t)`` runs at the start of step ``t`` (it sets learning rates)."""
-    stream = task.batches("train", seed=seed)
+    ``before_step(t)`` runs at the start of step ``t`` (it sets learning rates). The batches go to the model's device
+    (the evaluation too)."""
+    stream = task.batches("train", seed=seed, device=next(model.parameters()).device)
     for t in range(steps):
         if before_step is not None:
             before_step(t)
@@ -71,24 +75,25 @@ def show(arg: str, acc) -> None:
 
 
 # ---------------------------------------------------------------------------------------- Adam, one global rate
-def adam_functional(task: Task, lr: float, steps: int = STEPS) -> float:
-    """This package's functional Adam at rate ``lr``: validation accuracy after ``steps`` steps."""
-    opt = build_optimizer(OptimizerConfig(family="adam", lr=lr))
-    return train_optimizee(opt, task, steps, seed=SEED, eval_split="val")["acc"]
+def adam_functional(task: Task, lr: float, steps: int = STEPS, device: str | torch.device = "cpu") -> float:
+    """This package's functional Adam at rate ``lr``: validation accuracy after ``steps`` steps on ``device``."""
+    opt = build_optimizer(OptimizerConfig(family="adam", lr=lr)).to(device)
+    return train_optimizee(opt, task, steps, seed=SEED, device=device, eval_split="val")["acc"]
 
 
-def adam_grid(specs: list[str], steps: int) -> None:
+def adam_grid(specs: list[str], steps: int, device: str | torch.device = "cpu") -> None:
     """``TASK@LR``: a registered task at one Adam rate."""
     for spec in specs:
         name, lr = spec.split("@")
-        show(spec, adam_functional(get_task(name), float(lr), steps))
+        show(spec, adam_functional(get_task(name), float(lr), steps, device))
 
 
-def adam_batch(specs: list[str]) -> None:
+def adam_batch(specs: list[str], device: str | torch.device = "cpu") -> None:
     """``BATCH@LR``: the Fashion-MNIST CNN (channels 16, 32, 32) at another batch size (gradient noise)."""
     for spec in specs:
         bs, lr = spec.split("@")
-        show(spec, adam_functional(conv_task("fashion-mnist", FMNIST_CHANNELS, batch_size=int(bs)), float(lr)))
+        task = conv_task("fashion-mnist", FMNIST_CHANNELS, batch_size=int(bs))
+        show(spec, adam_functional(task, float(lr), device=device))
 
 
 def schedule_factor(schedule: str, t: int, steps: int) -> float:
@@ -97,9 +102,10 @@ def schedule_factor(schedule: str, t: int, steps: int) -> float:
     return {"const": 1.0, "cos": cosine, "lin": 1 - t / steps, "wcos": min(1.0, (t + 1) / 50) * cosine}[schedule]
 
 
-def adam_schedule_run(task: Task, lr: float, schedule: str, seed: int, steps: int = STEPS) -> float:
+def adam_schedule_run(task: Task, lr: float, schedule: str, seed: int, steps: int = STEPS,
+                      device: str | torch.device = "cpu") -> float:
     torch.manual_seed(seed)
-    model = task.make_model(seed)
+    model = task.make_model(seed).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def set_rate(t: int) -> None:
@@ -109,14 +115,14 @@ def adam_schedule_run(task: Task, lr: float, schedule: str, seed: int, steps: in
     return train_torch(task, model, opt, seed, steps, set_rate)
 
 
-def adam_schedule(task_name: str, specs: list[str]) -> None:
+def adam_schedule(task_name: str, specs: list[str], device: str | torch.device = "cpu") -> None:
     """``LR:SCHEDULE``: Adam with a learning-rate schedule, on two seeds."""
     task = get_task(task_name)
     for spec in specs:
         lr, schedule = spec.split(":")
         if schedule not in SCHEDULES:
             raise SystemExit(f"unknown schedule {schedule!r} in {spec!r}: use one of {', '.join(SCHEDULES)}")
-        show(spec, [adam_schedule_run(task, float(lr), schedule, s) for s in SCHEDULE_SEEDS])
+        show(spec, [adam_schedule_run(task, float(lr), schedule, s, device=device) for s in SCHEDULE_SEEDS])
 
 
 # ----------------------------------------------------------------------------------------- Adam, per-layer rates
@@ -132,12 +138,13 @@ def parse_layer_spec(spec: str) -> dict[str, float]:
     return settings
 
 
-def adam_layers_run(task: Task, spec: str, seed: int = SEED, steps: int = STEPS) -> float:
+def adam_layers_run(task: Task, spec: str, seed: int = SEED, steps: int = STEPS,
+                    device: str | torch.device = "cpu") -> float:
     """Adam with one rate for the first conv ("0.*"), one for the last layer ("8.*", cifar10-conv's classifier)
     and one for the layers between."""
     s = parse_layer_spec(spec)
     torch.manual_seed(seed)
-    model = task.make_model(seed)
+    model = task.make_model(seed).to(device)
     named = list(model.named_parameters())
     first = [p for n, p in named if n.startswith("0.")]
     last = [p for n, p in named if n.startswith("8.")]
@@ -156,18 +163,19 @@ def adam_layers_run(task: Task, spec: str, seed: int = SEED, steps: int = STEPS)
     return train_torch(task, model, opt, seed, steps, decay)
 
 
-def adam_layers(specs: list[str]) -> None:
+def adam_layers(specs: list[str], device: str | torch.device = "cpu") -> None:
     """``KEY=VALUE,...``: per-layer rates on CIFAR-10 (see :func:`parse_layer_spec`)."""
     task = get_task("cifar10-conv")
     for spec in specs:
-        show(spec, adam_layers_run(task, spec))
+        show(spec, adam_layers_run(task, spec, device=device))
 
 
 # ------------------------------------------------------------------------------------------------- relative Adam
-def relative_run(task: Task, eta: float, live: bool = False, seed: int = SEED, steps: int = STEPS) -> float:
+def relative_run(task: Task, eta: float, live: bool = False, seed: int = SEED, steps: int = STEPS,
+                 device: str | torch.device = "cpu") -> float:
     """Relative Adam at ``eta``; ``live`` re-reads each tensor's RMS before every step (LARS-style) instead."""
     torch.manual_seed(seed)
-    model = task.make_model(seed)
+    model = task.make_model(seed).to(device)
     opt = relative_adam(model, eta)
 
     def reread(t: int) -> None:
@@ -177,54 +185,64 @@ def relative_run(task: Task, eta: float, live: bool = False, seed: int = SEED, s
     return train_torch(task, model, opt, seed, steps, reread if live else None)
 
 
-def relative(specs: list[str]) -> None:
+def relative(specs: list[str], device: str | torch.device = "cpu") -> None:
     """``TASK@ETA`` or ``TASK@ETA@live``: relative Adam on a registered task."""
     for spec in specs:
         name, eta, *rest = spec.split("@")
-        show(spec, relative_run(get_task(name), float(eta), live=bool(rest)))
+        show(spec, relative_run(get_task(name), float(eta), live=bool(rest), device=device))
 
 
-def relative_depth(specs: list[str], data: str) -> None:
+def relative_depth(specs: list[str], data: str, device: str | torch.device = "cpu") -> None:
     """``DEPTH@ETA``: relative Adam on a CNN of ``data`` with channels 16, 32, 32, 32, 32 cut to DEPTH."""
     for spec in specs:
         depth, eta = spec.split("@")
         task = conv_task(data, channels_for(FMNIST_CHANNELS, int(depth), 1.0))
-        show(spec, relative_run(task, float(eta)))
+        show(spec, relative_run(task, float(eta), device=device))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.hand_designed_adam", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("adam-grid", help="this package's Adam on registered tasks: TASK@LR ...")
+    common = argparse.ArgumentParser(add_help=False)  # every subcommand's --device
+    common.add_argument("--device", default="cpu",
+                        help="cpu | cuda | cuda:N (default cpu): where the models, optimizers and batches go")
+    p = sub.add_parser("adam-grid", parents=[common], help="this package's Adam on registered tasks: TASK@LR ...")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("specs", nargs="+", metavar="TASK@LR")
-    p = sub.add_parser("adam-batch", help="Adam on the Fashion-MNIST CNN at other batch sizes: BATCH@LR ...")
+    p = sub.add_parser("adam-batch", parents=[common],
+                       help="Adam on the Fashion-MNIST CNN at other batch sizes: BATCH@LR ...")
     p.add_argument("specs", nargs="+", metavar="BATCH@LR")
-    p = sub.add_parser("adam-schedule", help="torch Adam with a schedule, seeds 1000 and 1001: TASK LR:SCHEDULE ...")
+    p = sub.add_parser("adam-schedule", parents=[common],
+                       help="torch Adam with a schedule, seeds 1000 and 1001: TASK LR:SCHEDULE ...")
     p.add_argument("task")
     p.add_argument("specs", nargs="+", metavar="LR:SCHEDULE", help=f"SCHEDULE: one of {', '.join(SCHEDULES)}")
-    p = sub.add_parser("adam-layers", help="torch Adam with per-layer rates on CIFAR-10: KEY=VALUE,... ...")
+    p = sub.add_parser("adam-layers", parents=[common],
+                       help="torch Adam with per-layer rates on CIFAR-10: KEY=VALUE,... ...")
     p.add_argument("specs", nargs="+", metavar="KEY=VALUE,...", help=f"keys: {', '.join(LAYER_KEYS)}")
-    p = sub.add_parser("relative", help="relative Adam on registered tasks: TASK@ETA[@live] ...")
+    p = sub.add_parser("relative", parents=[common], help="relative Adam on registered tasks: TASK@ETA[@live] ...")
     p.add_argument("specs", nargs="+", metavar="TASK@ETA[@live]")
-    p = sub.add_parser("relative-depth", help="relative Adam on CNNs of depth 1..5: DEPTH@ETA ...")
+    p = sub.add_parser("relative-depth", parents=[common], help="relative Adam on CNNs of depth 1..5: DEPTH@ETA ...")
     p.add_argument("--data", default="fashion-mnist", help="data set (default fashion-mnist)")
     p.add_argument("specs", nargs="+", metavar="DEPTH@ETA")
     args = ap.parse_args(argv)
+    try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
 
     torch.set_num_threads(1)
     if args.command == "adam-grid":
-        adam_grid(args.specs, args.steps)
+        adam_grid(args.specs, args.steps, device)
     elif args.command == "adam-batch":
-        adam_batch(args.specs)
+        adam_batch(args.specs, device)
     elif args.command == "adam-schedule":
-        adam_schedule(args.task, args.specs)
+        adam_schedule(args.task, args.specs, device)
     elif args.command == "adam-layers":
-        adam_layers(args.specs)
+        adam_layers(args.specs, device)
     elif args.command == "relative":
-        relative(args.specs)
+        relative(args.specs, device)
     else:
-        relative_depth(args.specs, args.data)
+        relative_depth(args.specs, args.data, device)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ Writes ``results/experiments/meta-gradient-probe/probe.json`` after every number
 it (a killed run continues):
 
     python -m experiments.meta_gradient_probe          # about 40 min on one core
+    python -m experiments.meta_gradient_probe --device cuda
+
+``--device`` (default cpu; cpu | cuda | cuda:N) is where the optimizer, the inner models and the batches go; a row
+measured off the CPU records its ``device``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from experiments import RESULTS
 from l2o.optim import OptimizerConfig, build_optimizer
 from meta_train.unroll import TaskPool
 from tasks import channels_for, conv_task
+from tasks.devices import parse_device
 
 OUT = RESULTS / "experiments" / "meta-gradient-probe" / "probe.json"
 ETA, WARM, SEED = 0.13, 200, 0
@@ -46,16 +51,17 @@ PROBES = (("fd 10", 10, "fd", 1.0), ("2nd 10", 10, "second", 1.0), ("1st 10", 10
           ("fd-val 800", 800, "fd-val", 1.0))
 
 
-def optimizer():
-    """The untrained FF optimizer: relative Adam at ETA with a multiplier of exactly 1."""
+def optimizer(device: str | torch.device = "cpu"):
+    """The untrained FF optimizer: relative Adam at ETA with a multiplier of exactly 1 (built on the CPU's RNG, then
+    moved to ``device``)."""
     torch.manual_seed(0)
     return build_optimizer(OptimizerConfig(family="ff", adam_residual=True, adam_lr=ETA, adam_scale=1.0,
-                                           additive=False, relative=True))
+                                           additive=False, relative=True)).to(device)
 
 
-def start(opt, task):
-    """The task after WARM steps of relative Adam at ETA: (inner task, params, state)."""
-    pool = TaskPool(lambda g: task, opt, [0], 10**6, 0, seed=SEED)
+def start(opt, task, device: str | torch.device = "cpu"):
+    """The task after WARM steps of relative Adam at ETA on ``device``: (inner task, params, state)."""
+    pool = TaskPool(lambda g: task, opt, [0], 10**6, 0, seed=SEED, device=device)
     t = pool.tasks[0]
     p, s = t.params, t.state
     with torch.no_grad():
@@ -111,7 +117,7 @@ def final_val_loss(opt, t, p, s, K):
     for k in range(K):
         _, g = t.loss_and_grad(p, WARM + k)
         p, s = opt.update(t.ctx, p, g, s)
-    x, y = t.task.batches("val", batch_size=2000, seed=0).batch(0)  # the same 2,000 images every call
+    x, y = t.task.batches("val", batch_size=2000, seed=0, device=p.device).batch(0)  # the same 2,000 images
     named = dict(zip(t.ctx.names, t.ctx.split(p)))
     return float(torch.log(t.task.loss(functional_call(t.model, named, (x,)), y)))
 
@@ -146,19 +152,25 @@ def derivative(opt, t, p, s, K, mode, discount=1.0):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.meta_gradient_probe", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.relative_to(RESULTS.parent)})")
-    path = ap.parse_args(argv).out
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs go")
+    args = ap.parse_args(argv)
+    try:
+        device = parse_device(args.device)
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
+    path = args.out
     torch.set_num_threads(1)
     rows = json.loads(path.read_text()) if path.exists() else []
     for data, base, depth, bs in TASKS:
         task = conv_task(data, channels_for(base, depth, 1.0), batch_size=bs)
         row = next((r for r in rows if r["task"] == task.name and r["batch"] == bs), None)
         if row is None:
-            row = {"task": task.name, "batch": bs}
+            row = {"task": task.name, "batch": bs, **({} if device.type == "cpu" else {"device": str(device)})}
             rows.append(row)
         if all(label in row for label, *_ in PROBES):
             continue
-        opt = optimizer()
-        t, p, s = start(opt, task)
+        opt = optimizer(device)
+        t, p, s = start(opt, task, device)
         for label, K, mode, disc in PROBES:
             if label not in row:
                 row[label] = derivative(opt, t, p, s, K, mode, disc)

@@ -103,11 +103,12 @@ class TruncatedBackprop(Estimator):
                 if m is None or a.bad[i]:
                     continue
                 L, h = m
-                meta_values.append(math.log(float(L)) if cfg.log_loss else float(L))
+                value = a.meta_values[i]
+                meta_values.append(math.log(value) if cfg.log_loss else value)
                 if second:
                     surrogate = surrogate + scale * (torch.log(L) if cfg.log_loss else L)
                 else:
-                    w = scale / float(L) if cfg.log_loss else scale
+                    w = scale / value if cfg.log_loss else scale
                     surrogate = surrogate + (h.detach() * w * a.new_params[i]).sum()
             if surrogate.requires_grad:
                 if self.greedy:
@@ -344,9 +345,10 @@ class WindowCredit(Estimator):
                 if a.meta[i] is not None:  # step taken: credited once the W losses after it are in
                     buf.entries.append(CreditEntry(a.params[i], a.grads[i], a.states[i], buf.total))
                     if not a.bad[i]:
-                        L, h = a.meta[i]
-                        meta_values.append(math.log(float(L)) if cfg.log_loss else float(L))
-                        x = h / float(L) if cfg.log_loss else h
+                        _, h = a.meta[i]
+                        value = a.meta_values[i]
+                        meta_values.append(math.log(value) if cfg.log_loss else value)
+                        x = h / value if cfg.log_loss else h
                         if gamma < 1:  # loss index k: weight gamma^k (see the class docstring)
                             x = x.double() * gamma ** a.steps[i]
                         buf.total = buf.total + x

@@ -118,6 +118,7 @@ class Advance:
     new_params: list[torch.Tensor]  # p_{k+1} [P_i], carrying the update's autograd graph when it has one
     meta: list[tuple[torch.Tensor, torch.Tensor] | None]  # (meta-loss, its gradient h_k [P_i]) at p_{k+1}, or None
     #                                                       where it was not evaluated (L_k or p_{k+1} not finite)
+    meta_values: list[float]  # the meta-losses as floats, NaN where not evaluated (read once for all tasks)
     bad: list[bool]  # blew up at this step (L_k, p_{k+1} or the meta-loss): the task was reset
     finished: list[bool]  # bad, or the horizon reached: the task was replaced by a fresh one after this step
 
@@ -146,8 +147,19 @@ def loss_ok(loss: torch.Tensor, clip: float) -> bool:
     return math.isfinite(v) and v <= clip
 
 
-def _finite(x: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
+def host_checks(losses: list[torch.Tensor], tensors: list[torch.Tensor]) -> tuple[list[float], list[bool]]:
+    """``([float(L) for L in losses], [bool(isfinite(x).all()) for x in tensors])`` with one device-to-host copy
+    for all of them: on a GPU each ``float()`` is a synchronisation that stalls the device, K times per check."""
+    parts = [L.detach().reshape(()).double() for L in losses] + [torch.isfinite(x).all().double() for x in tensors]
+    if not parts:
+        return [], []
+    values = torch.stack(parts).tolist()
+    return values[: len(losses)], [v > 0 for v in values[len(losses):]]
+
+
+def _usable(value: float, clip: float) -> bool:
+    """:func:`loss_ok` of a loss already on the host."""
+    return math.isfinite(value) and value <= clip
 
 
 class TaskPool:
@@ -200,32 +212,38 @@ class TaskPool:
                 jobs.append((i, p, t.step, False))
         for i, result in self.losses_and_grads(jobs, create_graph).items():
             tasks[i].pending = result
-        bad = [not (loss_ok(t.pending[0], loss_clip) and _finite(t.pending[1])) for t in tasks]
+        values, finite = host_checks([t.pending[0] for t in tasks], [t.pending[1] for t in tasks])
+        bad = [not (_usable(v, loss_clip) and f) for v, f in zip(values, finite)]
         grads = [torch.zeros_like(t.pending[1]) if b else t.pending[1] for t, b in zip(tasks, bad)]
         sizes = [t.params.numel() for t in tasks]
         params, states = [t.params for t in tasks], [t.state for t in tasks]
         new_p, new_s = update(self.contexts(), torch.cat(params), torch.cat(grads), batch_states(states, sizes))
         new_params = list(torch.split(new_p, sizes))
         new_states = split_state(new_s, sizes, {"step"})
-        losses = [float(t.pending[0]) if not b else float("nan") for t, b in zip(tasks, bad)]
+        losses = [v if not b else float("nan") for v, b in zip(values, bad)]
         meta: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tasks)
+        meta_values = [float("nan")] * len(tasks)
         next_pending: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tasks)
         jobs = []
+        _, finite = host_checks([], new_params)
         for i, t in enumerate(tasks):
             if bad[i]:
                 continue
-            if not _finite(new_params[i]):
+            if not finite[i]:
                 bad[i] = True
                 continue
             if meta_loss == "train":  # the next batch: this is also the next step's inner loss and gradient
                 jobs.append((i, new_params[i], t.step + 1, False))
             else:
                 jobs.append((i, new_params[i], t.step, meta_loss == "fresh"))
-        for i, (L, h) in self.losses_and_grads(jobs, create_graph).items():
-            meta[i] = (L, h)
+        results = self.losses_and_grads(jobs, create_graph)
+        values, finite = host_checks([L for L, _ in results.values()],
+                                     [h for _, h in results.values()] if finite_meta_grad else [])
+        for n, (i, (L, h)) in enumerate(results.items()):
+            meta[i], meta_values[i] = (L, h), values[n]
             if meta_loss == "train":
                 next_pending[i] = meta[i]
-            if not loss_ok(L, loss_clip) or (finite_meta_grad and not _finite(h)):
+            if not _usable(values[n], loss_clip) or (finite_meta_grad and not finite[n]):
                 bad[i] = True
                 next_pending[i] = None
         steps = [t.step for t in tasks]
@@ -241,7 +259,7 @@ class TaskPool:
         for i, done in enumerate(finished):
             if done:
                 self.reset(i)
-        return Advance(contexts, steps, losses, params, grads, states, new_params, meta, bad, finished)
+        return Advance(contexts, steps, losses, params, grads, states, new_params, meta, meta_values, bad, finished)
 
     def losses_and_grads(self, jobs: list[Job], create_graph: bool = False
                          ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:

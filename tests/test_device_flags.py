@@ -1,9 +1,10 @@
 """``--device`` on every command, and the paths it reaches: the weight-space training loop and zoo fitting, step
-statistics, evaluation's optimizers, the demo. The device-sensitive tests take the ``device`` fixture (``cpu`` always,
-``cuda`` only where a GPU is present); the command-line checks need no GPU (CUDA's availability is faked where a test
-needs a GPU to be "present")."""
+statistics, evaluation's optimizers, the demo, the studies in ``experiments/`` and the benchmarks. The device-sensitive
+tests take the ``device`` fixture (``cpu`` always, ``cuda`` only where a GPU is present); the command-line checks need
+no GPU (CUDA's availability is faked where a test needs a GPU to be "present")."""
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import replace
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from meta_train import cli
 from tasks.devices import parse_device
@@ -207,3 +209,188 @@ def test_demo_runs_on_the_device(device):
 
     res = run_demo("fmnist-conv", steps=2, seed=0, device=device)
     assert math.isfinite(res["final_loss"]) and 0.0 <= res["test_acc"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------ experiments, benchmarks
+# The scripts outside meta_train's command line: the arguments each needs (``{tmp}``: a scratch folder, so that no
+# committed results file is read or written) and the function its work starts with, "module:name".
+SCRIPTS = {
+    "experiments.dng_discount": (["some.pt", "--out", "{tmp}/rates.json"], "experiments.dng_discount:effective_rates"),
+    "experiments.family_rates": (["--out", "{tmp}/rates.json"], "experiments.dng_discount:effective_rates"),
+    "experiments.gradient_noise_rule": (["--out", "{tmp}/snr.json"], "experiments.gradient_noise_rule:measure"),
+    "experiments.hand_designed_adam": (["relative", "fmnist-conv@0.1"], "experiments.hand_designed_adam:relative_run"),
+    "experiments.meta_gradient_probe": (["--out", "{tmp}/probe.json"], "experiments.meta_gradient_probe:optimizer"),
+    "experiments.untrained_optimizer": (["--out", "{tmp}/untrained.pt"],
+                                        "experiments.untrained_optimizer:write_untrained"),
+    "benchmarks.fault_injection": (["--out", "{tmp}"], "benchmarks.fault_injection:run_one"),
+    "benchmarks.graph": (["--out", "{tmp}"], "benchmarks.graph:bench"),
+}
+
+
+class _WorkStarted(Exception):
+    pass
+
+
+def _stub_work(monkeypatch, script: str, tmp_path: Path) -> tuple[list[str], list]:
+    """``(argv, seen)``: the script's arguments, and the devices its work was started on (the work itself replaced by
+    a stand-in that notes its device, the last argument, and stops the script)."""
+    argv, target = SCRIPTS[script]
+    module, name = target.split(":")
+    seen = []
+
+    def stand_in(*args, **kw):
+        seen.append(torch.device(kw["device"] if "device" in kw else args[-1]))
+        raise _WorkStarted
+
+    monkeypatch.setattr(importlib.import_module(module), name, stand_in)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the studies pin one thread: not this process
+    return [a.format(tmp=tmp_path) for a in argv], seen
+
+
+def _run_script(script: str, argv: list[str]) -> None:
+    with pytest.raises(_WorkStarted):
+        importlib.import_module(script).main(argv)
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_every_script_takes_device(script, monkeypatch, tmp_path, capsys):
+    argv, seen = _stub_work(monkeypatch, script, tmp_path)
+    _run_script(script, argv)
+    assert seen == [torch.device("cpu")]  # the default
+    _fake_gpus(monkeypatch, 2)
+    for name in ("cpu", "cuda", "cuda:1"):
+        if script == "benchmarks.fault_injection" and name == "cuda:1":  # meta-trains: no GPU index, as `train`
+            with pytest.raises(SystemExit) as info:
+                importlib.import_module(script).main(argv + ["--device", name])
+            assert info.value.code == 2 and "CUDA_VISIBLE_DEVICES=1" in capsys.readouterr().err
+            continue
+        _run_script(script, argv + ["--device", name])
+        assert seen[-1] == torch.device(name)
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(script).main(argv + ["--device", "tpu"])
+    assert info.value.code == 2 and "use cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert len(seen) == 4 - (script == "benchmarks.fault_injection")  # the bad devices started nothing
+
+
+@no_gpu
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_scripts_refuse_cuda_without_a_gpu(script, monkeypatch, tmp_path, capsys):
+    argv, seen = _stub_work(monkeypatch, script, tmp_path)
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(script).main(argv + ["--device", "cuda"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and seen == []  # stopped before any work
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "no usable CUDA GPU" in err and "--device cpu" in err
+
+
+def test_benchmarks_keep_the_cpu_tables(monkeypatch, tmp_path):
+    """A GPU run writes ``<name>_cuda.*`` beside the committed CPU tables, and each record says its device."""
+    from benchmarks import fault_injection, graph
+
+    monkeypatch.setattr(graph, "bench", lambda task, repeats, device: {
+        "task": task.name, "ratio": 0.5, "device": str(device)})
+    monkeypatch.setattr(fault_injection, "run_one", lambda estimator, *args: {
+        "estimator": estimator, "metrics_bit_identical": True, "weights_bit_identical": True, "device": args[-1],
+        "cuda": None})
+    for name, suffix in (("cpu", ""), ("cuda", "_cuda")):
+        out = tmp_path / name
+        if name == "cuda":
+            _fake_gpus(monkeypatch, 1)
+        graph.main(["--out", str(out), "--device", name])
+        fault_injection.main(["--out", str(out), "--device", name, "--estimators", "greedy"])
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            f"{stem}{suffix}.{ext}" for stem, ext in (("graph", "json"), ("fault_injection", "json"),
+                                                      ("fault_injection", "md")))
+        assert (f"--device {name}" in (out / f"fault_injection{suffix}.md").read_text()) == (name != "cpu")
+
+
+def test_fault_injection_meta_trains_on_the_device():
+    from benchmarks.fault_injection import _cmd
+
+    for name in ("cpu", "cuda"):
+        cmd = _cmd(Path("runs/x"), 3, "window", True, name)
+        assert cmd[1:4] == ["-m", "meta_train", "train"]
+        args = cli.build_parser().parse_args(cmd[3:])
+        cli._start_train(args, [])
+        assert args.device == name and args.overrides[-1] == f"run.device='{name}'"
+
+
+def _tiny_task(seen: set[str] | None = None):
+    """A CNN of 4 and 4 channels on 64 synthetic 8x8 images (no data files); its loss notes where the logits were."""
+    from tasks.data import ImageDataset
+    from tasks.registry import conv_task
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, size=64)
+    images = np.clip(labels[:, None, None, None] * 25 + rng.integers(0, 40, size=(64, 1, 8, 8)), 0, 255)
+    data = ImageDataset(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)),
+                        (0.5,), (0.25,))
+    task = conv_task("fashion-mnist", (4, 4), batch_size=8)
+    task.data = lambda split="train", root=None: data
+    if seen is not None:
+        task.loss = lambda logits, y: (seen.add(logits.device.type), F.cross_entropy(logits, y))[1]
+    return task
+
+
+def test_gradient_noise_rule_on_the_device(device, monkeypatch):
+    import experiments.gradient_noise_rule as gnr
+
+    monkeypatch.setattr(gnr, "READ_AT", (3, 5))
+    monkeypatch.setattr(gnr, "WINDOW", 2)
+    seen = set()
+    row = gnr.measure(_tiny_task(seen), 8, "0.1", device=device)
+    assert seen == {device.type}
+    assert all(math.isfinite(row[k][5]) for k in ("per_weight", "tensor_level", "cos_prev", "train_loss"))
+    assert row.get("device") == (None if device.type == "cpu" else str(device))  # CPU rows as before
+
+
+def test_hand_designed_adam_on_the_device(device):
+    import experiments.hand_designed_adam as hda
+
+    seen = set()
+    task = _tiny_task(seen)
+    accs = [hda.relative_run(task, 0.1, live=True, steps=3, device=device),
+            hda.adam_schedule_run(task, 1e-2, "wcos", 1000, steps=3, device=device),
+            hda.adam_layers_run(task, "lr=1e-2,in=3e-2", steps=3, device=device),
+            hda.adam_functional(task, 1e-2, steps=3, device=device)]
+    assert seen == {device.type} and all(0.0 <= a <= 1.0 for a in accs)
+
+
+def test_meta_gradient_probe_on_the_device(device, monkeypatch):
+    import experiments.meta_gradient_probe as mgp
+
+    monkeypatch.setattr(mgp, "WARM", 2)
+    seen = set()
+    opt = mgp.optimizer(device)
+    t, p, s = mgp.start(opt, _tiny_task(seen), device)
+    assert p.device.type == device.type and all(q.device.type == device.type for q in opt.parameters())
+    values = [mgp.derivative(opt, t, p, s, 2, mode, 0.98) for mode in ("fd", "fd-val", "first-credit", "first",
+                                                                        "second")]
+    assert seen == {device.type} and all(math.isfinite(v) for v in values)
+
+
+def test_effective_rates_of_the_untrained_optimizer_on_the_device(device, monkeypatch, tmp_path):
+    import experiments.dng_discount as dd
+    from experiments.untrained_optimizer import write_untrained
+
+    path = write_untrained(tmp_path / "untrained.pt", device)
+    cpu = torch.load(write_untrained(tmp_path / "cpu.pt"), weights_only=True)["state_dict"]
+    weights = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.device.type == "cpu" and torch.equal(v, cpu[k]) for k, v in weights.items())  # the same file
+    seen = set()
+    monkeypatch.setattr(dd, "TASKS", [("fashion-mnist", (4, 4), 2, 8)])
+    monkeypatch.setattr(dd, "conv_task", lambda *args, **kw: _tiny_task(seen))
+    rows = dd.effective_rates([str(path)], steps=3, device=device)
+    assert seen == {device.type} and len(rows) == 1
+    assert all(math.isfinite(rows[0][c]) for c in dd.CATS if c in rows[0])
+    assert rows[0].get("device") == (None if device.type == "cpu" else str(device))
+
+
+def test_graph_benchmark_on_the_device(device):
+    from benchmarks.graph import bench
+    from tasks.registry import conv_task
+
+    rec = bench(conv_task("fashion-mnist", (4, 4), batch_size=8), repeats=1, device=device)
+    assert rec["device"] == str(device) and rec["num_edges"] > 0
+    assert all(math.isfinite(rec[k]) and rec[k] > 0 for k in ("build_ms", "scatter_gather_ms", "fwd_bwd_ms"))

@@ -6,6 +6,7 @@ per-task loop to float rounding.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 from pathlib import Path
@@ -197,6 +198,30 @@ def test_loss_clip_flags_the_same_tasks():
     a, b = fast.advance(learned.update, loss_clip=clip), slow.advance(learned.update, loss_clip=clip)
     _same_advance(a, b)
     assert 0 < sum(a.bad) < 5
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_advance_reads_values_to_the_host_once_per_check_for_all_tasks(monkeypatch, start):
+    """On a GPU every float() / bool() of a tensor is a synchronisation: one inner step of K tasks reads the inner
+    losses and gradient flags, the new parameters' flags and the meta-losses in three host copies, whatever K is,
+    and the meta-losses it reports are those values (NaN where not evaluated), also with a blown-up task."""
+    learned = _learned()
+    pool = TaskPool(RegressionFamily((4, 8)).sample, learned, list(range(5)), 20, 0, seed=0)
+    pool.tasks[2].stream = _NaNStream(pool.tasks[2].stream, start)
+    pool.advance(learned.update)  # tasks now hold their pending (meta_loss="train") inner losses
+    calls = []
+    real = unroll.host_checks
+    monkeypatch.setattr(unroll, "host_checks", lambda *a: calls.append(a) or real(*a))
+    for name in ("__float__", "__bool__", "item"):
+        monkeypatch.setattr(torch.Tensor, name, lambda *a: pytest.fail("a per-task host read in advance()"))
+    a = pool.advance(learned.update, meta_loss="same", finite_meta_grad=True)
+    monkeypatch.undo()
+    assert len(calls) == 3
+    for i, m in enumerate(a.meta):
+        if m is None:
+            assert math.isnan(a.meta_values[i])
+        else:
+            assert a.meta_values[i] == float(m[0])
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
