@@ -233,7 +233,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: left as is; set 1 on a shared, busy CPU)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for encoders.json and encoders.md")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for encoders.json and encoders.md (encoders_cuda.* on a GPU)")
     args = ap.parse_args(argv)
     encoders = args.encoders or sorted(ENCODERS)
     unknown = [n for n in encoders if n not in ENCODERS]
@@ -263,8 +263,9 @@ def main(argv=None) -> None:
 
     md = report(records, slope_records, info, args.quick)
     print(md)
-    write_json("encoders.json", records + slope_records, args.out)
-    (args.out / "encoders.md").write_text(md)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"  # a GPU run does not replace the CPU tables
+    write_json(f"encoders{suffix}.json", records + slope_records, args.out)
+    (args.out / f"encoders{suffix}.md").write_text(md)
     print(f"-> {args.out / 'encoders.json'}, {args.out / 'encoders.md'}")
 
 
