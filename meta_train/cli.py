@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--depth", type=int, default=None, help="graph encoder depth")
     ws.add_argument("--probes", type=int, default=None, help="probe points for INR tasks (0: off)")
     ws.add_argument("--aux-recon", type=float, default=None, help="INR2JLS-style reconstruction loss weight")
+    ws.add_argument("--encoder-option", action="append", default=None, type=_encoder_option, metavar="KEY=VALUE",
+                    help="a graph encoder's constructor option (repeatable), VALUE read as a Python literal (True, 3, "
+                         "0.5; anything else is a string), e.g. --encoder dng --encoder-option recurrence=rnn "
+                         "--encoder-option bidirectional=False; the runs are labelled dng[bidirectional=False,"
+                         "recurrence=rnn] (keys sorted), every --encoder must take the options")
     ws.add_argument("--train-size", type=int, default=None)
     ws.add_argument("--val-size", type=int, default=None)
     ws.add_argument("--test-size", type=int, default=None)
@@ -232,10 +237,30 @@ def _report(args: argparse.Namespace) -> None:
     write([Path(d) for d in args.evals], Path(args.out))
 
 
+def _encoder_option(text: str) -> tuple[str, object]:
+    """``weight-space --encoder-option KEY=VALUE`` -> ``(KEY, value)``: VALUE as a Python literal (``True``, ``3``,
+    ``0.5``, ``'x'``, ``None``), else the text itself as a string (``rnn``, ``mean``, ``none``)."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. recurrence=rnn), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def _weight_space(args: argparse.Namespace) -> None:
+    from tasks.weight_space.task_models import EncoderOptionError
+
     from .pipelines.weight_space import weight_space_main
 
-    weight_space_main(args)
+    try:
+        weight_space_main(args)
+    except EncoderOptionError as exc:  # a bad --encoder-option: one line, exit status 2
+        args.command_parser.error(str(exc))
 
 
 def _results(args: argparse.Namespace) -> None:

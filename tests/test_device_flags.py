@@ -224,6 +224,7 @@ SCRIPTS = {
                                         "experiments.untrained_optimizer:write_untrained"),
     "benchmarks.fault_injection": (["--out", "{tmp}"], "benchmarks.fault_injection:run_one"),
     "benchmarks.graph": (["--out", "{tmp}"], "benchmarks.graph:bench"),
+    "experiments.dng_ablation": (["--out", "{tmp}/r", "--results", "{tmp}/res"], "experiments.dng_ablation:run_study"),
 }
 
 

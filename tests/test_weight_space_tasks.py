@@ -293,3 +293,159 @@ def test_generalization_end_to_end_and_report(tmp_path):
 def test_statnn_does_not_apply_to_editing():
     with pytest.raises(ValueError, match="StatNN"):
         default_spec("edit", "mnist", "statnn")
+
+
+# ------------------------------------------------------------------------------------------------ encoder options
+def _built_encoder(task: str, encoder: str, inr_zoo, **overrides):
+    """The graph encoder inside the model ``run`` would build for ``default_spec(task, ..., **overrides)``."""
+    from tasks.weight_space.task_runs import build_model
+
+    data = inr_task_data(inr_zoo, task)
+    spec = default_spec(task, "synthetic", encoder, hidden=8, depth=1, probes=3, **overrides)
+    model = build_model(spec, data, Batcher(data.train.table, Normalizer(data.train.table), graph_inputs=True))
+    backbone = model.backbone if task == "edit" else model.features.backbone
+    return backbone.encoder
+
+
+def test_encoder_options_reach_the_encoder(inr_zoo):
+    shipped = _built_encoder("classify", "dng", inr_zoo)
+    assert isinstance(shipped.forward_traversal.cell, torch.nn.GRUCell) and shipped.backward_traversal is not None
+    rnn = _built_encoder("classify", "dng", inr_zoo, encoder_options={"recurrence": "rnn", "bidirectional": False,
+                                                                      "aggregation": "mean"})
+    assert isinstance(rnn.forward_traversal.cell, torch.nn.RNNCell)
+    assert rnn.backward_traversal is None and rnn.aggregation == "mean"
+    # The editor's backbone (GraphBackbone directly) and another encoder get them too.
+    edit = _built_encoder("edit", "dng", inr_zoo, encoder_options={"recurrence": "none"})
+    assert edit.recurrence == "none" and not isinstance(edit.forward_traversal.cell, torch.nn.GRUCell)
+    ng_gnn = _built_encoder("classify", "ng-gnn", inr_zoo, encoder_options={"bidirectional": False})
+    assert ng_gnn.bidirectional is False
+
+
+def test_encoder_options_label_record_name_and_round_trip():
+    from dataclasses import asdict
+
+    from tasks.weight_space.task_runs import RunSpec
+
+    # Without options: the names of the existing records, unchanged.
+    assert default_spec("classify", "mnist", "dng").name == "classify-mnist-dng+probe128-s0"
+    assert default_spec("classify", "mnist", "dng", 2, probes=0).name == "classify-mnist-dng-s2"
+    assert default_spec("classify", "mnist", "dng", aux_recon=1.0).label == "dng+probe128+recon"
+    assert default_spec("edit", "mnist", "ng-gnn", 1).name == "edit-mnist-ng-gnn+probe32-s1"
+    assert default_spec("generalization", "cifar10", "ng-t").name == "generalization-cifar10-ng-t-s0"
+    assert default_spec("classify", "mnist", "nfn", train_size=10000, tag="long").label == "nfn+probe128+long"
+    assert default_spec("classify", "mnist", "mlp", encoder_options={}).label == "mlp"
+    # With options: in brackets after the encoder, keys sorted whatever order they were given in.
+    a = default_spec("classify", "mnist", "dng", 1, encoder_options={"recurrence": "rnn", "bidirectional": False})
+    b = default_spec("classify", "mnist", "dng", 1, encoder_options={"bidirectional": False, "recurrence": "rnn"})
+    assert a.label == b.label == "dng[bidirectional=False,recurrence=rnn]+probe128"
+    assert record_path("runs", a).name == "classify-mnist-dng[bidirectional=False,recurrence=rnn]+probe128-s1.json"
+    names = {default_spec("classify", "mnist", "dng", encoder_options=o).name
+             for o in ({}, {"recurrence": "rnn"}, {"recurrence": "none"}, {"bidirectional": False},
+                       {"aggregation": "mean"})}
+    assert len(names) == 5
+    # The record's config gives the spec back (JSON round trip); an old record's config has no encoder_options.
+    assert RunSpec(**json.loads(json.dumps(asdict(a)))) == a
+    old = asdict(default_spec("classify", "mnist", "dng"))
+    del old["encoder_options"]
+    assert RunSpec(**old).name == "classify-mnist-dng+probe128-s0"
+
+
+def test_bad_encoder_options_fail_early_and_clearly():
+    from tasks.weight_space.task_models import EncoderOptionError
+
+    with pytest.raises(EncoderOptionError, match=r"encoder 'dng' has no option 'gru'; valid keys: aggregation, "
+                                                 r"bidirectional, dense_density, fourier, positional, recurrence"):
+        default_spec("classify", "mnist", "dng", encoder_options={"gru": True})
+    with pytest.raises(EncoderOptionError, match=r"encoder 'ng-gnn' has no option 'recurrence'; valid keys: .*"
+                                                 r"bidirectional"):
+        default_spec("classify", "mnist", "ng-gnn", encoder_options={"recurrence": "rnn"})
+    with pytest.raises(EncoderOptionError, match=r"'dng' rejects .*recurrence must be one of"):
+        default_spec("classify", "mnist", "dng", encoder_options={"recurrence": "lstm"})
+    with pytest.raises(EncoderOptionError, match="'statnn' is not a graph encoder"):
+        default_spec("classify", "mnist", "statnn", encoder_options={"bidirectional": False})
+    with pytest.raises(EncoderOptionError, match="JSON"):
+        default_spec("classify", "mnist", "dng", encoder_options={"bidirectional": (False,)})
+
+
+def test_run_with_encoder_options_end_to_end(tmp_path, inr_zoo):
+    data = inr_task_data(inr_zoo, "classify")
+    spec = default_spec("classify", "synthetic", "dng", epochs=1, batch_size=6, probes=2, hidden=8, depth=1,
+                        encoder_options={"recurrence": "rnn"})
+    rec = run(spec, data=data, out_dir=tmp_path, progress=False, log=None)
+    path = tmp_path / "classify-synthetic-dng[recurrence=rnn]+probe2-s0.json"
+    assert path.exists() and rec["encoder"] == "dng[recurrence=rnn]+probe2" and rec["base_encoder"] == "dng"
+    assert json.loads(path.read_text())["config"]["encoder_options"] == {"recurrence": "rnn"}
+
+
+def test_cli_encoder_option_flag(tmp_path):
+    from meta_train.cli import build_parser
+    from meta_train.pipelines.weight_space import encoder_options_from
+
+    parse = build_parser().parse_args
+    args = parse(["weight-space", "classify", "--encoder", "dng", "--encoder-option", "recurrence=rnn",
+                  "--encoder-option", "bidirectional=False", "--encoder-option", "dense_density=0.5",
+                  "--encoder-option", "positional='index'"])
+    assert args.encoder_option == [("recurrence", "rnn"), ("bidirectional", False), ("dense_density", 0.5),
+                                   ("positional", "index")]
+    assert encoder_options_from(args.encoder_option) == {"recurrence": "rnn", "bidirectional": False,
+                                                         "dense_density": 0.5, "positional": "index"}
+    assert parse(["weight-space", "classify"]).encoder_option is None and encoder_options_from(None) is None
+    with pytest.raises(SystemExit):
+        parse(["weight-space", "classify", "--encoder-option", "recurrence"])  # no '='
+    # A key the encoder does not take stops the command before anything runs: a usage error (status 2).
+    for argv in (["--encoder", "dng", "--encoder-option", "bogus=1"], ["--encoder-option", "recurrence=rnn"]):
+        args = parse(["weight-space", "classify", *argv, "--out", str(tmp_path)])
+        with pytest.raises(SystemExit) as exc:
+            args.handler(args)
+        assert exc.value.code == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_dng_ablation_table_from_hand_made_records(tmp_path):
+    from experiments import dng_ablation as study
+
+    labels = study.variant_labels()
+    assert labels["ng-gnn"] == "ng-gnn+probe128" and labels["dng"] == "dng+probe128"
+    assert labels["recurrence=rnn"] == "dng[recurrence=rnn]+probe128" and labels["probes=0"] == "dng"
+    assert labels["bidirectional=False"] == "dng[bidirectional=False]+probe128"
+    assert len(set(labels.values())) == len(study.VARIANTS)
+
+    def rec(label, seed, acc, secs=(10.0, 12.0), dataset="mnist"):
+        return {"task": "classify", "dataset": dataset, "encoder": label, "seed": seed, "metrics": {"accuracy": acc},
+                "epochs": len(secs), "sec_per_epoch": sum(secs) / len(secs), "total_sec": sum(secs) + 5,
+                "history": [{"epoch": i + 1, "sec": s} for i, s in enumerate(secs)], "params": 1000,
+                "train_size": 2500, "val_size": 500, "test_size": 2000, "device": "cpu", "torch_threads": 1,
+                "config": {"batch_size": 64, "lr": 0.003, "hidden": 32, "depth": 2, "probes": 128}}
+
+    records = [rec("ng-gnn+probe128", 0, 0.80), rec("ng-gnn+probe128", 1, 0.82),
+               rec("dng+probe128", 2, 0.74), rec("dng+probe128", 0, 0.70), rec("dng+probe128", 1, 0.72),
+               rec("dng[recurrence=rnn]+probe128", 0, 0.75, secs=(4.0,)),
+               rec("dng+probe128", 0, 0.10, dataset="fmnist"),  # another data set: ignored
+               rec("nfn+probe128", 0, 0.5)]  # not a variant: ignored
+    table = study.summarize(records, labels)
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert [r["variant"] for r in table["rows"]] == [v.name for v in study.VARIANTS]
+    ref, dng, rnn = rows["ng-gnn"], rows["dng"], rows["recurrence=rnn"]
+    assert ref["n_seeds"] == 2 and ref["accuracy_mean"] == pytest.approx(0.81)
+    assert ref["accuracy_std"] == pytest.approx(math.sqrt(2 * 0.01 ** 2))  # sample std
+    assert dng["seeds"] == [0, 1, 2] and dng["accuracy_mean"] == pytest.approx(0.72)
+    assert dng["accuracy_std"] == pytest.approx(0.02)
+    assert dng["gap_to_reference"] == pytest.approx(-0.09) and ref["gap_to_reference"] == pytest.approx(0.0)
+    assert rnn["accuracy_std"] == 0.0 and rnn["gap_to_shipped"] == pytest.approx(0.03)
+    assert rnn["train_sec_per_run"] == pytest.approx(4.0) and dng["train_sec_per_run"] == pytest.approx(22.0)
+    assert rows["probes=0"]["n_seeds"] == 0 and math.isnan(rows["probes=0"]["gap_to_reference"])
+    assert "Closest DNG variant: recurrence=rnn" in table["verdict"]
+    assert "2500 train / 500 val / 2000 test" in table["note"] and "6 runs" in table["note"]
+    md = study.markdown(table)
+    assert "| dng | `dng+probe128` | 72.00 ± 2.00 | 3 | -9.00 | +0.00 | 22 |" in md
+    assert "| probes=0 | `dng` | n/a | 0 |" in md and "multi-head" in md
+    # write_table: the same table from record files, strict JSON (no NaN).
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, r in enumerate(records):
+        (runs / f"r{i}.json").write_text(json.dumps(r))
+    study.write_table(runs, tmp_path / "res", labels)
+    saved = json.loads((tmp_path / "res" / "dng_ablation.json").read_text(),
+                       parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert saved["rows"][1]["accuracy_mean"] == pytest.approx(0.72)
+    assert (tmp_path / "res" / "dng_ablation.md").read_text() == md

@@ -6,6 +6,11 @@ resumes where it stopped). ``report`` aggregates the records into ``<results>/we
 ``<results>/weight_space/``. ``all`` runs ``ALL_PLAN`` (every task / data set below x every model x seeds), seeds
 outermost so that an interrupted ``all`` still has every task covered, then ``EXTRA_PLAN`` (one seed each: longer
 runs of the cheapest encoders, no-probe and reconstruction-loss variants), then ``report``.
+
+``--encoder-option KEY=VALUE`` (repeatable) sets a graph encoder's constructor option (``RunSpec.encoder_options``;
+e.g. ``--encoder dng --encoder-option recurrence=rnn``); runs with options are labelled
+``<encoder>[KEY=VALUE,...]`` (keys sorted), so they never overwrite the runs without. Every encoder asked for must
+take the options (checked before any run).
 """
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ import argparse
 import time
 from pathlib import Path
 
-from tasks.weight_space.task_models import BASELINES, GRAPH_ENCODERS
+from tasks.weight_space.task_models import BASELINES, GRAPH_ENCODERS, EncoderOptionError, check_encoder_options
 from tasks.weight_space.task_report import NOTES, write_report
 from tasks.weight_space.task_runs import default_spec, load_task_data, record_path, run
 
-__all__ = ["ALL_PLAN", "run_many", "weight_space_main"]
+__all__ = ["ALL_PLAN", "run_many", "encoder_options_from", "weight_space_main"]
 
 # (task, dataset) pairs of `all`. Editing on MNIST (the INR zoo that classification uses too); generalization on the
 # CIFAR-10 and Fashion-MNIST CNN zoos. Every model, every seed.
@@ -39,33 +44,47 @@ def _models_for(task: str, models: list[str]) -> list[str]:
 
 def run_many(plan, models: list[str], seeds: list[int], out: Path, overrides: dict, force: bool = False,
              root: str | None = None, progress: bool = True, item_overrides: dict | None = None,
-             device: str = "cpu") -> list[Path]:
+             device: str = "cpu", data_cache: dict | None = None) -> list[Path]:
     """Run every (task, dataset) x model x seed in ``plan`` (seeds outermost) on ``device``; skip existing records.
 
     Settings: the task defaults, then ``item_overrides``, then ``overrides`` (the command line; None = not given).
-    A zoo that is not cached yet is fitted on ``device`` too."""
-    cache: dict[tuple, object] = {}
+    Every spec is made before the first run, so a bad setting (e.g. an encoder option the encoder does not take)
+    fails at once. A zoo that is not cached yet is fitted on ``device`` too. ``data_cache``: a dict to keep the
+    loaded task data in across calls (one per call when None)."""
+    cache: dict[tuple, object] = {} if data_cache is None else data_cache
+    settings = {**(item_overrides or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    specs = [default_spec(task, dataset, model, seed, **settings)
+             for seed in seeds for task, dataset in plan for model in _models_for(task, models)]
     done = []
-    for seed in seeds:
-        for task, dataset in plan:
-            for model in _models_for(task, models):
-                spec = default_spec(task, dataset, model, seed, **{**(item_overrides or {}),
-                                                                   **{k: v for k, v in overrides.items() if v is not None}})
-                path = record_path(out, spec)
-                if path.exists() and not force:
-                    print(f"skip {path.name} (exists)", flush=True)
-                    done.append(path)
-                    continue
-                key = (task, dataset, spec.train_size, spec.val_size, spec.test_size)
-                if key not in cache:
-                    t0 = time.time()
-                    cache[key] = load_task_data(spec, root, device)
-                    print(f"loaded {task}/{dataset}: {len(cache[key].train)} train, {len(cache[key].val)} val, "
-                          f"{len(cache[key].test)} test ({time.time() - t0:.1f} s)", flush=True)
-                run(spec, data=cache[key], out_dir=out, progress=progress, root=root,
-                    log=lambda s: print(s, flush=True), device=device)
-                done.append(path)
+    for spec in specs:
+        path = record_path(out, spec)
+        if path.exists() and not force:
+            print(f"skip {path.name} (exists)", flush=True)
+            done.append(path)
+            continue
+        key = (spec.task, spec.dataset, spec.train_size, spec.val_size, spec.test_size)
+        if key not in cache:
+            t0 = time.time()
+            cache[key] = load_task_data(spec, root, device)
+            print(f"loaded {spec.task}/{spec.dataset}: {len(cache[key].train)} train, {len(cache[key].val)} val, "
+                  f"{len(cache[key].test)} test ({time.time() - t0:.1f} s)", flush=True)
+        run(spec, data=cache[key], out_dir=out, progress=progress, root=root,
+            log=lambda s: print(s, flush=True), device=device)
+        done.append(path)
     return done
+
+
+def encoder_options_from(pairs: list[tuple[str, object]] | None) -> dict | None:
+    """``--encoder-option`` pairs -> the ``encoder_options`` dict (None when none were given); a key given twice
+    with different values is an error."""
+    if not pairs:
+        return None
+    options: dict = {}
+    for key, value in pairs:
+        if key in options and options[key] != value:
+            raise EncoderOptionError(f"--encoder-option {key} given twice ({options[key]!r} and {value!r})")
+        options[key] = value
+    return options
 
 
 def weight_space_main(args: argparse.Namespace) -> None:
@@ -78,6 +97,15 @@ def weight_space_main(args: argparse.Namespace) -> None:
     if args.mixed_batches:
         overrides["mixed_batches"] = True
     models = args.encoder or list(GRAPH_ENCODERS + BASELINES)
+    options = encoder_options_from(getattr(args, "encoder_option", None))
+    if options and args.action != "report":
+        overrides["encoder_options"] = options
+        for model in models:  # before any run: every model asked for must take the options
+            try:
+                check_encoder_options(model, options, args.hidden or 32, args.depth or 2)
+            except EncoderOptionError as exc:
+                hint = "" if args.encoder else " (without --encoder every model runs: choose them with --encoder)"
+                raise EncoderOptionError(f"--encoder-option: {exc}{hint}") from None
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
     if args.action == "report":
         res = write_report(out, args.results, notes=NOTES)

@@ -26,24 +26,83 @@ INR of every member runs on them and each neuron's activation at the points (pos
 the raw output for output neurons, the coordinates for input nodes) is appended to its node feature, so the
 encoder's input projection maps them into the node state. A neuron's probe values move with the neuron under a
 permutation, so the model stays invariant / equivariant.
+
+Encoder options (:func:`check_encoder_options`): a graph encoder's own constructor switches (DNG's ``recurrence``,
+``bidirectional``, ``aggregation``, ...; NG-GNN's ``bidirectional``, ...) pass through :class:`GraphBackbone` and
+:func:`build_features` to ``build_encoder`` unchanged. The sizes (``hidden``, ``depth``, ``kmax``) and input widths
+are set by the task, so they are not options.
 """
 from __future__ import annotations
+
+import inspect
+import json
 
 import torch
 import torch.nn as nn
 
-from l2o.encoders import build_encoder, graph_readout
+from l2o.encoders import ENCODERS, build_encoder, graph_readout
 from l2o.graph import ROLE_OUTPUT, NeuralGraph
 from l2o.graph.activations import module_activation
 
 from .batching import WeightBatch, rows_to_params
 
-__all__ = ["MLP", "ProbeFeatures", "Readout", "GraphBackbone", "PooledGraph", "FlatMLP", "StatNN",
+__all__ = ["MLP", "EncoderOptionError", "encoder_option_names", "check_encoder_options", "ProbeFeatures",
+           "Readout", "GraphBackbone", "PooledGraph", "FlatMLP", "StatNN",
            "WeightSpaceClassifier", "AccuracyPredictor", "WeightSpaceEditor", "FlatEditor", "build_features",
            "GRAPH_ENCODERS", "BASELINES"]
 
 GRAPH_ENCODERS = ("ng-gnn", "ng-t", "dng", "nfn")
 BASELINES = ("mlp", "statnn")
+# Constructor arguments of an encoder that the task sets itself (never encoder options).
+_TASK_SET = ("self", "node_in", "edge_in", "hidden", "depth", "kmax")
+
+
+class EncoderOptionError(ValueError):
+    """Encoder options that the named encoder does not take (unknown key, bad value, not JSON, not a graph encoder)."""
+
+
+def encoder_option_names(name: str) -> tuple[str, ...]:
+    """The option keys graph encoder ``name`` takes: its constructor's keyword arguments minus the sizes and input
+    widths the task sets (``hidden``, ``depth``, ``kmax``, ``node_in``, ``edge_in``), sorted."""
+    if name not in GRAPH_ENCODERS:
+        raise EncoderOptionError(f"{name!r} is not a graph encoder; encoder options apply to "
+                                 f"{', '.join(GRAPH_ENCODERS)}")
+    params = inspect.signature(ENCODERS[name].__init__).parameters.values()
+    return tuple(sorted(p.name for p in params if p.name not in _TASK_SET
+                        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)))
+
+
+def check_encoder_options(name: str, options: dict, hidden: int = 32, depth: int = 2, build: bool = True) -> None:
+    """Raise :class:`EncoderOptionError` (naming the encoder and its valid keys) unless ``options`` are keyword
+    arguments encoder ``name`` takes, with JSON values (they are stored in the run record) that its constructor
+    accepts. With ``build``, the values are checked by building the encoder once at ``hidden`` / ``depth`` on a tiny
+    input (the global random state is left as it was); without, only the keys and the JSON values."""
+    if not isinstance(options, dict):
+        raise EncoderOptionError(f"encoder options must be a dict, got {type(options).__name__}")
+    if not options:
+        return
+    valid = encoder_option_names(name)
+    unknown = sorted(k for k in options if k not in valid)
+    if unknown:
+        raise EncoderOptionError(f"encoder {name!r} has no option{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(map(repr, unknown))}; valid keys: {', '.join(valid)}")
+    for key, value in options.items():
+        try:
+            back = json.loads(json.dumps(value))
+            same = back == value and type(back) is type(value)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise EncoderOptionError(f"encoder {name!r} option {key}={value!r}: values must be JSON values (bool, "
+                                     f"int, float, str, None, lists / dicts of them) to be stored in the run record")
+    if not build:
+        return
+    with torch.random.fork_rng(devices=[]):
+        try:
+            build_encoder(name, 1, 1, hidden=hidden, depth=depth, kmax=1, **options)
+        except (TypeError, ValueError) as exc:
+            raise EncoderOptionError(f"encoder {name!r} rejects options {options}: {exc} "
+                                     f"(valid keys: {', '.join(valid)})") from exc
 
 
 class MLP(nn.Sequential):
@@ -154,11 +213,15 @@ class Readout(nn.Module):
 
 
 class GraphBackbone(nn.Module):
-    """Graph encoder (``l2o.encoders``, unchanged) on the batch's node/edge features (+ probe features)."""
+    """Graph encoder (``l2o.encoders``, unchanged) on the batch's node/edge features (+ probe features).
+
+    ``options``: the encoder's own constructor switches (:func:`check_encoder_options`), passed to ``build_encoder``.
+    """
 
     def __init__(self, encoder: str, kmax: int, hidden: int = 32, depth: int = 2, probes: ProbeFeatures | None = None,
                  channels: int = 1, **options):
         super().__init__()
+        check_encoder_options(encoder, options, build=False)  # the build below checks the values
         self.probes, self.channels = probes, channels
         node_in = channels + (probes.n if probes is not None else 0)
         self.encoder = build_encoder(encoder, node_in, kmax * kmax * channels, hidden=hidden, depth=depth, kmax=kmax,
@@ -208,7 +271,11 @@ class StatNN(FlatMLP):
 def build_features(name: str, *, kmax: int, n_outputs: int, flat_dim: int, stat_dim: int, hidden: int = 32,
                    depth: int = 2, baseline_hidden: int = 256, probes: ProbeFeatures | None = None,
                    channels: int = 1, **encoder_options) -> nn.Module:
-    """A feature extractor by name: a graph encoder (``ng-gnn``, ``ng-t``, ``dng``, ``nfn``), ``mlp`` or ``statnn``."""
+    """A feature extractor by name: a graph encoder (``ng-gnn``, ``ng-t``, ``dng``, ``nfn``), ``mlp`` or ``statnn``.
+
+    ``encoder_options`` go to the graph encoder's constructor (:func:`check_encoder_options`); baselines take none."""
+    if encoder_options and name not in GRAPH_ENCODERS:
+        check_encoder_options(name, encoder_options)  # raises: not a graph encoder
     if name in GRAPH_ENCODERS:
         return PooledGraph(GraphBackbone(name, kmax, hidden, depth, probes, channels, **encoder_options), n_outputs)
     if name == "mlp":

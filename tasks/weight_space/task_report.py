@@ -88,8 +88,13 @@ def collect(runs_dir: str | Path) -> list[dict]:
     return out
 
 
+def _base(label: str) -> str:
+    """The encoder of a run label: ``dng[recurrence=rnn]+probe128`` -> ``dng``."""
+    return label.split("+")[0].split("[")[0]
+
+
 def _sort_key(label: str) -> tuple:
-    base = label.split("+")[0]
+    base = _base(label)
     return (MODEL_ORDER.index(base) if base in MODEL_ORDER else 99, label)
 
 
@@ -121,8 +126,8 @@ def aggregate(records: list[dict]) -> list[dict]:
                    "sec_per_epoch": _mean_std([r["sec_per_epoch"] for r in recs])[0],
                    "hidden": recs[0]["config"].get("hidden"), "depth": recs[0]["config"].get("depth"),
                    "batch_size": recs[0]["config"].get("batch_size"), "probes": recs[0]["config"].get("probes")
-                   if enc.split("+")[0] in GRAPH else 0}
-            base = enc.split("+")[0]
+                   if _base(enc) in GRAPH else 0}
+            base = _base(enc)
             if task == "generalization" and metric == "kendall_tau" and base in PUBLISHED_TAU:
                 row["published_cifar10_gs"] = PUBLISHED_TAU[base]
             rows.append(row)
@@ -141,7 +146,7 @@ def _fmt(mean: float, std: float, metric: str) -> str:
 
 def _is_main(task: str, label: str) -> bool:
     parts = label.split("+")
-    if any(p in ("long", "recon") for p in parts[1:]):
+    if any(p in ("long", "recon") for p in parts[1:]) or "[" in parts[0]:  # variants with encoder options
         return False
     if task in ("classify", "edit") and parts[0] in GRAPH:
         return any(p.startswith("probe") for p in parts[1:])
@@ -159,10 +164,10 @@ def _targets(rows: list[dict]) -> list[str]:
     for (task, dataset), models in sorted(by.items()):
         metric, higher = primary[task]
         better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
-        base = [m for m in models if m.split("+")[0] in ("mlp", "statnn")]
+        base = [m for m in models if _base(m) in ("mlp", "statnn")]
         # Like-for-like: the main configuration only (INR tasks: with probe features; no "+long" / "+recon"
         # variants). The variants are in the tables and count for the 95 % check.
-        graph = [m for m in models if _is_main(task, m) and m.split("+")[0] in GRAPH]
+        graph = [m for m in models if _is_main(task, m) and _base(m) in GRAPH]
         if base and graph:
             best_base = max(base, key=lambda m: models[m]["mean"] if higher else -models[m]["mean"])
             beat = [m for m in graph if better(models[m]["mean"], models[best_base]["mean"])]
@@ -173,7 +178,7 @@ def _targets(rows: list[dict]) -> list[str]:
         speed = {m: models[m]["sec_per_epoch"] for m in graph}
         if speed:
             fastest = min(speed, key=speed.get)
-            main3 = {m: s for m, s in speed.items() if m.split("+")[0] in ("ng-gnn", "ng-t", "dng")}
+            main3 = {m: s for m, s in speed.items() if _base(m) in ("ng-gnn", "ng-t", "dng")}
             line = f"- {task} / {dataset}: fastest graph encoder per epoch {fastest} ({speed[fastest]:.1f} s)"
             if main3:
                 line += (f"; among NG-GNN / NG-T / DNG: {min(main3, key=main3.get)} ("
@@ -225,7 +230,7 @@ def _markdown(records, rows, figures, fig_folder, notes) -> str:
             first = next(iter(er.values()))
             cells = [enc] + [_fmt(er[m]["mean"], er[m]["std"], m) if m in er else "" for m in metrics]
             if task == "generalization":
-                pub = PUBLISHED_TAU.get(enc.split("+")[0])
+                pub = PUBLISHED_TAU.get(_base(enc))
                 cells.append(f"{pub:.3f}" if pub else "–")
             cells += [f"{first['sec_per_epoch']:.1f}", f"{first['params']:,}", str(first["train_size"]),
                       str(len(first["seeds"])), str(first["epochs"])]
@@ -319,7 +324,7 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
         for ax, (key, encs) in zip(axes[0], sorted(groups.items())):
             names = sorted(encs, key=_sort_key)
             vals = [sum(encs[n]) / len(encs[n]) for n in names]
-            colors = ["tab:blue" if n.split("+")[0] in GRAPH else "tab:gray" for n in names]
+            colors = ["tab:blue" if _base(n) in GRAPH else "tab:gray" for n in names]
             ax.bar(range(len(names)), vals, color=colors)
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, rotation=60, ha="right", fontsize=6)

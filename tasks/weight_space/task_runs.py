@@ -18,6 +18,11 @@ tasks, on by default): random hidden-neuron permutations and sign flips (exact s
 Graph encoders are invariant to the permutations anyway; the flattened-weights MLP is not, and all models see the
 sign flips.
 
+Encoder options (``RunSpec.encoder_options``): a graph encoder's own constructor switches (e.g. DNG's
+``recurrence``, ``bidirectional``, ``aggregation``) go to ``build_encoder`` and into the label, in brackets after
+the encoder name, keys sorted: ``dng[bidirectional=False,recurrence=rnn]+probe128``. Without options the label (so
+the record name) is the plain one, as before the options existed. Unknown keys fail when the spec is made.
+
 Devices: ``run(..., device=...)`` puts the model, the batches (``Batcher``) and the losses on the device; the data
 (parameter tables, labels, targets) stay on the CPU and each batch's part is moved there, and the augmentation draws
 on the CPU from the run's seeded generator (so it is the same on every device). Outputs collected for the metrics
@@ -42,7 +47,8 @@ from l2o.schedules import warmup_cosine
 
 from .batching import Batcher, Normalizer, ParamTable, WeightBatch, params_to_rows, rows_to_params
 from .task_models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
-                          WeightSpaceClassifier, WeightSpaceEditor, build_features, count_parameters)
+                          WeightSpaceClassifier, WeightSpaceEditor, build_features, check_encoder_options,
+                          count_parameters)
 
 __all__ = ["TASKS", "DATASETS", "MODELS", "RunSpec", "Split", "TaskData", "kendall_tau", "r2_score", "dilate",
            "run", "load_task_data", "inr_task_data", "cnn_task_data", "record_path", "default_spec"]
@@ -221,6 +227,10 @@ class RunSpec:
     # for 3x3 kernels); measured on the Fashion-MNIST CNN zoo, s/epoch mixed -> per-architecture: DNG 2.30 -> 1.45,
     # NG-GNN 2.38 -> 2.27, NG-T 2.00 -> 1.92.
     mixed_batches: bool = False
+    # Keyword arguments of the graph encoder's constructor (``build_encoder``), e.g. DNG's {"recurrence": "rnn",
+    # "bidirectional": False}; JSON values (they are stored in the record's config). Checked here, so that a bad
+    # option fails before any data is loaded (``task_models.check_encoder_options``).
+    encoder_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -229,15 +239,26 @@ class RunSpec:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {MODELS}")
         if self.task == "edit" and self.encoder == "statnn":
             raise ValueError("StatNN has no per-weight output, so it does not apply to editing")
+        self.encoder_options = dict(self.encoder_options or {})  # a copy: the caller's dict may change later
+        check_encoder_options(self.encoder, self.encoder_options, self.hidden, self.depth)
 
     @property
     def uses_probes(self) -> bool:
         return self.probes > 0 and self.encoder in GRAPH_ENCODERS and self.task in ("classify", "edit")
 
     @property
+    def encoder_label(self) -> str:
+        """The encoder name, plus its options in brackets (keys sorted) when it has any:
+        ``dng[bidirectional=False,recurrence=rnn]``; just ``dng`` without options."""
+        if not self.encoder_options:
+            return self.encoder
+        return f"{self.encoder}[{','.join(f'{k}={self.encoder_options[k]}' for k in sorted(self.encoder_options))}]"
+
+    @property
     def label(self) -> str:
-        """The encoder plus the options that make a different model (probes, reconstruction loss)."""
-        s = self.encoder
+        """The encoder (with its options) plus the options that make a different model (probes, reconstruction
+        loss) and the tag."""
+        s = self.encoder_label
         if self.uses_probes:
             s += f"+probe{self.probes}"
         if self.task == "classify" and self.aux_recon > 0:
@@ -288,10 +309,11 @@ def build_model(spec: RunSpec, data: TaskData, batcher: Batcher) -> nn.Module:
         if spec.encoder == "mlp":
             return FlatEditor(table.flat.shape[1], spec.baseline_hidden)
         return WeightSpaceEditor(GraphBackbone(spec.encoder, table.kmax, spec.hidden, spec.depth, probes,
-                                               batcher.channels), spec.head_hidden)
+                                               batcher.channels, **spec.encoder_options), spec.head_hidden)
     feats = build_features(spec.encoder, kmax=table.kmax, n_outputs=data.n_outputs, flat_dim=table.flat.shape[1],
                            stat_dim=batcher.stats.shape[1], hidden=spec.hidden, depth=spec.depth,
-                           baseline_hidden=spec.baseline_hidden, probes=probes, channels=batcher.channels)
+                           baseline_hidden=spec.baseline_hidden, probes=probes, channels=batcher.channels,
+                           **spec.encoder_options)
     if spec.task == "classify":
         pixels = int(math.prod(data.image_shape)) if spec.aux_recon > 0 and data.image_shape else 0
         return WeightSpaceClassifier(feats, data.num_classes, spec.head_hidden, spec.dropout, image_pixels=pixels)
