@@ -225,6 +225,7 @@ SCRIPTS = {
     "benchmarks.fault_injection": (["--out", "{tmp}"], "benchmarks.fault_injection:run_one"),
     "benchmarks.graph": (["--out", "{tmp}"], "benchmarks.graph:bench"),
     "experiments.dng_ablation": (["--out", "{tmp}/r", "--results", "{tmp}/res"], "experiments.dng_ablation:run_study"),
+    "experiments.inr_scaling": (["--out", "{tmp}/r", "--results", "{tmp}/res"], "experiments.inr_scaling:run_study"),
 }
 
 
