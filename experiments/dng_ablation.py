@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments import RESULTS
+from tasks.weight_space.task_report import mean_std
 
 TASK, DATASET = "classify", "mnist"
 OUT = Path("runs/dng-ablation")
@@ -125,15 +126,6 @@ def run_study(seeds=SEEDS, out: Path = OUT, device: str = "cpu", root: str | Non
 
 
 # ---------------------------------------------------------------------------------------------------------- table
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value; NaN for none), as ``task_report`` aggregates seeds."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
-
-
 def _train_sec(rec: dict) -> float:
     """Training seconds of a run (its epochs, without validation / test evaluation)."""
     hist = rec.get("history") or []
@@ -156,15 +148,15 @@ def summarize(records: list[dict], labels: dict[str, str], variants=VARIANTS) ->
     rows = []
     for v in variants:
         recs = [rec for _, rec in sorted(by_label.get(labels[v.name], {}).items())]
-        mean, std = _mean_std([r["metrics"].get("accuracy") for r in recs])
+        mean, std = mean_std([r["metrics"].get("accuracy") for r in recs])
         rows.append({
             "variant": v.name, "label": labels[v.name], "model": v.model, "change": v.change,
             "overrides": v.overrides, "seeds": [r["seed"] for r in recs], "n_seeds": len(recs),
             "accuracy_mean": mean, "accuracy_std": std,
             "accuracies": [r["metrics"].get("accuracy") for r in recs],
-            "train_sec_per_run": _mean_std([_train_sec(r) for r in recs])[0],
-            "total_sec_per_run": _mean_std([r.get("total_sec", float("nan")) for r in recs])[0],
-            "sec_per_epoch": _mean_std([r.get("sec_per_epoch", float("nan")) for r in recs])[0],
+            "train_sec_per_run": mean_std([_train_sec(r) for r in recs])[0],
+            "total_sec_per_run": mean_std([r.get("total_sec", float("nan")) for r in recs])[0],
+            "sec_per_epoch": mean_std([r.get("sec_per_epoch", float("nan")) for r in recs])[0],
             "params": recs[0]["params"] if recs else None,
         })
     ref = {r["variant"]: r["accuracy_mean"] for r in rows}

@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import RESULTS
-from experiments.dng_ablation import _mean_std, _no_nan, _train_sec
+from experiments.dng_ablation import _no_nan, _train_sec
+from tasks.weight_space.task_report import base_encoder, mean_std
 
 TASK = "classify"
 DATASETS = ("mnist", "fmnist")
@@ -314,10 +315,6 @@ def _parse(rec: dict) -> tuple[str, int, int] | None:
     return _strip_tag(rec["encoder"], tag), int(m["size"]), epochs
 
 
-def _base(label: str) -> str:
-    return label.split("+")[0].split("[")[0]
-
-
 def _encoder_order(label: str) -> tuple:
     from tasks.weight_space.task_report import _sort_key
 
@@ -329,7 +326,7 @@ def display_name(label: str, probes: int | None = None) -> str:
     from tasks.weight_space.task_report import MODEL_NAMES
 
     parts = label.split("+")
-    name = MODEL_NAMES.get(_base(label), _base(label)) + parts[0][len(_base(label)):]
+    name = MODEL_NAMES.get(base_encoder(label), base_encoder(label)) + parts[0][len(base_encoder(label)):]
     extras = [f"{p[5:]} probes" if p.startswith("probe") else p for p in parts[1:]]
     return name + (f" ({', '.join(extras)})" if extras else "")
 
@@ -360,15 +357,15 @@ def summarize(records: list[dict], dataset: str, epochs: int | None = None) -> d
     for (label, size), by_seed in sorted(groups.items(), key=lambda kv: (_encoder_order(kv[0][0]), kv[0][1])):
         recs = [rec for _, rec in sorted(by_seed.items())]
         accs = [r["metrics"].get("accuracy") for r in recs]
-        mean, std = _mean_std(accs)
+        mean, std = mean_std(accs)
         rows.append({
-            "encoder": label, "model": _base(label), "name": display_name(label), "size": size,
+            "encoder": label, "model": base_encoder(label), "name": display_name(label), "size": size,
             "train_sizes": sorted({int(r["train_size"]) for r in recs}),
             "seeds": [int(r["seed"]) for r in recs], "n_seeds": len(recs), "accuracies": accs,
             "accuracy_mean": mean, "accuracy_std": std,
-            "train_sec_per_run": _mean_std([_train_sec(r) for r in recs])[0],
-            "total_sec_per_run": _mean_std([r.get("total_sec", float("nan")) for r in recs])[0],
-            "sec_per_epoch": _mean_std([r.get("sec_per_epoch", float("nan")) for r in recs])[0],
+            "train_sec_per_run": mean_std([_train_sec(r) for r in recs])[0],
+            "total_sec_per_run": mean_std([r.get("total_sec", float("nan")) for r in recs])[0],
+            "sec_per_epoch": mean_std([r.get("sec_per_epoch", float("nan")) for r in recs])[0],
             "epochs_done": max(int(r["epochs"]) for r in recs), "params": recs[0].get("params"),
             "records": [Path(r["_path"]).name for r in recs if "_path" in r],
         })
@@ -395,7 +392,7 @@ def setup(records: list[dict]) -> dict:
         return sorted({get(r) for r in records}, key=str)
 
     cfg = lambda key: (lambda r: (r.get("config") or {}).get(key))  # noqa: E731
-    probed = [r for r in records if (r.get("config") or {}).get("probes", 0) and _base(r["encoder"]) in
+    probed = [r for r in records if (r.get("config") or {}).get("probes", 0) and base_encoder(r["encoder"]) in
               ("ng-gnn", "ng-t", "dng", "nfn")]
     return {"hidden": vals(cfg("hidden")), "depth": vals(cfg("depth")), "batch_size": vals(cfg("batch_size")),
             "lr": vals(cfg("lr")), "probes": sorted({r["config"]["probes"] for r in probed}),
@@ -499,7 +496,7 @@ def figure(table: dict, path: Path) -> Path:
         seeds = sorted({r["n_seeds"] for r in rows}) or [0]
         count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
         label = display_name(enc) + f", {count} seed{'' if count == '1' else 's'}"
-        kw = dict(color=_colour(rows[0]["model"] if rows else _base(enc), i), lw=1.8, marker="o", ms=5, label=label)
+        kw = dict(color=_colour(rows[0]["model"] if rows else base_encoder(enc), i), lw=1.8, marker="o", ms=5, label=label)
         if any(e > 0 for e in err):
             handles.append(ax.errorbar(xs, ys, yerr=err, capsize=3, **kw))
         else:

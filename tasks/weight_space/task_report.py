@@ -88,17 +88,18 @@ def collect(runs_dir: str | Path) -> list[dict]:
     return out
 
 
-def _base(label: str) -> str:
+def base_encoder(label: str) -> str:
     """The encoder of a run label: ``dng[recurrence=rnn]+probe128`` -> ``dng``."""
     return label.split("+")[0].split("[")[0]
 
 
 def _sort_key(label: str) -> tuple:
-    base = _base(label)
+    base = base_encoder(label)
     return (MODEL_ORDER.index(base) if base in MODEL_ORDER else 99, label)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std of the values that are not None / NaN (std 0 for one value; NaN, NaN for none)."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return float("nan"), float("nan")
@@ -118,16 +119,16 @@ def aggregate(records: list[dict]) -> list[dict]:
         metrics = [m for m in METRIC_ORDER.get(task, ()) if any(m in r["metrics"] for r in recs)]
         metrics += sorted({m for r in recs for m in r["metrics"]} - set(metrics))
         for metric in metrics:
-            mean, std = _mean_std([r["metrics"].get(metric) for r in recs])
+            mean, std = mean_std([r["metrics"].get(metric) for r in recs])
             row = {"task": task, "dataset": dataset, "encoder": enc, "metric": metric, "mean": mean, "std": std,
                    "seeds": [r["seed"] for r in recs], "epochs": max(r["epochs"] for r in recs),
                    "train_size": recs[0]["train_size"], "val_size": recs[0]["val_size"],
                    "test_size": recs[0]["test_size"], "params": recs[0]["params"],
-                   "sec_per_epoch": _mean_std([r["sec_per_epoch"] for r in recs])[0],
+                   "sec_per_epoch": mean_std([r["sec_per_epoch"] for r in recs])[0],
                    "hidden": recs[0]["config"].get("hidden"), "depth": recs[0]["config"].get("depth"),
                    "batch_size": recs[0]["config"].get("batch_size"), "probes": recs[0]["config"].get("probes")
-                   if _base(enc) in GRAPH else 0}
-            base = _base(enc)
+                   if base_encoder(enc) in GRAPH else 0}
+            base = base_encoder(enc)
             if task == "generalization" and metric == "kendall_tau" and base in PUBLISHED_TAU:
                 row["published_cifar10_gs"] = PUBLISHED_TAU[base]
             rows.append(row)
@@ -164,10 +165,10 @@ def _targets(rows: list[dict]) -> list[str]:
     for (task, dataset), models in sorted(by.items()):
         metric, higher = primary[task]
         better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
-        base = [m for m in models if _base(m) in ("mlp", "statnn")]
+        base = [m for m in models if base_encoder(m) in ("mlp", "statnn")]
         # Like-for-like: the main configuration only (INR tasks: with probe features; no "+long" / "+recon"
         # variants). The variants are in the tables and count for the 95 % check.
-        graph = [m for m in models if _is_main(task, m) and _base(m) in GRAPH]
+        graph = [m for m in models if _is_main(task, m) and base_encoder(m) in GRAPH]
         if base and graph:
             best_base = max(base, key=lambda m: models[m]["mean"] if higher else -models[m]["mean"])
             beat = [m for m in graph if better(models[m]["mean"], models[best_base]["mean"])]
@@ -178,7 +179,7 @@ def _targets(rows: list[dict]) -> list[str]:
         speed = {m: models[m]["sec_per_epoch"] for m in graph}
         if speed:
             fastest = min(speed, key=speed.get)
-            main3 = {m: s for m, s in speed.items() if _base(m) in ("ng-gnn", "ng-t", "dng")}
+            main3 = {m: s for m, s in speed.items() if base_encoder(m) in ("ng-gnn", "ng-t", "dng")}
             line = f"- {task} / {dataset}: fastest graph encoder per epoch {fastest} ({speed[fastest]:.1f} s)"
             if main3:
                 line += (f"; among NG-GNN / NG-T / DNG: {min(main3, key=main3.get)} ("
@@ -230,7 +231,7 @@ def _markdown(records, rows, figures, fig_folder, notes) -> str:
             first = next(iter(er.values()))
             cells = [enc] + [_fmt(er[m]["mean"], er[m]["std"], m) if m in er else "" for m in metrics]
             if task == "generalization":
-                pub = PUBLISHED_TAU.get(_base(enc))
+                pub = PUBLISHED_TAU.get(base_encoder(enc))
                 cells.append(f"{pub:.3f}" if pub else "–")
             cells += [f"{first['sec_per_epoch']:.1f}", f"{first['params']:,}", str(first["train_size"]),
                       str(len(first["seeds"])), str(first["epochs"])]
@@ -324,7 +325,7 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
         for ax, (key, encs) in zip(axes[0], sorted(groups.items())):
             names = sorted(encs, key=_sort_key)
             vals = [sum(encs[n]) / len(encs[n]) for n in names]
-            colors = ["tab:blue" if _base(n) in GRAPH else "tab:gray" for n in names]
+            colors = ["tab:blue" if base_encoder(n) in GRAPH else "tab:gray" for n in names]
             ax.bar(range(len(names)), vals, color=colors)
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, rotation=60, ha="right", fontsize=6)
