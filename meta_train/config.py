@@ -252,6 +252,9 @@ class RunConfig:
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
     log_every: int = 1
     device: str = "auto"  # auto | cpu | cuda
+    # Also save the weights of every validated outer step as <out_dir>/validated/step_NNNNNNN.pt (a loadable
+    # optimizer checkpoint, like best.pt), so that any of them can be evaluated later, not just the best.
+    keep_validated: bool = False
 
     def __post_init__(self):
         check_section("run", self)

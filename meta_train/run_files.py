@@ -36,7 +36,8 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "best.pt", "last.pt", "config.json"
 # defines what the run computes, so the checkpoint means something else under another value: resuming is refused.
 RESUMABLE_CHANGES = frozenset({("meta", "outer_steps"), ("meta", "max_bad_steps"), ("run", "out_dir"),
                                ("run", "checkpoint_every"), ("run", "validate_every"), ("run", "max_minutes"),
-                               ("run", "log_every"), ("run", "device"), ("meta", "vectorize")})
+                               ("run", "log_every"), ("run", "device"), ("meta", "vectorize"),
+                               ("run", "keep_validated")})
 LOW_DISK_BYTES = 100 * 2**20  # a write failing with less free space than this is reported as a full disk
 
 

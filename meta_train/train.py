@@ -252,6 +252,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
             if cfg.run.validate_every and ((step + 1) % cfg.run.validate_every == 0 or last_step):
                 if main:
                     record["val_score"] = score = validate(core, cfg, acc.device)
+                    if cfg.run.keep_validated:
+                        save_optimizer(out / "validated" / f"step_{step + 1:07d}.pt", core, cfg,
+                                       _summary(cfg, step + 1, best, counters))
                     if score > best["score"]:
                         best = {"score": score, "step": step + 1}
                         save_optimizer(out / "best.pt", core, cfg, _summary(cfg, step + 1, best, counters))

@@ -219,3 +219,19 @@ def test_every_command_parses_to_its_handler():
     assert args.run == "runs/x" and args.out == "x.pt"
     with pytest.raises(SystemExit):
         parser.parse_args(["results", "--stages", "nonsense"])
+
+
+def test_keep_validated_saves_every_validated_step(tmp_path):
+    """``run.keep_validated``: the weights at each validation are kept as loadable checkpoints (best.pt is one of
+    them), so meta-training's checkpoints can be evaluated later, not just the best one."""
+    cfg = load_config(REGRESSION, ["meta.outer_steps=6", "run.validate_every=2", "run.validation_task='regression'",
+                                   "run.validation_steps=5", "run.keep_validated=true", f"run.out_dir='{tmp_path}'"])
+    result = train(cfg)
+    kept = sorted(p.name for p in (tmp_path / "validated").iterdir())
+    assert kept == ["step_0000002.pt", "step_0000004.pt", "step_0000006.pt"]
+    best = load_checkpoint(tmp_path / "best.pt")[0].state_dict()
+    same = load_checkpoint(tmp_path / "validated" / f"step_{result['best']['step']:07d}.pt")[0].state_dict()
+    assert all(torch.equal(best[k], same[k]) for k in best)
+    last = load_checkpoint(tmp_path / "validated" / "step_0000006.pt")[0].state_dict()
+    assert any(not torch.equal(last[k], load_checkpoint(tmp_path / "validated" / "step_0000002.pt")[0].state_dict()[k])
+               for k in last)
