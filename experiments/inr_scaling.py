@@ -55,7 +55,7 @@ from experiments.dng_ablation import _no_nan, _train_sec
 from tasks.weight_space.task_report import base_encoder, mean_std
 
 TASK = "classify"
-DATASETS = ("mnist", "fmnist")
+DATASETS = ("mnist", "fmnist", "cifar10")
 DATASET_NAMES = {"mnist": "MNIST", "fmnist": "Fashion-MNIST"}
 ENCODERS = ("dng", "ng-gnn")
 SIZES = (500, 1000, 2500, 5000, 10000)
@@ -92,6 +92,10 @@ PUBLISHED = {
                Reference(71.1, "NG-GNN, DNG paper's comparison", "ng-gnn"),
                Reference(72.1, "NG-T, DNG paper's comparison", "ng-t"),
                Reference(80.0, "target, GitHub issue 19", None, "target")),
+    "cifar10": (Reference(54.0, "DNG, DNG paper (Wu et al., TMLR 2026)", "dng"),
+                Reference(43.9, "NG-GNN, DNG paper's comparison", "ng-gnn"),
+                Reference(44.7, "NG-T, DNG paper's comparison", "ng-t"),
+                Reference(55.0, "target, GitHub issue 19", None, "target")),
 }
 
 

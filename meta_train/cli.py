@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("ng-gnn", "ng-t", "dng", "nfn", "mlp", "statnn"),
                     help="models to run (default: all six; StatNN is skipped for editing)")
     ws.add_argument("--dataset", nargs="+", default=None,
-                    help="classify/edit: mnist | fmnist; generalization: cifar10 | fmnist (default mnist / cifar10; "
+                    help="classify: mnist | fmnist | cifar10 (RGB INRs); edit: mnist | fmnist; generalization: cifar10 | fmnist (default mnist / cifar10; "
                          "with `all`: restrict the plan to these data sets)")
     ws.add_argument("--seeds", type=int, default=3, help="number of seeds (seed0 .. seed0+seeds-1)")
     ws.add_argument("--seed0", type=int, default=0)

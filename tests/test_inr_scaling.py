@@ -195,7 +195,7 @@ def test_command_line(monkeypatch, tmp_path, capsys):
                                             "64", "--epochs", "2", "--device", "cuda"])
     assert (args.stage, args.dataset, args.encoders, args.sizes, args.epochs) == ("report", "fmnist", ["ng-t"],
                                                                                    [32, 64], 2)
-    for bad in (["--sizes", "0"], ["--dataset", "cifar10"], ["--encoders", "gcn"], ["--epochs", "-1"]):
+    for bad in (["--sizes", "0"], ["--dataset", "svhn"], ["--encoders", "gcn"], ["--epochs", "-1"]):
         with pytest.raises(SystemExit) as info:
             study.build_parser().parse_args(bad)
         assert info.value.code == 2

@@ -1,6 +1,7 @@
 """SIREN INRs and INR zoos: fitting quality, batch independence, exact symmetries, the cache file and the CLI.
 
-Synthetic data only (a tiny fake MNIST in IDX format under tmp_path for the zoo build).
+Synthetic data only (a tiny fake MNIST in IDX format and a tiny fake CIFAR-10 in its binary format under tmp_path
+for the zoo builds).
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def _synthetic_images(n: int = 6, size: int = 28, seed: int = 0) -> torch.Tensor
             img = torch.exp(-((xx - 0.4 * a) ** 2 + (yy - 0.4 * b) ** 2) / (0.1 + 0.05 * (c + 1)))
         out.append(img.clamp(0, 1))
     return torch.stack(out)
+
+
+def _synthetic_rgb(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """``[n, 3, size, size]`` in [0, 1]: each channel a different smooth synthetic image."""
+    return torch.stack([_synthetic_images(n, size, seed=seed + 7 * c) for c in range(3)], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,20 +96,26 @@ def test_render_is_differentiable():
 # Fitting
 
 
-def test_fast_gradient_matches_vmap_autograd():
-    params = sample_siren_params([5, 6, 7])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_fast_gradient_matches_vmap_autograd(outputs):
+    params = sample_siren_params([5, 6, 7], out_features=outputs)
     names = list(params)
     coords = make_coords(6, 6)
-    targets = torch.rand(3, 36, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    targets = torch.rand(3, 36, outputs, generator=torch.Generator().manual_seed(0)) * 2 - 1
     loss, gw, gb = siren_loss_and_grad([params[n] for n in names[0::2]], [params[n] for n in names[1::2]], coords,
                                        targets, 30.0)
+    template = Siren(out_features=outputs)
     leaves = {n: v.clone().requires_grad_() for n, v in params.items()}
-    ref = (render(Siren(), leaves, coords) - targets).square().mean(dim=(1, 2))
+    ref = (render(template, leaves, coords) - targets).square().mean(dim=(1, 2))
     ref.sum().backward()
     assert torch.allclose(loss, ref, rtol=1e-5)
+    vmap_loss, vmap_grads = zoo_mod._vmap_loss_and_grad(template, names, coords)(params, targets)  # the "vmap" backend
+    assert torch.allclose(vmap_loss, ref, rtol=1e-5)
     for n, g in zip(names, [x for pair in zip(gw, gb) for x in pair]):
         ref_grad = leaves[n].grad
+        assert g.shape == ref_grad.shape == params[n].shape, n
         assert (g - ref_grad).abs().max() <= 1e-4 * ref_grad.abs().max(), n  # float32 summation order only
+        assert (vmap_grads[n] - ref_grad).abs().max() <= 1e-4 * ref_grad.abs().max(), n
 
 
 def test_fit_reaches_psnr_on_synthetic_images():
@@ -134,13 +146,48 @@ def test_fit_is_independent_of_batch_composition():
     assert not torch.equal(by_int["net.0.weight"][0], by_int["net.0.weight"][1])
 
 
-def test_vmap_backend_gives_the_same_fit():
-    images = _synthetic_images(3, size=12, seed=2)
+@pytest.mark.parametrize("rgb", [False, True], ids=["gray", "rgb"])
+def test_vmap_backend_gives_the_same_fit(rgb):
+    images = _synthetic_rgb(3, size=12, seed=2) if rgb else _synthetic_images(3, size=12, seed=2)
     fast, s_fast = fit_inrs(images, 10, FIT_LR, 0, backend="fast")
+    assert fast["net.4.weight"].shape == (3, 3 if rgb else 1, 32)
     slow, s_slow = fit_inrs(images, 10, FIT_LR, 0, backend="vmap")
     for n in fast:
         assert torch.allclose(fast[n], slow[n], atol=5e-4), n  # another init would differ by O(1)
     assert torch.allclose(s_fast, s_slow, atol=0.05)
+
+
+def test_rgb_fit_reduces_the_loss_and_records_psnr_over_all_channels():
+    images = _synthetic_rgb(4, size=16, seed=3)
+    start, s_start = fit_inrs(images, 0, FIT_LR, 0)
+    params, scores = fit_inrs(images, 60, FIT_LR, 0)
+    assert params["net.4.weight"].shape == (4, 3, 32) and params["net.4.bias"].shape == (4, 3)
+    coords = make_coords(16, 16)
+    targets = images.permute(0, 2, 3, 1).reshape(4, 256, 3) * 2 - 1
+    loss_before = (render(Siren(out_features=3), start, coords) - targets).square().mean(dim=(1, 2))
+    loss_after = (render(Siren(out_features=3), params, coords) - targets).square().mean(dim=(1, 2))
+    assert (loss_after < 0.1 * loss_before).all(), (loss_before, loss_after)
+    assert (scores > s_start + 10).all() and scores.min() > 25, scores
+    # the PSNR is one mse over H x W x 3 values of the clamped rendering, on the [0, 1] scale
+    recon = ((render(Siren(out_features=3), params, coords) + 1) / 2).clamp(0, 1)
+    recon = recon.reshape(4, 16, 16, 3).permute(0, 3, 1, 2)
+    mse = (recon - images).square().mean(dim=(1, 2, 3))
+    assert torch.allclose(scores, 10 * torch.log10(1 / mse), atol=0.05)
+
+
+def test_rgb_fit_on_the_device_matches_the_cpu(device):
+    """``device`` (conftest): the CPU always, CUDA when present; the weights come back to the CPU either way."""
+    images = _synthetic_rgb(3, size=8, seed=4)
+    params, scores = fit_inrs(images, 5, FIT_LR, [1, 2, 3], hidden=(6, 6), micro_batch=2, device=device)
+    ref, ref_scores = fit_inrs(images, 5, FIT_LR, [1, 2, 3], hidden=(6, 6))
+    assert scores.device.type == "cpu" and params["net.4.weight"].device.type == "cpu"
+    assert params["net.4.weight"].shape == (3, 3, 6) and torch.isfinite(scores).all()
+    # On the CPU only the micro-batch differs (float rounding); a GPU's kernels round differently, and Adam's first
+    # steps (about lr each, whatever the gradient's size) can amplify that, so there only the PSNRs are compared.
+    if device.type == "cpu":
+        for n in ref:
+            assert torch.allclose(params[n], ref[n], atol=1e-3), n
+    assert torch.allclose(scores, ref_scores, atol=0.05 if device.type == "cpu" else 0.5)
 
 
 def test_fit_accepts_channels_and_uint8():
@@ -214,6 +261,100 @@ def fake_root(tmp_path):
 
 
 ZOO_KW = dict(n_train=8, n_val=4, n_test=5, steps=30, lr=FIT_LR, batch=6, strict=False, progress=False)
+
+
+def _write_cifar_bin(path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """CIFAR-10 binary records ``<label><R 1024><G 1024><B 1024>`` of uint8 ``images [n, 3, 32, 32]``."""
+    records = torch.cat([labels.to(torch.uint8)[:, None], images.to(torch.uint8).reshape(len(labels), -1)], dim=1)
+    path.write_bytes(records.numpy().tobytes())
+
+
+@pytest.fixture
+def fake_cifar_root(tmp_path):
+    """A small CIFAR-10 in the binary format: 5 x 6 = 30 train (27 train + 3 val after the carve-out), 8 test."""
+    folder = tmp_path / "data" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for k, name in enumerate(names):
+        n = 8 if name == "test_batch.bin" else 6
+        imgs = (_synthetic_rgb(n, 32, seed=10 * k) * 255).round()
+        _write_cifar_bin(folder / name, imgs, torch.randint(0, 10, (n,), generator=gen))
+    clear_cache()
+    yield tmp_path / "data"
+    clear_cache()
+
+
+CIFAR_KW = dict(n_train=4, n_val=2, n_test=3, steps=20, lr=FIT_LR, batch=4, strict=False, progress=False)
+
+
+def test_gray_scale_zoo_names_are_unchanged(tmp_path):
+    """Colour zoos must not move the gray-scale cache files: these names are those of zoos built before them."""
+    assert zoo_mod.zoo_path("mnist", cache_dir=tmp_path).name == "inr-mnist-10000-1000-2000-s0-5e0c406e.pt"
+    assert zoo_mod.zoo_path("fmnist", cache_dir=tmp_path).name == "inr-fmnist-10000-1000-2000-s0-5e0c406e.pt"
+    assert zoo_mod.zoo_path("mnist", cache_dir=tmp_path, n_train=8, n_val=4, n_test=5,
+                            steps=30).name == "inr-mnist-8-4-5-s0-c1d73b8a.pt"
+    assert "out_features" not in zoo_mod._fit_settings(100, 1e-2, "cosine", (32, 32), 30.0)
+    # a colour zoo's key includes its output count (its settings differ only there)
+    rgb = zoo_mod.zoo_path("cifar10", cache_dir=tmp_path)
+    assert rgb.name.startswith("inr-cifar10-10000-1000-2000-s0-") and not rgb.name.endswith("-5e0c406e.pt")
+    assert zoo_mod.zoo_path("cifar-10", cache_dir=tmp_path) == rgb
+
+
+def test_cifar10_zoo_build_round_trip_and_resume(fake_cifar_root, monkeypatch):
+    real_fit = zoo_mod.fit_inrs
+    calls = []
+
+    def failing_fit(*args, **kw):  # killed while fitting the second chunk (of 3: 9 INRs in chunks of 4)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(zoo_mod, "fit_inrs", failing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        build_inr_zoo("cifar10", fake_cifar_root, **CIFAR_KW)
+    def counting_fit(*args, **kw):
+        calls.append(1)
+        return real_fit(*args, **kw)
+
+    calls.clear()
+    monkeypatch.setattr(zoo_mod, "fit_inrs", counting_fit)
+    path = build_inr_zoo("cifar10", fake_cifar_root, **CIFAR_KW)
+    assert len(calls) == 2  # the first chunk was reused
+    assert path.parent == fake_cifar_root / "weight_space" and path.name.startswith("inr-cifar10-4-2-3-s0-")
+    assert not path.with_name(path.stem + ".partial").exists()
+    raw = torch.load(path, weights_only=True)
+    assert raw["arch"]["out_features"] == 3 and raw["params"]["net.4.weight"].shape == (9, 3, 32)
+    assert raw["images"].dtype == torch.uint8 and raw["images"].shape == (9, 3, 32, 32)
+
+    zoo = InrZoo.load(path)
+    assert zoo.channels == 3 and zoo.image_shape == (3, 32, 32) and zoo.image_size == (32, 32)
+    assert zoo.template().out_features == 3 and zoo.param_names == list(Siren(out_features=3).state_dict())
+    for name, n in (("train", 4), ("val", 2), ("test", 3)):
+        part, ds = zoo.split(name), load_dataset("cifar10", name, fake_cifar_root, strict=False)
+        assert torch.equal(part.images, ds.images[:n]) and torch.equal(part.labels, ds.labels[:n])
+    recon = zoo.render()
+    assert recon.shape == (9, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
+    assert torch.allclose(psnr(recon, zoo.images.float() / 255), zoo.psnr, atol=0.05)  # over all channels
+    assert zoo.psnr.mean() > 20
+    # round trip keeps the colour layout
+    again = InrZoo.load(zoo.split("test").save(fake_cifar_root / "copy.pt"))
+    assert again.image_shape == (3, 32, 32) and again.arch == zoo.arch
+    assert torch.equal(again.images, zoo.images[zoo.splits == 2])
+    # images that do not match the output count are refused
+    with pytest.raises(InrZooError, match="do not fit 3 output"):
+        InrZoo({**zoo.to_dict(), "images": zoo.images[:, 0]})
+
+
+def test_cli_builds_a_cifar10_zoo(fake_cifar_root, capsys, monkeypatch):
+    monkeypatch.setattr(zoo_mod, "build_inr_zoo",
+                        lambda *a, **kw: build_inr_zoo(*a, **{**kw, "strict": False, "progress": False}))
+    args = ["--dataset", "cifar10", "--data-root", str(fake_cifar_root), "--n-train", "2", "--n-val", "1",
+            "--n-test", "1", "--steps", "3", "--batch", "4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "inr-cifar10-2-1-1-s0-" in out and "'out_features': 3" in out and "mean dB" in out
 
 
 def test_build_load_split_and_render(fake_root):

@@ -26,14 +26,14 @@ STAT_ATOL = 1e-5  # StatNN's statistics are computed in float32 (summation order
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _siren_table(n: int = 3, seed: int = 0) -> tuple[Siren, ParamTable]:
-    """``n`` random SIRENs (2-6-5-1) and, appended, a hidden-permuted copy of each (members n .. 2n-1)."""
+def _siren_table(n: int = 3, seed: int = 0, outputs: int = 1) -> tuple[Siren, ParamTable]:
+    """``n`` random SIRENs (2-6-5-``outputs``) and, appended, a hidden-permuted copy of each (members n .. 2n-1)."""
     torch.manual_seed(seed)
-    template = Siren(hidden=(6, 5))
+    template = Siren(hidden=(6, 5), out_features=outputs)
     gen = torch.Generator().manual_seed(seed + 1)
-    models = [Siren(hidden=(6, 5), generator=gen) for _ in range(n)]
+    models = [Siren(hidden=(6, 5), out_features=outputs, generator=gen) for _ in range(n)]
     perms = [{0: torch.randperm(6, generator=gen), 2: torch.randperm(5, generator=gen)} for _ in range(n)]
-    permuted = [Siren(hidden=(6, 5)) for _ in range(n)]
+    permuted = [Siren(hidden=(6, 5), out_features=outputs) for _ in range(n)]
     for m, p, q in zip(models, perms, permuted):
         q.net = permute_sequential(m.net, p)
     params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models + permuted])
@@ -54,13 +54,14 @@ def _cnn_data():
 
 
 # ------------------------------------------------------------------------------------------------ invariance
+@pytest.mark.parametrize("outputs", [1, 3], ids=["gray", "rgb"])
 @pytest.mark.parametrize("name", list(GRAPH_ENCODERS) + ["statnn"])
-def test_inr_classifier_invariant_to_hidden_permutations(name):
-    template, table, _ = _siren_table()
+def test_inr_classifier_invariant_to_hidden_permutations(name, outputs):
+    template, table, _ = _siren_table(outputs=outputs)
     batcher = Batcher(table, Normalizer(table))
     torch.manual_seed(0)
     probes = ProbeFeatures(template, table.graphs[0], 5) if name in GRAPH_ENCODERS else None
-    feats = build_features(name, kmax=1, n_outputs=1, flat_dim=table.flat.shape[1], stat_dim=batcher.stats.shape[1],
+    feats = build_features(name, kmax=1, n_outputs=outputs, flat_dim=table.flat.shape[1], stat_dim=batcher.stats.shape[1],
                            hidden=16, depth=2, baseline_hidden=32, probes=probes)
     model = WeightSpaceClassifier(feats, 10, head_hidden=16, image_pixels=16).double().eval()
     out = model(_double_batch(batcher, range(6)))
@@ -293,6 +294,88 @@ def test_generalization_end_to_end_and_report(tmp_path):
 def test_statnn_does_not_apply_to_editing():
     with pytest.raises(ValueError, match="StatNN"):
         default_spec("edit", "mnist", "statnn")
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10 (RGB) INRs
+@pytest.fixture(scope="module")
+def rgb_zoo(tmp_path_factory):
+    """A tiny CIFAR-10 INR zoo (SIRENs 2-8-8-3), built by ``build_inr_zoo`` from a fake CIFAR-10 in a tmp folder."""
+    from tasks.data import clear_cache
+    from tasks.weight_space.inr_zoo import InrZoo, build_inr_zoo
+
+    root = tmp_path_factory.mktemp("rgb") / "data"
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        n = 4  # 20 train images: 18 train + 2 val after the carve-out
+        r = torch.linspace(0, 1, 32)
+        ramp = (r[:, None] * torch.rand(n, 3, 1, 1, generator=gen) + r[None, :] * torch.rand(n, 3, 1, 1, generator=gen))
+        images = (ramp / 2 * 255).round().to(torch.uint8)
+        labels = torch.randint(0, 10, (n, 1), generator=gen).to(torch.uint8)
+        (folder / name).write_bytes(torch.cat([labels, images.reshape(n, -1)], 1).numpy().tobytes())
+    clear_cache()
+    path = build_inr_zoo("cifar10", root, n_train=8, n_val=2, n_test=4, steps=5, hidden=(8, 8), strict=False,
+                         progress=False)
+    clear_cache()
+    return InrZoo.load(path)
+
+
+def test_cifar10_inr_classification_data_and_training_step(tmp_path, rgb_zoo):
+    assert rgb_zoo.dataset == "cifar10" and rgb_zoo.arch["out_features"] == 3
+    data = inr_task_data(rgb_zoo, "classify")
+    assert data.n_outputs == 3 and data.image_channels == 3 and data.image_shape == (32, 32)
+    assert data.train.images.shape == (8, 3, 32, 32) and len(data.val) == 2 and len(data.test) == 4
+    graph = data.train.table.graphs[0]
+    assert int((graph.node_role == 2).sum()) == 3 and graph.num_nodes == 2 + 8 + 8 + 3  # three output neurons
+    assert graph.num_edges == 2 * 8 + 8 * 8 + 8 * 3
+    # one training step (one batch, one epoch) of a tiny DNG with probes and the RGB reconstruction loss
+    spec = default_spec("classify", "cifar10", "dng", epochs=1, batch_size=8, probes=3, hidden=8, depth=1,
+                        aux_recon=0.5)
+    rec = run(spec, data=data, out_dir=tmp_path, progress=False, log=None)
+    assert rec["epochs"] == 1 and record_path(tmp_path, spec).name == "classify-cifar10-dng+probe3+recon-s0.json"
+    assert math.isfinite(rec["history"][0]["train_loss"]) and 0 <= rec["metrics"]["accuracy"] <= 1
+    assert rec["data"]["arch"]["out_features"] == 3
+
+
+def test_load_task_data_accepts_cifar10_for_classification(monkeypatch, rgb_zoo):
+    from tasks.weight_space import inr_zoo
+    from tasks.weight_space.task_runs import DATASETS, load_task_data
+
+    asked = []
+    monkeypatch.setattr(inr_zoo, "load_or_build_inr_zoo", lambda name, root, **kw: asked.append(name) or rgb_zoo)
+    data = load_task_data(default_spec("classify", "cifar10", "nfn", train_size=4))
+    assert asked == ["cifar10"] and data.n_outputs == 3 and len(data.train) == 4
+    assert "cifar10" in DATASETS["classify"] and "cifar10" not in DATASETS["edit"]
+
+
+def test_probe_features_with_three_outputs(rgb_zoo):
+    data = inr_task_data(rgb_zoo, "classify")
+    table = data.train.table
+    template = rgb_zoo.template()
+    probes = ProbeFeatures(template, table.graphs[0], 5)
+    batch = Batcher(table, Normalizer(table)).make(torch.arange(3))
+    feats = probes(batch)
+    g = batch.graph
+    assert feats.shape == (g.num_nodes, 5)
+    out_nodes = g.node_role == 2
+    assert int(out_nodes.sum()) == 3 * 3  # 3 members x (R, G, B)
+    expect = render(template, rows_to_params(table.graphs[0], batch.rows), probes.points.detach())  # [B, n, 3]
+    torch.testing.assert_close(feats[out_nodes].detach(), expect.transpose(1, 2).reshape(9, 5), atol=1e-5, rtol=1e-5)
+    # the pooled features carry one embedding per output neuron: (2 + 3) x hidden
+    feats_model = build_features("dng", kmax=1, n_outputs=3, flat_dim=table.flat.shape[1], stat_dim=1, hidden=8,
+                                 depth=1, probes=probes)
+    assert feats_model(batch).shape == (3, 5 * 8)
+
+
+def test_editing_cifar10_fails_early_and_clearly(rgb_zoo):
+    with pytest.raises(ValueError, match="gray-scale INR zoos"):
+        default_spec("edit", "cifar10", "dng")
+    with pytest.raises(ValueError, match="gray-scale INR zoos"):
+        default_spec("edit", "cifar-10", "mlp")
+    with pytest.raises(ValueError, match="3 outputs"):
+        inr_task_data(rgb_zoo, "edit")
+    default_spec("edit", "fmnist", "dng")  # gray-scale data sets (and synthetic zoos) still edit
 
 
 # ------------------------------------------------------------------------------------------------ encoder options

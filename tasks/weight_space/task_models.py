@@ -14,8 +14,9 @@ Feature extractors (``[B, out_dim]`` per batch, :func:`build_features`):
 
 * :class:`PooledGraph`: encoder -> :class:`Readout`: the mean of hidden and output node embeddings, the mean of
   edge embeddings (``graph_readout``), and the embeddings of the output neurons in their fixed order (output
-  neurons are not permutable, so concatenating them keeps invariance; the output neuron of an INR is where the
-  image comes out). Invariant to hidden-neuron permutations.
+  neurons are not permutable, so concatenating them keeps invariance; the output neurons of an INR are where the
+  image comes out: one for a gray-scale SIREN, three (R, G, B) for a CIFAR-10 one). Invariant to hidden-neuron
+  permutations.
 * :class:`FlatMLP`: the normalised flat parameters (zero padded to the longest architecture) -> MLP. Not invariant:
   the baseline the graph encoders must beat.
 * :class:`StatNN`: per-tensor statistics (Unterthiner et al. 2020; ``batching.statnn_features``) -> MLP.
@@ -25,7 +26,9 @@ Probe features (:class:`ProbeFeatures`, INRs only): ``n`` learned input points (
 INR of every member runs on them and each neuron's activation at the points (post-activation for hidden neurons,
 the raw output for output neurons, the coordinates for input nodes) is appended to its node feature, so the
 encoder's input projection maps them into the node state. A neuron's probe values move with the neuron under a
-permutation, so the model stays invariant / equivariant.
+permutation, so the model stays invariant / equivariant. Each node gets ``n`` values whatever the architecture;
+an RGB SIREN has three output nodes (one per channel), so its probe features carry ``3 n`` output values where a
+gray-scale SIREN's carry ``n``.
 
 Encoder options (:func:`check_encoder_options`): a graph encoder's own constructor switches (DNG's ``recurrence``,
 ``bidirectional``, ``aggregation``, ...; NG-GNN's ``bidirectional``, ...) pass through :class:`GraphBackbone` and

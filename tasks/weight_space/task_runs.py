@@ -2,12 +2,14 @@
 
 Tasks (``TASKS``):
 
-* ``classify``: INR classification (MNIST / Fashion-MNIST SIREN zoos). Cross-entropy (+ ``aux_recon`` x the MSE of
-  the INR2JLS-style image decoder); metric: test accuracy.
+* ``classify``: INR classification (MNIST / Fashion-MNIST SIREN zoos, and CIFAR-10 zoos of 3-output RGB SIRENs).
+  Cross-entropy (+ ``aux_recon`` x the MSE of the INR2JLS-style image decoder, which then reconstructs all
+  ``C x H x W`` values); metric: test accuracy.
 * ``edit``: INR style editing. The editor outputs a delta per weight; the edited INR is rendered on the image grid
   and compared with the *dilated* ground-truth image (3x3 grey-scale dilation: max-pool, stride 1, padding 1) by
   MSE in [0, 1] pixel units (INR outputs are mapped from [-1, 1] to [0, 1], as the zoo fits them); metric: test MSE
   (lower is better). ``mse_no_edit`` (the unedited INR against the same target) is recorded as a reference.
+  Gray-scale zoos only: editing a CIFAR-10 (RGB) zoo fails when the spec is made (:class:`RunSpec`).
 * ``generalization``: CNN zoo; predict each network's test accuracy from its weights. Binary cross-entropy on the
   accuracy (in [0, 1]); metrics: Kendall's tau-b (:func:`kendall_tau`) and R^2 on the held-out networks.
 
@@ -54,7 +56,8 @@ __all__ = ["TASKS", "DATASETS", "MODELS", "RunSpec", "Split", "TaskData", "kenda
            "run", "load_task_data", "inr_task_data", "cnn_task_data", "record_path", "default_spec"]
 
 TASKS = ("classify", "edit", "generalization")
-DATASETS = {"classify": ("mnist", "fmnist"), "edit": ("mnist", "fmnist"), "generalization": ("cifar10", "fmnist")}
+DATASETS = {"classify": ("mnist", "fmnist", "cifar10"), "edit": ("mnist", "fmnist"),
+            "generalization": ("cifar10", "fmnist")}
 MODELS = GRAPH_ENCODERS + BASELINES
 
 
@@ -104,7 +107,7 @@ class Split:
 
     table: ParamTable
     labels: torch.Tensor | None = None  # [M] int64 (classify)
-    images: torch.Tensor | None = None  # [M, H, W] float in [0, 1] (classify aux / edit)
+    images: torch.Tensor | None = None  # [M, H, W] (gray) or [M, C, H, W] (RGB) float in [0, 1] (classify aux / edit)
     target: torch.Tensor | None = None  # [M, H*W] dilated images (edit) or [M] accuracy in [0, 1] (generalization)
 
     def __len__(self) -> int:
@@ -121,12 +124,27 @@ class TaskData:
     test: Split
     num_classes: int = 10
     n_outputs: int = 1  # output neurons of the networks (fixed across the zoo)
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, int] | None = None  # (H, W)
+    image_channels: int = 1  # colour channels of the INR zoo's images (= n_outputs for INR tasks)
     info: dict = field(default_factory=dict)
 
     @property
     def template(self) -> nn.Module:
         return self.train.table.templates[0]
+
+
+_EDIT_GRAY_ONLY = ("INR editing is implemented for gray-scale INR zoos (mnist, fmnist) only: {what}. "
+                   "Colour (CIFAR-10) zoos serve the 'classify' task.")
+
+
+def _is_colour_dataset(name: str) -> bool:
+    """Whether ``name`` is a known colour data set (cifar10 and its aliases); unknown names (synthetic) are not."""
+    from tasks.data import dataset_info
+
+    try:
+        return dataset_info(name).shape[0] != 1
+    except KeyError:
+        return False
 
 
 def _cap(n: int, cap: int | None) -> int:
@@ -137,7 +155,10 @@ def inr_task_data(zoo, task: str, train_size: int | None = None, val_size: int |
                   test_size: int | None = None) -> TaskData:
     """An ``InrZoo`` (``tasks.weight_space.inr_zoo``) -> :class:`TaskData` for ``classify`` or ``edit``.
 
-    The first ``train_size`` / ``val_size`` / ``test_size`` INRs of each zoo split are used (all when None)."""
+    The first ``train_size`` / ``val_size`` / ``test_size`` INRs of each zoo split are used (all when None). Colour
+    zoos (``out_features`` > 1, e.g. CIFAR-10) serve ``classify`` only."""
+    if task == "edit" and int(zoo.arch["out_features"]) != 1:
+        raise ValueError(_EDIT_GRAY_ONLY.format(what=f"zoo {zoo.dataset!r} has {zoo.arch['out_features']} outputs"))
     template = zoo.template()
     from l2o.graph import NeuralGraph
 
@@ -154,7 +175,8 @@ def inr_task_data(zoo, task: str, train_size: int | None = None, val_size: int |
     info = {"zoo": str(zoo.path) if zoo.path else None, "arch": zoo.arch,
             "psnr_mean": float(zoo.psnr.mean()) if len(zoo) else float("nan"), "zoo_size": len(zoo)}
     return TaskData("inr", splits["train"], splits["val"], splits["test"], num_classes=max(ncls, 10),
-                    n_outputs=int(zoo.arch["out_features"]), image_shape=tuple(zoo.image_size), info=info)
+                    n_outputs=int(zoo.arch["out_features"]), image_shape=tuple(zoo.image_size), info=info,
+                    image_channels=int(zoo.arch["out_features"]))
 
 
 def cnn_task_data(zoo, train_size: int | None = None, val_size: int | None = None,
@@ -239,6 +261,8 @@ class RunSpec:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {MODELS}")
         if self.task == "edit" and self.encoder == "statnn":
             raise ValueError("StatNN has no per-weight output, so it does not apply to editing")
+        if self.task == "edit" and _is_colour_dataset(self.dataset):
+            raise ValueError(_EDIT_GRAY_ONLY.format(what=f"got dataset {self.dataset!r}"))
         self.encoder_options = dict(self.encoder_options or {})  # a copy: the caller's dict may change later
         check_encoder_options(self.encoder, self.encoder_options, self.hidden, self.depth)
 
@@ -315,7 +339,8 @@ def build_model(spec: RunSpec, data: TaskData, batcher: Batcher) -> nn.Module:
                            baseline_hidden=spec.baseline_hidden, probes=probes, channels=batcher.channels,
                            **spec.encoder_options)
     if spec.task == "classify":
-        pixels = int(math.prod(data.image_shape)) if spec.aux_recon > 0 and data.image_shape else 0
+        pixels = (data.image_channels * int(math.prod(data.image_shape))
+                  if spec.aux_recon > 0 and data.image_shape else 0)  # C x H x W values per image
         return WeightSpaceClassifier(feats, data.num_classes, spec.head_hidden, spec.dropout, image_pixels=pixels)
     return AccuracyPredictor(feats, spec.head_hidden, spec.dropout)
 
