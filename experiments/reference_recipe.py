@@ -39,6 +39,11 @@ RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
     # with the published 1000-step schedule from step 200 on (its lr jumps back to 2.7e-4 there).
     "ng-gnn": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50"]),
+    # ng-gnn-h1000: the same, but a task lives a log-uniform 100..1000 inner steps (meta.horizon_max) instead of a
+    # fresh optimizee every 100, so meta-training sees the optimizer's state (and plain-sum momenta) of later steps:
+    # the ablation for the short-horizon drift of "ng-gnn" past outer step 300 (see the README).
+    "ng-gnn-h1000": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50", "meta.horizon_max=1000",
+                                        "run.out_dir='runs/reference-ng-gnn-h1000'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     "tensor-lstm": ("reference-tensor-lstm.toml", ["meta.outer_steps=400"]),
 }
