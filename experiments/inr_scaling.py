@@ -52,7 +52,7 @@ from pathlib import Path
 
 from experiments import RESULTS
 from experiments.dng_ablation import _no_nan, _train_sec
-from tasks.weight_space.task_report import base_encoder, mean_std
+from tasks.weight_space.task_report import base_encoder, display_name, encoder_colour, mean_std
 
 TASK = "classify"
 DATASETS = ("mnist", "fmnist", "cifar10")
@@ -325,16 +325,6 @@ def _encoder_order(label: str) -> tuple:
     return _sort_key(label)
 
 
-def display_name(label: str, probes: int | None = None) -> str:
-    """``dng+probe128`` -> ``DNG (128 probes)``; other labels keep their extras in brackets."""
-    from tasks.weight_space.task_report import MODEL_NAMES
-
-    parts = label.split("+")
-    name = MODEL_NAMES.get(base_encoder(label), base_encoder(label)) + parts[0][len(base_encoder(label)):]
-    extras = [f"{p[5:]} probes" if p.startswith("probe") else p for p in parts[1:]]
-    return name + (f" ({', '.join(extras)})" if extras else "")
-
-
 def trend(rows: list[dict]) -> float:
     """Least-squares slope of the mean accuracy (fraction) on log2(size): accuracy gained per doubling of the
     training INRs (NaN with fewer than two sizes)."""
@@ -471,14 +461,6 @@ def markdown(table: dict, figure: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- figure
-def _colour(model: str, i: int):
-    import matplotlib.pyplot as plt
-
-    from tasks.weight_space.task_report import MODEL_ORDER
-
-    return plt.cm.tab10(MODEL_ORDER.index(model) if model in MODEL_ORDER else (len(MODEL_ORDER) + i) % 10)
-
-
 def figure(table: dict, path: Path) -> Path:
     """Test accuracy (%) against training INRs (log x axis): one line per encoder (error bars: sample std where
     more than one seed), the published figures of the data set as dashed lines, the issue's target dotted."""
@@ -500,13 +482,13 @@ def figure(table: dict, path: Path) -> Path:
         seeds = sorted({r["n_seeds"] for r in rows}) or [0]
         count = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
         label = display_name(enc) + f", {count} seed{'' if count == '1' else 's'}"
-        kw = dict(color=_colour(rows[0]["model"] if rows else base_encoder(enc), i), lw=1.8, marker="o", ms=5, label=label)
+        kw = dict(color=encoder_colour(rows[0]["model"] if rows else enc, i), lw=1.8, marker="o", ms=5, label=label)
         if any(e > 0 for e in err):
             handles.append(ax.errorbar(xs, ys, yerr=err, capsize=3, **kw))
         else:
             handles += ax.plot(xs, ys, **kw)
     for j, ref in enumerate(table["published"]):
-        colour = "black" if ref["encoder"] is None else _colour(ref["encoder"], len(encoders) + j)
+        colour = "black" if ref["encoder"] is None else encoder_colour(ref["encoder"], len(encoders) + j)
         handles.append(ax.axhline(ref["value"], color=colour, lw=1.2, ls=":" if ref["kind"] == "target" else "--",
                                   alpha=0.85, label=f"{ref['label']}: {ref['value']:.1f} %"))
     ax.set_xscale("log")

@@ -93,6 +93,28 @@ def base_encoder(label: str) -> str:
     return label.split("+")[0].split("[")[0]
 
 
+def display_name(label: str) -> str:
+    """A run label for people: ``dng+probe128+long`` -> ``DNG (128 probes, long)``; encoder options stay as
+    written (``DNG[recurrence=rnn] (128 probes)``)."""
+    base = base_encoder(label)
+    parts = label.split("+")
+    name = MODEL_NAMES.get(base, base) + parts[0][len(base):]
+    extras = [f"{p[5:]} probes" if p.startswith("probe") else p for p in parts[1:]]
+    return name + (f" ({', '.join(extras)})" if extras else "")
+
+
+def encoder_colour(label: str, fallback: int = 0):
+    """One colour per encoder (``MODEL_ORDER``'s place in tab10), the same in every figure and panel."""
+    import matplotlib.pyplot as plt
+
+    base = base_encoder(label)
+    return plt.cm.tab10(MODEL_ORDER.index(base) if base in MODEL_ORDER else (len(MODEL_ORDER) + fallback) % 10)
+
+
+# Line style of a run variant in the curves figure: the plain run solid, then by its first extra.
+VARIANT_STYLES = {"long": "--", "recon": ":"}
+
+
 def _sort_key(label: str) -> tuple:
     base = base_encoder(label)
     return (MODEL_ORDER.index(base) if base in MODEL_ORDER else 99, label)
@@ -334,27 +356,32 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
         axes[0, 0].set_ylabel("train s / epoch (1 thread)", fontsize=7)
         fig.tight_layout()
         made.append(_save(fig, fig_dir / "sec_per_epoch.png"))
-    # Validation curves: human titles and axis names, readable fonts, one shared legend off the data.
+    # Validation curves: human titles, axis names and run names, readable fonts; one colour per encoder in every
+    # panel, a line style per variant (long run dashed, reconstruction loss dotted, no probes dash-dotted), and each
+    # panel's own legend below it (the panels hold different runs).
     curves = defaultdict(list)
     for r in seed0:
         curves[(r["task"], r["dataset"])].append(r)
     if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves) + 1.6, 3.6), squeeze=False)
-        handles = {}
+        fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 5.4), squeeze=False)
         for ax, ((task, dataset), recs) in zip(axes[0], sorted(curves.items())):
             metric = "val_" + recs[0]["primary_metric"]
             for i, r in enumerate(sorted(recs, key=lambda r: _sort_key(r["encoder"]))):
+                label = r["encoder"]
+                extras = label.split("+")[1:]
+                style = next((VARIANT_STYLES[e] for e in extras if e in VARIANT_STYLES), "-")
+                if base_encoder(label) in GRAPH and task != "generalization" and not extras:
+                    style = "-."  # a graph encoder without the probe features the INR tasks give it
                 ys = [h.get(metric) for h in r["history"]]
-                (line,) = ax.plot(range(1, len(ys) + 1), ys, lw=1.6, color=plt.cm.tab10(i % 10),
-                                  label=MODEL_NAMES.get(r["encoder"], r["encoder"]))
-                handles.setdefault(line.get_label(), line)
+                ax.plot(range(1, len(ys) + 1), ys, lw=1.6, ls=style, color=encoder_colour(label, i),
+                        label=display_name(label))
             ax.set_title(f"{TASK_NAMES.get(task, task)}, {dataset}", fontsize=11)
             ax.set_xlabel("epoch", fontsize=10)
             ax.set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=10)
             ax.tick_params(labelsize=9)
             ax.grid(alpha=0.3)
-        fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=9, frameon=False)
-        fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * len(curves) + 1.6), 1))
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8, frameon=False)
+        fig.tight_layout()
         made.append(_save(fig, fig_dir / "curves.png"))
     return made
 
