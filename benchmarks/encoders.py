@@ -46,7 +46,7 @@ from l2o.encoders import ENCODERS, build_encoder
 from l2o.graph import NeuralGraph
 from tasks import get_task
 from tasks.registry import Task, conv_task, mlp_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 HIDDEN, DEPTH, KMAX, FEATURES = 64, 4, 3, 2
 SWEEP_WIDTHS = (16, 32, 64, 128)
@@ -239,10 +239,7 @@ def main(argv=None) -> None:
     unknown = [n for n in encoders if n not in ENCODERS]
     if unknown:
         ap.error(f"unknown encoders {unknown}; registered: {sorted(ENCODERS)}")
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = {**machine(), "device": str(device)}

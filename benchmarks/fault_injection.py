@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, machine, markdown_table, write_json
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "meta_train" / "configs" / "regression.toml"
@@ -104,10 +104,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu",
                     help="cpu | cuda (default cpu): the runs' run.device; pick a GPU with CUDA_VISIBLE_DEVICES")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     if device.index is not None:
         ap.exit(2, f"error: --device {args.device}: meta-training takes cpu or cuda; pick the GPU with "
                    f"CUDA_VISIBLE_DEVICES={device.index}\n")

@@ -21,7 +21,7 @@ import torch
 from benchmarks.common import machine, markdown_table, model_fwd_bwd, time_ms, write_json
 from l2o.graph import NeuralGraph
 from tasks import get_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 from tasks.registry import conv_task
 
 FEATURES, EMBED = 14, 32
@@ -63,10 +63,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     records = [bench(t, args.repeats, device) for t in tasks()]
     table = markdown_table(records, ["task", "num_params", "num_nodes", "num_edges", "build_ms",
                                      "scatter_gather_ms", "fwd_bwd_ms", "ratio"])

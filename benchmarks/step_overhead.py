@@ -28,7 +28,7 @@ from meta_train.config import load_config
 from tasks import get_task
 from tasks.models import ResNet18
 from tasks.registry import Task, conv_task, mlp_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 CONFIGS = Path(__file__).resolve().parent.parent / "meta_train" / "configs"  # <family>.toml: as shipped
 # families whose recipe lives in a config not named after them; "reference" is the published NG-GNN (8 x 64)
@@ -110,10 +110,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     if args.tasks is None:
         args.tasks = [t for t in TASKS if device.type == "cuda" or t != "cifar10-resnet18"]
     records = []

@@ -279,12 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     budget = {k: getattr(args, k) for k in ("train_size", "val_size", "test_size", "epochs")}
     if args.stage == "run":
-        from tasks.devices import parse_device
+        from tasks.devices import device_or_exit
 
-        try:
-            device = parse_device(args.device)
-        except ValueError as exc:
-            ap.exit(2, f"error: {exc}\n")
+        device = device_or_exit(ap, args.device)
         import torch
 
         torch.set_num_threads(args.threads)

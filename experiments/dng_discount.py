@@ -31,7 +31,7 @@ from experiments import RESULTS
 from l2o.optim import load_checkpoint
 from meta_train.pipelines.step_stats import step_stats
 from tasks import channels_for, conv_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 OUT = RESULTS / "experiments" / "dng-discount" / "rates.json"
 STEPS = 300
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m experiments.dng_d
     ap.add_argument("--out", type=Path, default=out, help=f"results file (default {out.relative_to(RESULTS.parent)})")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs go")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     torch.set_num_threads(1)
     rows = effective_rates(args.checkpoints, device=device)
     args.out.parent.mkdir(parents=True, exist_ok=True)

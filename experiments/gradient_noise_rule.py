@@ -26,7 +26,7 @@ import torch
 from experiments import RESULTS
 from experiments.hand_designed_adam import relative_adam
 from tasks import channels_for, conv_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 OUT = RESULTS / "experiments" / "gradient-noise-rule" / "snr.json"
 ETA, READ_AT, B, SEED = 0.13, (50, 100, 200, 400), 0.9, 1000
@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.relative_to(RESULTS.parent)})")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs go")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     path = args.out
     torch.set_num_threads(1)
     rows = json.loads(path.read_text()) if path.exists() else []

@@ -33,7 +33,7 @@ import torch
 from l2o.optim import OptimizerConfig, build_optimizer
 from meta_train.inner_train import train_optimizee
 from tasks import Task, channels_for, conv_task, get_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 SEED, STEPS = 1000, 1000
 SCHEDULE_SEEDS = (1000, 1001)
@@ -225,10 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="fashion-mnist", help="data set (default fashion-mnist)")
     p.add_argument("specs", nargs="+", metavar="DEPTH@ETA")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
 
     torch.set_num_threads(1)
     if args.command == "adam-grid":

@@ -587,12 +587,9 @@ def main(argv: list[str] | None = None) -> None:
         limit = max_train_size(args.dataset)
         if sizes[-1] > limit:
             ap.error(f"--sizes: {args.dataset} has {limit:,} training images, so at most {limit:,} training INRs")
-        from tasks.devices import parse_device
+        from tasks.devices import device_or_exit
 
-        try:
-            device = str(parse_device(args.device))
-        except ValueError as exc:
-            ap.exit(2, f"error: {exc}\n")
+        device = str(device_or_exit(ap, args.device))
         runs = plan(args.dataset, args.encoders, sizes, args.seeds, budget)
         total, lines = describe_plan(runs, args.out, device, args.force)
         epochs = runs[0][3].epochs

@@ -36,7 +36,7 @@ from experiments import RESULTS
 from l2o.optim import OptimizerConfig, build_optimizer
 from meta_train.unroll import TaskPool
 from tasks import channels_for, conv_task
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 OUT = RESULTS / "experiments" / "meta-gradient-probe" / "probe.json"
 ETA, WARM, SEED = 0.13, 200, 0
@@ -154,10 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.relative_to(RESULTS.parent)})")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs go")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     path = args.out
     torch.set_num_threads(1)
     rows = json.loads(path.read_text()) if path.exists() else []

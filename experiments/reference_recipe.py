@@ -175,12 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="cpu | cuda (train: run.device, default the config's; eval: default cpu; eval also cuda:N)")
     args = ap.parse_args(argv)
     if args.device is not None:
-        from tasks.devices import parse_device
+        from tasks.devices import device_or_exit
 
-        try:
-            device = parse_device(args.device)
-        except ValueError as exc:
-            ap.exit(2, f"error: {exc}\n")
+        device = device_or_exit(ap, args.device)
         if args.stage == "train" and device.index is not None:
             ap.exit(2, f"error: --device {args.device}: meta-training takes cpu or cuda; pick the GPU with "
                        f"CUDA_VISIBLE_DEVICES={device.index}\n")

@@ -23,7 +23,7 @@ import torch
 from experiments import RESULTS
 from l2o.optim import build_optimizer, save_checkpoint
 from meta_train.config import load_config
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 
 CONFIG = Path(__file__).resolve().parents[1] / "meta_train" / "configs" / "fmnist.toml"
 OUT = RESULTS / "diagnostics" / "untrained.pt"
@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT, help=f"checkpoint (default {OUT.relative_to(RESULTS.parent)})")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the optimizer is built")
     args = ap.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as exc:
-        ap.exit(2, f"error: {exc}\n")
+    device = device_or_exit(ap, args.device)
     print(write_untrained(args.out, device))
 
 

@@ -6,9 +6,11 @@ this machine lacks is one clear line (the commands exit with status 2), not a CU
 """
 from __future__ import annotations
 
+import argparse
+
 import torch
 
-__all__ = ["parse_device"]
+__all__ = ["parse_device", "device_or_exit"]
 
 
 def parse_device(name: str | torch.device) -> torch.device:
@@ -28,3 +30,12 @@ def parse_device(name: str | torch.device) -> torch.device:
         if device.index is not None and device.index >= count:
             raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 .. cuda:{count - 1}")
     return device
+
+
+def device_or_exit(parser: argparse.ArgumentParser, name: str | torch.device) -> torch.device:
+    """:func:`parse_device` for a command line: a device this machine lacks ends the command with the one-line error
+    and exit status 2 (``parser.exit``), before any work starts."""
+    try:
+        return parse_device(name)
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")

@@ -64,7 +64,7 @@ from tasks.data import (
     load_dataset,
     resolve_data_root,
 )
-from tasks.devices import parse_device
+from tasks.devices import device_or_exit
 from tasks.weight_space.cnn_zoo_member import (
     ACTIVATIONS,
     DEPTHS,
@@ -646,10 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where the CNNs train (default cpu)")
     args = parser.parse_args(argv)
-    try:
-        device = parse_device(args.device)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
+    device = device_or_exit(parser, args.device)
     try:
         info = dataset_info(args.dataset)
     except KeyError as err:
