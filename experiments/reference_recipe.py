@@ -39,11 +39,16 @@ RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
     # with the published 1000-step schedule from step 200 on (its lr jumps back to 2.7e-4 there).
     "ng-gnn": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50"]),
-    # ng-gnn-h1000: the same, but a task lives a log-uniform 100..1000 inner steps (meta.horizon_max) instead of a
-    # fresh optimizee every 100, so meta-training sees the optimizer's state (and plain-sum momenta) of later steps:
-    # the ablation for the short-horizon drift of "ng-gnn" past outer step 300 (see the README).
+    # ng-gnn-h1000-noguard: the same, but a task lives a log-uniform 100..1000 inner steps (meta.horizon_max)
+    # instead of a fresh optimizee every 100, so meta-training sees the optimizer's state (and plain-sum momenta) of
+    # later steps: the ablation for the short-horizon drift of "ng-gnn" past outer step 300 (see the README). It
+    # diverged by outer step 50 (a diverging optimizee now lives up to 1000 steps; nothing resets it).
+    "ng-gnn-h1000-noguard": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50",
+                                                "meta.horizon_max=1000", "run.out_dir='runs/reference-ng-gnn-h1000-noguard'"]),
+    # ng-gnn-h1000: the same with a blow-up guard: a task whose inner loss exceeds 10 (initial loss 2.3) is reset
+    # and its step left out of the meta-gradient (meta.loss_clip), standing in for the 100-step reset's bound.
     "ng-gnn-h1000": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50", "meta.horizon_max=1000",
-                                        "run.out_dir='runs/reference-ng-gnn-h1000'"]),
+                                        "meta.loss_clip=10", "run.out_dir='runs/reference-ng-gnn-h1000'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     "tensor-lstm": ("reference-tensor-lstm.toml", ["meta.outer_steps=400"]),
 }
