@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -301,27 +303,32 @@ def test_gray_scale_zoo_names_are_unchanged(tmp_path):
     assert zoo_mod.zoo_path("cifar-10", cache_dir=tmp_path) == rgb
 
 
-def test_cifar10_zoo_build_round_trip_and_resume(fake_cifar_root, monkeypatch):
+def _killed_then_resumed(monkeypatch, build) -> tuple[list, Path | None]:
+    """``build()`` killed while fitting its second chunk, then run again: ``(fit calls of the rerun, zoo path)``."""
     real_fit = zoo_mod.fit_inrs
     calls = []
 
-    def failing_fit(*args, **kw):  # killed while fitting the second chunk (of 3: 9 INRs in chunks of 4)
+    def failing_fit(*args, **kw):
         if len(calls) == 1:
             raise KeyboardInterrupt("killed")
         calls.append(1)
         return real_fit(*args, **kw)
 
-    monkeypatch.setattr(zoo_mod, "fit_inrs", failing_fit)
-    with pytest.raises(KeyboardInterrupt):
-        build_inr_zoo("cifar10", fake_cifar_root, **CIFAR_KW)
     def counting_fit(*args, **kw):
         calls.append(1)
         return real_fit(*args, **kw)
 
+    monkeypatch.setattr(zoo_mod, "fit_inrs", failing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        build()
     calls.clear()
     monkeypatch.setattr(zoo_mod, "fit_inrs", counting_fit)
-    path = build_inr_zoo("cifar10", fake_cifar_root, **CIFAR_KW)
-    assert len(calls) == 2  # the first chunk was reused
+    return calls, build()
+
+
+def test_cifar10_zoo_build_round_trip_and_resume(fake_cifar_root, monkeypatch):
+    calls, path = _killed_then_resumed(monkeypatch, lambda: build_inr_zoo("cifar10", fake_cifar_root, **CIFAR_KW))
+    assert len(calls) == 2  # 9 INRs in chunks of 4: the first of three chunks was reused
     assert path.parent == fake_cifar_root / "weight_space" and path.name.startswith("inr-cifar10-4-2-3-s0-")
     assert not path.with_name(path.stem + ".partial").exists()
     raw = torch.load(path, weights_only=True)
@@ -397,28 +404,16 @@ def test_build_load_split_and_render(fake_root):
 
 
 def test_build_resumes_from_chunks(fake_root, monkeypatch):
-    real_fit = zoo_mod.fit_inrs
-    calls = []
-
-    def failing_fit(*args, **kw):
-        if len(calls) == 1:
-            raise KeyboardInterrupt("killed")
-        calls.append(1)
-        return real_fit(*args, **kw)
-
-    monkeypatch.setattr(zoo_mod, "fit_inrs", failing_fit)
-    with pytest.raises(KeyboardInterrupt):
-        build_inr_zoo("mnist", fake_root, **ZOO_KW)
     path = zoo_mod.zoo_path("mnist", fake_root, 8, 4, 5, steps=30, lr=FIT_LR)
-    assert not path.exists() and len(list(path.with_name(path.stem + ".partial").glob("rows-*.pt"))) == 1
+    partial = []
 
-    def counting_fit(*args, **kw):
-        calls.append(1)
-        return real_fit(*args, **kw)
+    def build():
+        partial.append((path.exists(), len(list(path.with_name(path.stem + ".partial").glob("rows-*.pt")))))
+        return build_inr_zoo("mnist", fake_root, **ZOO_KW)
 
-    calls.clear()
-    monkeypatch.setattr(zoo_mod, "fit_inrs", counting_fit)
-    assert build_inr_zoo("mnist", fake_root, **ZOO_KW) == path
+    calls, built = _killed_then_resumed(monkeypatch, build)
+    assert partial == [(False, 0), (False, 1)]  # the kill left the first chunk behind and no zoo file
+    assert built == path
     assert len(calls) == 2  # 17 INRs in chunks of 6: the first of three chunks was reused
     resumed = InrZoo.load(path)
     calls.clear()
