@@ -154,12 +154,14 @@ HEADS = {"modulated": dict(adam_residual=True, adam_scale=1.0, additive=False, r
          "mlp": dict(inputs="reference", step_rule="mlp", head_layers=3, layer_scale=False)}
 
 
+@pytest.mark.parametrize("steps", ["one", "per-element"])
 @pytest.mark.parametrize("chunk_rows", [None, 7], ids=["whole", "chunks-of-7"])
 @pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("family", ["dng", "ng-gnn"])
-def test_update_is_the_same_with_and_without_autograd(family, head, chunk_rows, monkeypatch):
+def test_update_is_the_same_with_and_without_autograd(family, head, chunk_rows, steps, monkeypatch):
     """The no-grad step (in-place activations, only the head outputs in use, and the per-element MLPs in row chunks:
-    7 rows leaves a partial last chunk) computes what meta-training does."""
+    7 rows leaves a partial last chunk) computes what meta-training does, also with per-element step counts (tasks
+    at different steps updated together: per-row time features)."""
     import l2o.runtime
     from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
 
@@ -173,6 +175,8 @@ def test_update_is_the_same_with_and_without_autograd(family, head, chunk_rows, 
     p = _flat(graph)[:, 0].clone()
     g = _flat(graph, seed=1)[:, 0] * 1e-2
     state = opt.init_state(ctx, p)
+    if steps == "per-element":
+        state["step"] = torch.randint(0, 50, p.shape, generator=torch.Generator().manual_seed(2)).to(state["step"])
     with torch.no_grad():
         fast, _ = opt.update(ctx, p, g, state)
     ref, _ = opt.update(ctx, p.requires_grad_(True), g, state)

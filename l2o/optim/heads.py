@@ -55,18 +55,19 @@ def first_layer(feats: torch.Tensor, linear: nn.Linear, embed: torch.Tensor | No
     return torch.addmm(embed, feats, linear.weight.t()).add_(shift)
 
 
-def per_row_chunks(mlp, feats: torch.Tensor, embed: torch.Tensor | None) -> torch.Tensor:
-    """``mlp(feats [n, F], embed [n, H] or None) -> [n, O]``, a row-wise map, applied to all ``P`` rows.
+def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | None) -> torch.Tensor:
+    """``mlp(feats [n, F], *per_row) -> [n, O]``, a row-wise map, applied to all ``P`` rows; ``per_row``: more
+    ``[P, ...]`` inputs (or None), sliced with the rows.
 
     Without autograd (the optimizer step) the rows go through in cache-sized chunks (``runtime.row_chunks``): every
     ``[n, hidden]`` temporary then stays in cache and is reused instead of being allocated at ``[P, hidden]`` once
     per layer. The same arithmetic on every row either way."""
     chunks = row_chunks(feats.shape[0], feats.device)
     if len(chunks) == 1:
-        return mlp(feats, embed)
+        return mlp(feats, *per_row)
     out = None
     for r0, r1 in chunks:
-        part = mlp(feats[r0:r1], None if embed is None else embed[r0:r1])
+        part = mlp(feats[r0:r1], *(None if t is None else t[r0:r1] for t in per_row))
         if out is None:
             out = part.new_empty(feats.shape[0], *part.shape[1:])
         out[r0:r1] = part
@@ -166,13 +167,15 @@ class UpdateHead(nn.Module):
             return None
         rows = slice(None) if self.additive else slice(2, 3)
         shift, out_weight, out_bias = self.time_in(tfeat), self.out.weight[rows], self.out.bias[rows]
+        # [hidden] for one step count; [P, hidden] for per-element steps (tasks at different steps updated together)
+        row_shift = shift if shift.dim() == 2 else None
 
-        def mlp(f: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
-            h = activation_(F.silu, first_layer(f, self.feat_in, e, shift))
+        def mlp(f: torch.Tensor, e: torch.Tensor | None, s: torch.Tensor | None) -> torch.Tensor:
+            h = activation_(F.silu, first_layer(f, self.feat_in, e, shift if s is None else s))
             h = activation_(F.silu, self.hidden(h))
             return F.linear(h, out_weight, out_bias)
 
-        return per_row_chunks(mlp, feats, embed)
+        return per_row_chunks(mlp, feats, embed, row_shift)
 
 
 class MLPStepHead(nn.Module):
