@@ -259,6 +259,18 @@ def write_table(out: Path = OUT, results: Path = RESULTS_DIR, labels: dict[str, 
     return table
 
 
+def add_run_arguments(ap: argparse.ArgumentParser, out: Path, outputs: str) -> None:
+    """The options every weight-space study shares: where records and outputs go, device, threads, data, reruns."""
+    ap.add_argument("--out", type=Path, default=out, help=f"folder of the per-run records (default {out})")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR,
+                    help=f"where {outputs} go (default results/weight_space)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs train")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the main table)")
+    ap.add_argument("--data-root", default=None, help="data folder (default: $L2O_DATA)")
+    ap.add_argument("--force", action="store_true", help="rerun runs whose record exists")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.dng_ablation", description=__doc__.split("\n")[0])
     ap.add_argument("stage", nargs="?", default="run", choices=("run", "report"),
@@ -266,14 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS], choices=[v.name for v in VARIANTS],
                     help="run only these variants (the table always lists all)")
-    ap.add_argument("--out", type=Path, default=OUT, help=f"folder of the per-run records (default {OUT})")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR,
-                    help="where dng_ablation.{md,json} go (default results/weight_space)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs train")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the main table)")
-    ap.add_argument("--data-root", default=None, help="data folder (default: $L2O_DATA)")
-    ap.add_argument("--force", action="store_true", help="rerun runs whose record exists")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(ap, OUT, "dng_ablation.{md,json}")
     for flag in ("--train-size", "--val-size", "--test-size", "--epochs"):
         ap.add_argument(flag, type=int, default=None, help="smoke runs only (use another --out): override the budget")
     args = ap.parse_args(argv)

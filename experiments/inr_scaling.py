@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import RESULTS
-from experiments.dng_ablation import _no_nan, _train_sec
+from experiments.dng_ablation import _no_nan, _train_sec, add_run_arguments
 from tasks.weight_space.task_report import base_encoder, display_name, encoder_colour, mean_std
 
 TASK = "classify"
@@ -564,14 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--epochs", type=_positive, default=None,
                     help="epochs at every size (default: the task's, 5); also selects the records the outputs use")
-    ap.add_argument("--out", type=Path, default=OUT, help=f"folder of the per-run records (default {OUT})")
-    ap.add_argument("--results", type=Path, default=RESULTS_DIR,
-                    help="where inr_scaling_<dataset>.{md,json,png} go (default results/weight_space)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu): where the runs train")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the main table)")
-    ap.add_argument("--data-root", default=None, help="data folder (default: $L2O_DATA)")
-    ap.add_argument("--force", action="store_true", help="rerun runs whose record exists")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(ap, OUT, "inr_scaling_<dataset>.{md,json,png}")
     for flag in ("--val-size", "--test-size"):
         ap.add_argument(flag, type=_positive, default=None,
                         help="smoke runs only (use another --out: the records are not named by it)")
