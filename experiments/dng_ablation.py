@@ -215,6 +215,16 @@ def _pts(x: float, signed: bool = False) -> str:
     return "n/a" if x is None or math.isnan(x) else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
 
 
+def row_cells(r: dict) -> tuple[str, str, str, str]:
+    """A table row's accuracy (mean ± std, %), train s/run, s/epoch and params cells (``n/a`` where missing)."""
+    acc = "n/a" if math.isnan(r["accuracy_mean"]) else f"{_pts(r['accuracy_mean'])} ± {_pts(r['accuracy_std'])}"
+    t = r["train_sec_per_run"]
+    train = "n/a" if math.isnan(t) else (f"{t:.0f}" if t >= 10 else f"{t:.1f}")
+    epoch = "n/a" if math.isnan(r["sec_per_epoch"]) else f"{r['sec_per_epoch']:.1f}"
+    params = "n/a" if r["params"] is None else f"{r['params']:,}"
+    return acc, train, epoch, params
+
+
 def markdown(table: dict) -> str:
     out = ["# DNG ablation: MNIST INR classification", "",
            "Produced by `python -m experiments.dng_ablation` (GitHub issue 19): DNG's design pieces removed one at a "
@@ -225,11 +235,7 @@ def markdown(table: dict) -> str:
            "s/epoch | params | what changes |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
-        acc = "n/a" if math.isnan(r["accuracy_mean"]) else f"{_pts(r['accuracy_mean'])} ± {_pts(r['accuracy_std'])}"
-        t = r["train_sec_per_run"]
-        train = "n/a" if math.isnan(t) else (f"{t:.0f}" if t >= 10 else f"{t:.1f}")
-        epoch = "n/a" if math.isnan(r["sec_per_epoch"]) else f"{r['sec_per_epoch']:.1f}"
-        params = "n/a" if r["params"] is None else f"{r['params']:,}"
+        acc, train, epoch, params = row_cells(r)
         out.append(f"| {r['variant']} | `{r['label']}` | {acc} | {r['n_seeds']} | {_pts(r['gap_to_reference'], True)} "
                    f"| {_pts(r['gap_to_shipped'], True)} | {train} | {epoch} | {params} | {r['change']} |")
     out += ["", table["verdict"], "", f"Set-up: {table['note']}", "", table["not_ablated"], ""]

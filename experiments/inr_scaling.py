@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import RESULTS
-from experiments.dng_ablation import _no_nan, _train_sec, add_run_arguments
+from experiments.dng_ablation import _no_nan, _pts, _train_sec, add_run_arguments, row_cells
 from tasks.weight_space.task_report import base_encoder, display_name, encoder_colour, mean_std
 
 TASK = "classify"
@@ -412,10 +412,6 @@ def setup_note(records: list[dict], dataset: str) -> str:
             f"{s['runs']} runs.")
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
-    return "n/a" if x is None or math.isnan(x) else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
-
-
 def markdown(table: dict, figure: str | None = None) -> str:
     ds = DATASET_NAMES.get(table["dataset"], table["dataset"])
     flag = "" if table["epochs"] == default_epochs() else f" --epochs {table['epochs']}"
@@ -430,13 +426,9 @@ def markdown(table: dict, figure: str | None = None) -> str:
     out += ["| encoder | run label | train INRs | test accuracy % | seeds | train s/run | s/epoch | params |",
             "|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
-        acc = "n/a" if math.isnan(r["accuracy_mean"]) else f"{_pct(r['accuracy_mean'])} ± {_pct(r['accuracy_std'])}"
-        t = r["train_sec_per_run"]
-        train = "n/a" if math.isnan(t) else (f"{t:.0f}" if t >= 10 else f"{t:.1f}")
-        epoch = "n/a" if math.isnan(r["sec_per_epoch"]) else f"{r['sec_per_epoch']:.1f}"
+        acc, train, epoch, params = row_cells(r)
         size = f"{r['size']:,}" + ("" if r["train_sizes"] == [r["size"]] else
                                    f" (trained on {', '.join(f'{n:,}' for n in r['train_sizes'])})")
-        params = "n/a" if r["params"] is None else f"{r['params']:,}"
         seeds = f"{r['n_seeds']} ({', '.join(str(s) for s in r['seeds'])})"
         out.append(f"| {r['name']} | `{r['encoder']}+{size_tag(r['size'], table['epochs'])}` | {size} | {acc} | "
                    f"{seeds} | {train} | {epoch} | {params} |")
@@ -448,7 +440,7 @@ def markdown(table: dict, figure: str | None = None) -> str:
             f"{p['label']}: {p['value']:.1f} %" for p in table["published"]) + ".", ""]
     lines = []
     for enc, t in table["trends"].items():
-        line = f"- {display_name(enc)}: {_pct(t['accuracy_at_largest'])} % at {t['largest_size']:,} training INRs"
+        line = f"- {display_name(enc)}: {_pts(t['accuracy_at_largest'])} % at {t['largest_size']:,} training INRs"
         if not math.isnan(t["points_per_doubling"]):
             line += f", {t['points_per_doubling']:+.2f} points per doubling (least squares over the sizes present)"
         for g in t["gap_to_published"]:
@@ -604,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
                   budget=budget, progress=not args.quiet, force=args.force)
     table = write_outputs(args.out, args.results, args.dataset, args.epochs)
     for r in table["rows"]:
-        print(f"{r['encoder']:24s} n={r['size']:<6d} {_pct(r['accuracy_mean']):>6s} ± {_pct(r['accuracy_std']):>5s} "
+        print(f"{r['encoder']:24s} n={r['size']:<6d} {_pts(r['accuracy_mean']):>6s} ± {_pts(r['accuracy_std']):>5s} "
               f"({_n(r['n_seeds'], 'seed')})")
     stem = args.results / f"inr_scaling_{args.dataset}"
     print(f"-> {stem}.md, {stem}.json, {stem}.png")
