@@ -1,4 +1,5 @@
-"""Process-level settings that make large CPU workloads run at the speed their arithmetic allows."""
+"""Settings and helpers that make large CPU workloads run at the speed their arithmetic allows (glibc allocator
+tuning; per-element MLPs in cache-sized row chunks)."""
 from __future__ import annotations
 
 import ctypes
@@ -55,3 +56,22 @@ def row_chunks(num_rows: int, device: torch.device) -> list[tuple[int, int]]:
     if torch.is_grad_enabled() or num_rows <= size:
         return [(0, num_rows)]
     return [(r0, min(r0 + size, num_rows)) for r0 in range(0, num_rows, size)]
+
+
+def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | None) -> torch.Tensor:
+    """``mlp(feats [n, F], *per_row) -> [n, O]``, a row-wise map, applied to all ``P`` rows; ``per_row``: more
+    ``[P, ...]`` inputs (or None), sliced with the rows.
+
+    Without autograd (the optimizer step) the rows go through in cache-sized chunks (``row_chunks``): every
+    ``[n, hidden]`` temporary then stays in cache and is reused instead of being allocated at ``[P, hidden]`` once
+    per layer. The same arithmetic on every row either way."""
+    chunks = row_chunks(feats.shape[0], feats.device)
+    if len(chunks) == 1:
+        return mlp(feats, *per_row)
+    out = None
+    for r0, r1 in chunks:
+        part = mlp(feats[r0:r1], *(None if t is None else t[r0:r1] for t in per_row))
+        if out is None:
+            out = part.new_empty(feats.shape[0], *part.shape[1:])
+        out[r0:r1] = part
+    return out

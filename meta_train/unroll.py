@@ -143,8 +143,7 @@ def split_state(state: dict, sizes: list[int], scalar_keys: set[str]) -> list[di
 
 def loss_ok(loss: torch.Tensor, clip: float) -> bool:
     """A usable inner loss: finite and at most ``clip`` (else the step counts as a blow-up)."""
-    v = float(loss)
-    return math.isfinite(v) and v <= clip
+    return _usable(float(loss), clip)
 
 
 def host_checks(losses: list[torch.Tensor], tensors: list[torch.Tensor]) -> tuple[list[float], list[bool]]:

@@ -66,8 +66,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..graph import EDGE_KINDS, ROLE_INPUT, NeuralGraph, SlotFeatures
+from ..runtime import per_row_chunks
 from .base import GraphEncoder
-from ..runtime import row_chunks
 from .embeddings import GraphInputEmbedding
 
 AGGREGATIONS = ("sum", "mean")
@@ -525,25 +525,16 @@ class EdgeDecoder(nn.Module):
                 maps[-1] = (out_weight @ maps[-1][0], out_weight @ maps[-1][1], True)
             else:
                 maps.append((out_weight, None, False))
-        chunks = row_chunks(edge_input.shape[0], edge_input.device)
-        if len(chunks) == 1:
-            return self._decode_rows(edge_index, to_src, to_dst, edge_input, maps)
-        # Without autograd, edge by edge in cache-sized chunks (runtime.row_chunks): same arithmetic per row.
-        out = edge_input.new_empty(edge_input.shape[0], maps[-1][0].shape[0] if maps else edge_input.shape[1])
-        for e0, e1 in chunks:
-            out[e0:e1] = self._decode_rows(edge_index[:, e0:e1], to_src, to_dst, edge_input[e0:e1], maps)
-        return out
 
-    @staticmethod
-    def _decode_rows(edge_index: torch.Tensor, to_src: torch.Tensor, to_dst: torch.Tensor, edge_input: torch.Tensor,
-                     maps: list) -> torch.Tensor:
-        """The MLP on the rows of ``edge_input [e, d]`` (edges ``edge_index [2, e]``); ``maps``: its linear maps after
-        the first, ``(weight, bias or None, SiLU before it)``."""
-        # In place into the fresh input (autograd-safe: its producer's backward does not read it).
-        h = edge_input.add_(to_src.index_select(0, edge_index[0])).add_(to_dst.index_select(0, edge_index[1]))
-        for weight, bias, act in maps:
-            h = F.linear(_silu(h) if act else h, weight, bias)
-        return h
+        def mlp(rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+            # In place into the fresh input (autograd-safe: its producer's backward does not read it).
+            h = rows.add_(to_src.index_select(0, src)).add_(to_dst.index_select(0, dst))
+            for weight, bias, act in maps:
+                h = F.linear(_silu(h) if act else h, weight, bias)
+            return h
+
+        # Without autograd, edge by edge in cache-sized chunks: the same arithmetic per edge.
+        return per_row_chunks(mlp, edge_input, edge_index[0], edge_index[1])
 
 
 def _silu(h: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runtime import row_chunks
+from ..runtime import per_row_chunks
 from .context import NUM_CATEGORIES, ParamContext
 
 RELATIVE_FLOOR = 1e-3  # a zero-initialised tensor still moves (and then grows geometrically)
@@ -53,25 +53,6 @@ def first_layer(feats: torch.Tensor, linear: nn.Linear, embed: torch.Tensor | No
         return embed.addmm_(feats, linear.weight.t()).add_(shift)
     # In place on the fresh product: addmm's backward does not read its output, so this is autograd-safe.
     return torch.addmm(embed, feats, linear.weight.t()).add_(shift)
-
-
-def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | None) -> torch.Tensor:
-    """``mlp(feats [n, F], *per_row) -> [n, O]``, a row-wise map, applied to all ``P`` rows; ``per_row``: more
-    ``[P, ...]`` inputs (or None), sliced with the rows.
-
-    Without autograd (the optimizer step) the rows go through in cache-sized chunks (``runtime.row_chunks``): every
-    ``[n, hidden]`` temporary then stays in cache and is reused instead of being allocated at ``[P, hidden]`` once
-    per layer. The same arithmetic on every row either way."""
-    chunks = row_chunks(feats.shape[0], feats.device)
-    if len(chunks) == 1:
-        return mlp(feats, *per_row)
-    out = None
-    for r0, r1 in chunks:
-        part = mlp(feats[r0:r1], *(None if t is None else t[r0:r1] for t in per_row))
-        if out is None:
-            out = part.new_empty(feats.shape[0], *part.shape[1:])
-        out[r0:r1] = part
-    return out
 
 
 def activation_(act, h: torch.Tensor) -> torch.Tensor:
