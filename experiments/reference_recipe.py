@@ -49,6 +49,11 @@ RUNS = {
     # and its step left out of the meta-gradient (meta.loss_clip), standing in for the 100-step reset's bound.
     "ng-gnn-h1000": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50", "meta.horizon_max=1000",
                                         "meta.loss_clip=10", "run.out_dir='runs/reference-ng-gnn-h1000'"]),
+    # ng-gnn-h1000-clip: the guarded run with its meta-gradient clipped to global norm 10 (the guarded run's spikes
+    # were 200-505 over outer steps 40-50, its steady norms 1-20), the next one-at-a-time change.
+    "ng-gnn-h1000-clip": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50",
+                                             "meta.horizon_max=1000", "meta.loss_clip=10", "meta.clip_norm=10",
+                                             "run.out_dir='runs/reference-ng-gnn-h1000-clip'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     "tensor-lstm": ("reference-tensor-lstm.toml", ["meta.outer_steps=400"]),
 }

@@ -23,12 +23,14 @@ class RegressionStream:
     batch_size: int
     seed: int
     noise: float = 0.1
+    device: torch.device = torch.device("cpu")
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [batch, d]``, ``y [batch, 1]`` on ``device``; drawn on the CPU, so every device sees the same data."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, step))
         x = torch.randn(self.batch_size, self.w.shape[0], generator=g)
         y = x @ self.w + self.noise * torch.randn(self.batch_size, 1, generator=g)
-        return x, y
+        return x.to(self.device), y.to(self.device)
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,14 @@ class RegressionTask:
 
     def batches(self, split: str = "train", batch_size: int | None = None, seed: int = 0, device="cpu", **_):
         offset = {"train": 0, "val": 1, "test": 2}.get(split, 0)
-        return RegressionStream(self.w, batch_size or self.batch_size, seed * 3 + offset)
+        return RegressionStream(self.w, batch_size or self.batch_size, seed * 3 + offset, device=torch.device(device))
 
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred, y)
 
     def evaluate(self, model: nn.Module, split: str = "test", **_) -> dict:
-        x, y = self.batches(split, 1024, seed=12345).batch(0)
+        device = next(model.parameters()).device
+        x, y = self.batches(split, 1024, seed=12345, device=device).batch(0)
         with torch.no_grad():
             return {"loss": float(self.loss(model(x), y)), "acc": float("nan")}
 

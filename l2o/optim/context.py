@@ -66,9 +66,11 @@ class ParamContext:
         if graph is not None and names[: len(graph.param_names)] != graph.param_names:
             raise ValueError("the graph's parameters must come first, in graph order")
         sizes = [s.numel() for s in shapes]
-        tensor_id = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes, dtype=torch.long))
-        offsets = torch.tensor([0] + sizes).cumsum(0)
-        return ParamContext(names, shapes, tensor_id, _categories(graph, shapes), offsets, graph)
+        dev = graph.device if graph is not None else torch.device("cpu")  # the layout lives with its graph
+        tensor_id = torch.repeat_interleave(torch.arange(len(names), device=dev),
+                                            torch.tensor(sizes, dtype=torch.long, device=dev))
+        offsets = torch.tensor([0] + sizes, device=dev).cumsum(0)
+        return ParamContext(names, shapes, tensor_id, _categories(graph, shapes).to(dev), offsets, graph)
 
     @staticmethod
     def for_graph(graph: NeuralGraph) -> "ParamContext":

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every CUDA check of the project in one script, sized for a short GPU lease (about 8 minutes on one H100/H200):
+#   1. the device-parametrised tests (`pytest -k cuda`) and a few CLI commands with --device cuda;
+#   2. benchmarks/step_overhead.py --device cuda (ResNet-18 and the memory column included);
+#   3. benchmarks/meta_train_throughput.py --tasks 1 4 16 64 --device cuda (inner steps/s against K).
+# Everything it prints goes to $OUT/checks.log; the benchmark tables and every log are packed into
+# $OUT/cuda_results.tar.gz (results/benchmarks/*_cuda.* inside). Each stage has its own time limit, so one that
+# hangs or fails does not cost the others.
+#
+#   OUT=/tmp/out L2O_DATA=/path/with/FashionMNIST bash benchmarks/cuda_checks.sh
+#
+# Needs only Fashion-MNIST under $L2O_DATA (the benchmarks use random batches; tests that need CIFAR-10 skip).
+set -u
+OUT=${OUT:?set OUT to a folder for the logs}
+export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
+mkdir -p "$OUT/logs" results/benchmarks
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/checks.log"; }
+stage() {  # stage NAME SECONDS CMD...: run with a time limit, output to logs/NAME.log, status to checks.log
+  local name=$1 limit=$2; shift 2
+  log "start $name: $*"
+  timeout "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
+  local rc=$?
+  log "end $name: rc=$rc"; tail -n 25 "$OUT/logs/$name.log" >> "$OUT/checks.log"
+}
+pack() { tar czf "$OUT/cuda_results.tar.gz" -C "$OUT" logs -C "$PWD" $(ls results/benchmarks/*_cuda.* 2>/dev/null); }
+
+{ nvidia-smi; python3 -c "import torch, torch_geometric, accelerate; print(torch.__version__, torch.version.cuda,
+torch.cuda.get_device_name(), torch_geometric.__version__, accelerate.__version__)"; nproc; } >> "$OUT/checks.log" 2>&1
+
+# 1. correctness: the CUDA test cases (in parallel with the CLI checks; they are small)
+stage tests_cuda 150 python3 -m pytest -q -k cuda -p no:cacheprovider -n 6 tests &
+tests_pid=$!
+stage cli_quick 60 python3 -m meta_train train --config meta_train/configs/quick.toml --device cuda \
+  --set meta.outer_steps=3 --set run.validate_every=0 --out-dir /tmp/cli_quick --overwrite
+stage cli_reference 60 python3 -m meta_train train --config meta_train/configs/reference.toml --device cuda \
+  --set meta.outer_steps=2 --set meta.truncation=10 --set run.validate_every=2 --set run.validation_steps=50 \
+  --out-dir /tmp/cli_reference --overwrite
+stage cli_evaluate 60 python3 -m meta_train evaluate --task fmnist-conv --optimizers adam relative-adam results/checkpoints/default.pt \
+  --steps 50 --seeds 1 --eval-every 25 --tune-steps 20 --out /tmp/cli_eval --device cuda
+wait $tests_pid
+pack
+
+# 2. the optimizer step on real-size models, alone on the GPU
+stage step_overhead 150 python3 -m benchmarks.step_overhead --device cuda --repeats 10
+pack
+
+# 3. meta-training throughput against tasks per process, alone on the GPU
+stage throughput 200 python3 -m benchmarks.meta_train_throughput --tasks 1 4 16 64 --vectorize on --device cuda \
+  --families ng-gnn dng tensor-lstm --outer-steps 3
+pack
+log done
