@@ -58,19 +58,41 @@ def row_chunks(num_rows: int, device: torch.device) -> list[tuple[int, int]]:
     return [(r0, min(r0 + size, num_rows)) for r0 in range(0, num_rows, size)]
 
 
-def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | None) -> torch.Tensor:
+class GatheredRows:
+    """``table[index]`` (``table [R, D]``, ``index [P]``) made one row range at a time: a per-element input of
+    :func:`per_row_chunks` that is never materialised at ``[P, D]`` (an edge embedding shared by the 9 entries of
+    its 3x3 kernel is stored once, not 9 times). ``rows(r0, r1)`` is a fresh ``[r1 - r0, D]`` tensor."""
+
+    def __init__(self, table: torch.Tensor, index: torch.Tensor):
+        self.table, self.index = table, index
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.index.shape[0], *self.table.shape[1:]))
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        return self.table.index_select(0, self.index[r0:r1])
+
+
+def _rows(t: torch.Tensor | GatheredRows | None, r0: int, r1: int) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return t.rows(r0, r1) if isinstance(t, GatheredRows) else t[r0:r1]
+
+
+def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | GatheredRows | None) -> torch.Tensor:
     """``mlp(feats [n, F], *per_row) -> [n, O]``, a row-wise map, applied to all ``P`` rows; ``per_row``: more
-    ``[P, ...]`` inputs (or None), sliced with the rows.
+    ``[P, ...]`` inputs (tensors, :class:`GatheredRows` or None), sliced with the rows.
 
     Without autograd (the optimizer step) the rows go through in cache-sized chunks (``row_chunks``): every
     ``[n, hidden]`` temporary then stays in cache and is reused instead of being allocated at ``[P, hidden]`` once
     per layer. The same arithmetic on every row either way."""
     chunks = row_chunks(feats.shape[0], feats.device)
     if len(chunks) == 1:
-        return mlp(feats, *per_row)
+        return mlp(feats, *(_rows(t, 0, feats.shape[0]) if isinstance(t, GatheredRows) else t for t in per_row))
     out = None
     for r0, r1 in chunks:
-        part = mlp(feats[r0:r1], *(None if t is None else t[r0:r1] for t in per_row))
+        part = mlp(feats[r0:r1], *(_rows(t, r0, r1) for t in per_row))
         if out is None:
             out = part.new_empty(feats.shape[0], *part.shape[1:])
         out[r0:r1] = part

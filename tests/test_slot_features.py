@@ -221,3 +221,52 @@ def test_row_chunks_cover_the_rows_in_order_and_only_without_autograd(monkeypatc
         assert row_chunks(4, cpu) == [(0, 4)]
         assert row_chunks(0, cpu) == [(0, 0)]
     assert row_chunks(10, cpu) == [(0, 10)]  # autograd would keep every chunk's activations: one chunk
+
+
+@pytest.mark.parametrize("inputs", ["adam", "reference"])
+def test_no_grad_features_are_the_autograd_features_exactly(inputs):
+    """The optimizer step writes the log/sign features column by column (no [P, R] raw block): the same values, bit
+    for bit, on both sides of the e^-p threshold and at zero."""
+    from l2o.optim.features import FeatureConfig, init_moments, param_features, update_moments
+
+    cfg = FeatureConfig(inputs=inputs)
+    P = 500
+    p = torch.randn(P, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(P, generator=torch.Generator().manual_seed(1)) * torch.logspace(-9, 1, P)
+    g[::7] = 0.0
+    state = init_moments(P, cfg=cfg)
+    for _ in range(3):
+        state = update_moments(g, state, cfg)
+    with torch.enable_grad():
+        want = param_features(None, p, g, state, cfg)
+    with torch.no_grad():
+        got = param_features(None, p, g, state, cfg)
+    assert got.shape == (P, cfg.num_features)
+    assert torch.equal(got, want)
+    assert (want[:, 1] == -1).any() and (want[:, 1] > -1).any()  # the gradient column takes both branches
+
+
+@pytest.mark.parametrize("model, gathered", [(ResidualCNN, True), (mlp, False)], ids=["cnn", "mlp"])
+def test_step_gathers_kernel_embeddings_per_chunk(model, gathered):
+    """Without autograd a network of kernels hands the head its edge embeddings with a per-element index
+    (GatheredRows: no [P, hidden] copy); the rows it yields are the autograd path's gathered embedding. An MLP (one
+    element per edge: nothing to save) keeps the plain tensor."""
+    from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
+    from l2o.optim.features import param_features, update_moments
+    from l2o.runtime import GatheredRows
+
+    graph = NeuralGraph.from_module(model(0), kmax=3)
+    ctx = ParamContext.for_graph(graph)
+    torch.manual_seed(0)
+    opt = build_optimizer(OptimizerConfig(family="dng", hidden=8, head_hidden=8)).double()
+    p = _flat(graph)[:, 0].clone()
+    state = update_moments(_flat(graph, seed=1)[:, 0] * 1e-2, opt.init_state(ctx, p), opt.features)
+    feats = param_features(ctx, p, p * 0, state, opt.features)
+    want, _ = opt.embed(ctx, feats, state)
+    with torch.no_grad():
+        got, _ = opt.embed(ctx, feats, state)
+    assert isinstance(got, GatheredRows) == gathered
+    rows = got.rows(0, ctx.num_elements) if gathered else got
+    assert rows.shape == want.shape and torch.equal(rows, want.detach())
+    if gathered:
+        assert torch.equal(got.rows(5, 12), want.detach()[5:12])

@@ -118,9 +118,42 @@ def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, tor
                       adam_direction(state)[:, None]], 1)
 
 
+def raw_columns(params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor], cfg: FeatureConfig):
+    """The columns of the raw features one at a time (``[P]`` each, in :func:`raw_features`' order), each made
+    only when asked for: the optimizer step never holds all of them at once."""
+    yield params
+    yield grads
+    for j in range(state["m"].shape[1]):
+        yield state["m"][:, j]
+    if cfg.inputs == "adam":
+        t = state["step"].clamp(min=1)
+        yield torch.sqrt(state["v"] / (1 - BETA2 ** t) + 1e-30)
+        yield adam_direction(state)
+
+
+def logsign_columns_(out: torch.Tensor, columns, p: float = 10.0) -> torch.Tensor:
+    """:func:`logsign` of ``R`` columns ``[P]`` written into ``out [P, 2R]`` column by column, without autograd: the
+    same arithmetic element by element (equal results), but the temporaries are ``[P]``, not ``[P, R]``."""
+    R = out.shape[1] // 2
+    thresh = math.exp(-p)
+    for c, x in enumerate(columns):
+        big = x.abs() >= thresh
+        first, second = out[:, c], out[:, R + c]
+        torch.log(torch.where(big, x.abs(), 1.0), out=first).div_(p).masked_fill_(~big, -1.0)
+        torch.where(big, torch.sign(x), x * math.exp(p), out=second)
+    return out
+
+
 def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
                    cfg: FeatureConfig) -> torch.Tensor:
-    """Preprocessed per-element features ``[P, cfg.num_features]``."""
+    """Preprocessed per-element features ``[P, cfg.num_features]``.
+
+    Without autograd (the optimizer step) the log/sign features are written column by column into one ``[P, 2R]``
+    tensor (:func:`logsign_columns_`): the same values, without the ``[P, R]`` raw block and its temporaries, which
+    made this the step's peak of memory on large models."""
+    if cfg.preprocess == "logsign" and not torch.is_grad_enabled():
+        out = params.new_empty(params.shape[0], cfg.num_features)
+        return logsign_columns_(out, raw_columns(params, grads, state, cfg), cfg.logsign_p)
     if cfg.inputs == "reference":
         raw = torch.cat([params[:, None], grads[:, None], state["m"]], 1)
     else:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..encoders import build_encoder
+from ..runtime import GatheredRows
 from .context import ParamContext
 from .features import (FeatureConfig, adam_direction, init_moments, param_features, time_features,
                        update_moments)
@@ -144,6 +145,11 @@ class GraphOptimizer(LearnedOptimizer):
         # The head's projection is applied to nodes and edges before the per-element gather (E rows, not P); the
         # encoder may fold it into its own last linear layer.
         node_emb, edge_emb = self.encoder.encode_projected(g, node, edge, self.head.embed_proj.weight)
+        if (not torch.is_grad_enabled() and ctx.graph_index is None and g.num_param_elements == ctx.num_elements
+                and g.num_param_elements > 2 * (g.num_nodes + g.num_edges)):
+            # The optimizer step on a network of kernels: the head gathers each chunk's rows itself (the same
+            # values) instead of a [P, hidden] copy of every edge's embedding per kernel entry.
+            return GatheredRows(torch.cat([node_emb, edge_emb]), g.elem_owner), {}
         return ctx.from_graph_part(g.gather_flat(node_emb, edge_emb)), {}
 
 
