@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 
 from pathlib import Path
 
@@ -462,3 +463,26 @@ def test_cli_builds_and_reports(fake_root, capsys, tmp_path, monkeypatch):
     assert "FashionMNIST" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--dataset", "svhn"])
+
+
+def test_zoo_cache_dir_follows_the_env_and_skips_a_read_only_data_root(tmp_path, monkeypatch):
+    """INR and CNN zoos share one cache rule: $L2O_ZOO_DIR, else <root>/weight_space, else (a read-only shared data
+    root) ~/.cache/l2o/weight_space, so `make weight-space` works on a data set it cannot write to."""
+    from tasks.weight_space import cnn_zoo
+
+    root = tmp_path / "data"
+    (root / "weight_space").mkdir(parents=True)
+    monkeypatch.delenv("L2O_ZOO_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert zoo_mod.zoo_path("mnist", root).parent == root / "weight_space"
+    (root / "weight_space").chmod(0o555)
+    try:
+        if not os.access(root / "weight_space", os.W_OK):  # (root ignores permissions)
+            home = tmp_path / "home" / ".cache" / "l2o" / "weight_space"
+            assert zoo_mod.zoo_path("mnist", root).parent == home
+            assert cnn_zoo.zoo_path("cifar10", root).parent == home
+    finally:
+        (root / "weight_space").chmod(0o755)
+    monkeypatch.setenv("L2O_ZOO_DIR", str(tmp_path / "zoos"))
+    assert zoo_mod.zoo_path("fmnist", root).parent == tmp_path / "zoos"
+    assert cnn_zoo.zoo_path("cifar10", root).parent == tmp_path / "zoos"

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -79,10 +78,9 @@ from tasks.weight_space.cnn_zoo_member import (
     sample_architecture,
 )
 
-from .storage import atomic_save
+from .storage import ZOO_DIR_ENV, atomic_save, default_cache_dir
 
 VERSION = 1
-ZOO_DIR_ENV = "L2O_ZOO_DIR"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SNAPSHOTS = (10, 25, 60, 150, 300, 600)
 # Per data set, sized from pilot builds on one (shared) core: 25 architectures x 10 runs x 6 snapshots = 1500
@@ -310,18 +308,6 @@ def zoo_settings(dataset: str, n_archs: int, nets_per_arch: int, snapshots: Sequ
 
 def settings_hash(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def default_cache_dir(root: Path) -> Path:
-    """``$L2O_ZOO_DIR`` if set, else ``<root>/weight_space``, or ``~/.cache/l2o/weight_space`` when this process
-    cannot write to the data root."""
-    env = os.environ.get(ZOO_DIR_ENV, "")
-    if env:
-        return Path(env).expanduser()
-    folder = root / "weight_space"
-    if os.access(folder if folder.is_dir() else root, os.W_OK):
-        return folder
-    return Path.home() / ".cache" / "l2o" / "weight_space"
 
 
 def zoo_path(dataset: str, root: str | Path | None = None, cache_dir: str | Path | None = None,

@@ -65,7 +65,7 @@ from tasks.data import (
 from tasks.devices import parse_device
 
 from .siren import Siren, make_coords, render, sample_siren_params, siren_param_shapes
-from .storage import atomic_save
+from .storage import atomic_save, default_cache_dir
 
 __all__ = [
     "FORMAT_VERSION", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_BATCH", "SPLIT_CODES", "InrZoo", "InrZooError",
@@ -558,13 +558,15 @@ def zoo_path(dataset: str, root: str | Path | None = None, n_train: int = 10000,
              n_test: int = 2000, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, seed: int = 0,
              schedule: str = DEFAULT_SCHEDULE, hidden: Sequence[int] = DEFAULT_HIDDEN, w0: float = DEFAULT_W0,
              cache_dir: str | Path | None = None) -> Path:
-    """Where :func:`build_inr_zoo` caches this zoo: ``<root>/weight_space/inr-<ds>-<ntr>-<nva>-<nte>-s<seed>-<hash>.pt``.
+    """Where :func:`build_inr_zoo` caches this zoo: ``<cache dir>/inr-<ds>-<ntr>-<nva>-<nte>-s<seed>-<hash>.pt``, the
+    cache dir being ``cache_dir`` or :func:`~tasks.weight_space.storage.default_cache_dir` (``$L2O_ZOO_DIR``,
+    ``<root>/weight_space``, or ``~/.cache/l2o/weight_space`` when the data root is read-only).
 
     The hash is that of the fit settings (:func:`_fit_settings`; the SIREN's output count is the data set's channel
     count, part of the hash for colour data sets only)."""
     info = dataset_info(dataset)
     short = info.short
-    folder = Path(cache_dir) if cache_dir is not None else resolve_data_root(root) / "weight_space"
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(resolve_data_root(root))
     settings = json.dumps(_fit_settings(steps, lr, schedule, hidden, w0, info.shape[0]), sort_keys=True)
     digest = hashlib.sha1(settings.encode()).hexdigest()[:8]
     return folder / f"inr-{short}-{n_train}-{n_val}-{n_test}-s{seed}-{digest}.pt"
@@ -702,7 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="INRs per saved chunk")
     parser.add_argument("--micro-batch", type=int, default=DEFAULT_MICRO_BATCH, help="INRs optimised together")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=None, help="default: <data root>/weight_space")
+    parser.add_argument("--cache-dir", default=None,
+                        help="default: $L2O_ZOO_DIR, <data root>/weight_space, or ~/.cache/l2o/weight_space when the "
+                             "data root is read-only")
     parser.add_argument("--force", action="store_true", help="refit even if the zoo is cached")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where the INRs are fitted (default cpu)")
     args = parser.parse_args(argv)
