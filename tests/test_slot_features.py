@@ -223,12 +223,16 @@ def test_row_chunks_cover_the_rows_in_order_and_only_without_autograd(monkeypatc
     assert row_chunks(10, cpu) == [(0, 10)]  # autograd would keep every chunk's activations: one chunk
 
 
+@pytest.mark.parametrize("steps", ["one", "per-element"])
 @pytest.mark.parametrize("inputs", ["adam", "reference"])
-def test_no_grad_features_are_the_autograd_features_exactly(inputs):
-    """The optimizer step writes the log/sign features column by column (no [P, R] raw block): the same values, bit
-    for bit, on both sides of the e^-p threshold and at zero."""
+def test_no_grad_features_are_the_autograd_features_exactly(inputs, steps, monkeypatch):
+    """The optimizer step computes the log/sign features in row chunks (64 rows here: a partial last chunk) written
+    into one tensor (no [P, R] raw block): the same values, bit for bit, on both sides of the e^-p threshold, at zero,
+    and with per-element step counts (sliced with the rows)."""
+    import l2o.runtime
     from l2o.optim.features import FeatureConfig, init_moments, param_features, update_moments
 
+    monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", 64)
     cfg = FeatureConfig(inputs=inputs)
     P = 500
     p = torch.randn(P, generator=torch.Generator().manual_seed(0))
@@ -237,6 +241,8 @@ def test_no_grad_features_are_the_autograd_features_exactly(inputs):
     state = init_moments(P, cfg=cfg)
     for _ in range(3):
         state = update_moments(g, state, cfg)
+    if steps == "per-element":
+        state["step"] = torch.randint(1, 50, (P,), generator=torch.Generator().manual_seed(2)).float()
     with torch.enable_grad():
         want = param_features(None, p, g, state, cfg)
     with torch.no_grad():

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime import row_chunks
 from .context import ParamContext
 
 DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -118,42 +119,26 @@ def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, tor
                       adam_direction(state)[:, None]], 1)
 
 
-def raw_columns(params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor], cfg: FeatureConfig):
-    """The columns of the raw features one at a time (``[P]`` each, in :func:`raw_features`' order), each made
-    only when asked for: the optimizer step never holds all of them at once."""
-    yield params
-    yield grads
-    for j in range(state["m"].shape[1]):
-        yield state["m"][:, j]
-    if cfg.inputs == "adam":
-        t = state["step"].clamp(min=1)
-        yield torch.sqrt(state["v"] / (1 - BETA2 ** t) + 1e-30)
-        yield adam_direction(state)
-
-
-def logsign_columns_(out: torch.Tensor, columns, p: float = 10.0) -> torch.Tensor:
-    """:func:`logsign` of ``R`` columns ``[P]`` written into ``out [P, 2R]`` column by column, without autograd: the
-    same arithmetic element by element (equal results), but the temporaries are ``[P]``, not ``[P, R]``."""
-    R = out.shape[1] // 2
-    thresh = math.exp(-p)
-    for c, x in enumerate(columns):
-        big = x.abs() >= thresh
-        first, second = out[:, c], out[:, R + c]
-        torch.log(torch.where(big, x.abs(), 1.0), out=first).div_(p).masked_fill_(~big, -1.0)
-        torch.where(big, torch.sign(x), x * math.exp(p), out=second)
-    return out
-
-
 def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
                    cfg: FeatureConfig) -> torch.Tensor:
     """Preprocessed per-element features ``[P, cfg.num_features]``.
 
-    Without autograd (the optimizer step) the log/sign features are written column by column into one ``[P, 2R]``
-    tensor (:func:`logsign_columns_`): the same values, without the ``[P, R]`` raw block and its temporaries, which
-    made this the step's peak of memory on large models."""
-    if cfg.preprocess == "logsign" and not torch.is_grad_enabled():
-        out = params.new_empty(params.shape[0], cfg.num_features)
-        return logsign_columns_(out, raw_columns(params, grads, state, cfg), cfg.logsign_p)
+    Without autograd (the optimizer step) the log/sign features are computed in row chunks (``row_chunks``) written
+    into one ``[P, 2R]`` tensor: the same arithmetic row by row (equal results), with the ``[rows, R]`` raw block and
+    its temporaries cache-sized on the CPU, instead of ``[P, R]`` tensors that made this the step's peak of memory on
+    large models."""
+    P = params.shape[0]
+    chunks = row_chunks(P, params.device)
+    if cfg.preprocess == "logsign" and len(chunks) > 1:
+        out = params.new_empty(P, cfg.num_features)
+        for r0, r1 in chunks:
+            rows = {k: v[r0:r1] if v.dim() and v.shape[0] == P else v for k, v in state.items()}
+            out[r0:r1] = _preprocessed(ctx, params[r0:r1], grads[r0:r1], rows, cfg)
+        return out
+    return _preprocessed(ctx, params, grads, state, cfg)
+
+
+def _preprocessed(ctx, params, grads, state, cfg):
     if cfg.inputs == "reference":
         raw = torch.cat([params[:, None], grads[:, None], state["m"]], 1)
     else:
