@@ -78,7 +78,7 @@ class UpdateHead(nn.Module):
         Adam step by each tensor's initial RMS.
     Valid combinations: ``relative``, ``adam_scale > 0`` and ``additive=False`` each need ``adam_residual``.
     Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, tfeat [T], adam_dir [P], scale [P]) -> step [P]``;
-    ``embed`` is consumed (see :func:`first_layer`).
+    ``embed`` is consumed (see :func:`first_layer`); without autograd it may be a :class:`~l2o.runtime.GatheredRows`.
     """
 
     needs_adam_direction = True

@@ -95,7 +95,8 @@ class LearnedOptimizer(Optimizer):
 
     def embed(self, ctx: ParamContext, feats: torch.Tensor, state: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Per-element embedding ``[P, head_hidden]`` already projected to the head's width (or None)."""
+        """Per-element embedding ``[P, head_hidden]`` already projected to the head's width (or None; or, in the
+        optimizer step, a :class:`~l2o.runtime.GatheredRows` that the head reads chunk by chunk)."""
         return None, {}
 
     def update(self, ctx, params, grads, state, lr=1.0):
