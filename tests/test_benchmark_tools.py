@@ -1,0 +1,21 @@
+"""The measuring tools of ``benchmarks/`` measure what they say."""
+from __future__ import annotations
+
+import torch
+
+
+def test_live_storage_counter_tracks_the_peak_of_live_tensors():
+    from benchmarks.step_memory import LiveStorageCounter
+
+    counter = LiveStorageCounter()
+    with counter, torch.no_grad():
+        a = torch.zeros(1000)  # 4,000 bytes
+        b = torch.zeros(500)  # 2,000: 6,000 live
+        view = a[10:20].view(2, 5)  # a view: nothing new
+        a.add_(1.0)  # in place: nothing new
+        del a, view  # 2,000 live
+        c = torch.zeros(250)  # 3,000 live
+    assert counter.peak == 6000
+    assert counter.live == 3000
+    del b, c
+    assert counter.live == 0
