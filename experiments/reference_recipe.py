@@ -54,7 +54,21 @@ RUNS = {
     "ng-gnn-h1000-clip": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50",
                                              "meta.horizon_max=1000", "meta.loss_clip=10", "meta.clip_norm=10",
                                              "run.out_dir='runs/reference-ng-gnn-h1000-clip'"]),
+    # ng-gnn-adam-inputs: ff-adam-inputs for the published NG-GNN (EMA momenta, sqrt(v_hat), the Adam direction
+    # instead of plain sums)
+    "ng-gnn-adam-inputs": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50",
+                                              "optimizer.inputs='adam'", "run.out_dir='runs/reference-ng-gnn-adam-inputs'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
+    # FF drifts to a short-horizon optimizer from its first checkpoint (validation best at outer step 100), so it is
+    # the cheap model (about 10 s per outer step here) for one-at-a-time ablations of that drift:
+    # ff-adam-inputs: EMA momenta (bounded over long runs) + sqrt(v_hat) + the Adam direction instead of plain sums,
+    # whose slow ones grow ten times between step 100 (all meta-training sees) and step 1000;
+    "ff-adam-inputs": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "optimizer.inputs='adam'",
+                                             "run.out_dir='runs/reference-ff-adam-inputs'"]),
+    # ff-next-batch: the meta-loss on the next batch instead of the batch the step was computed on (a same-batch
+    # objective rewards steps that fit that one batch).
+    "ff-next-batch": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "meta.meta_loss='train'",
+                                            "run.out_dir='runs/reference-ff-next-batch'"]),
     "tensor-lstm": ("reference-tensor-lstm.toml", ["meta.outer_steps=400"]),
 }
 # evaluation part -> (optimizer specs, seeds). The NG-GNN's evaluation (about 0.5 s per CIFAR-10 step on one core)
@@ -77,6 +91,9 @@ PARTS = {
     # the run's weights at outer step 450 (validation 72.7 %, kept by run.keep_validated), 2 seeds: the drift past
     # step 300 on CIFAR-10 (not in the merged table, which needs all 5 seeds)
     "ng-gnn-450": ([_spec("ng-gnn-450")], SEED_LIST[:2]),
+    # the FF ablations of the short-horizon drift (RUNS), each its best checkpoint on Fashion-MNIST validation
+    "ff-adam-inputs": ([_spec("ff-adam-inputs")], SEED_LIST),
+    "ff-next-batch": ([_spec("ff-next-batch")], SEED_LIST),
 }
 
 
