@@ -65,6 +65,11 @@ RUNS = {
     # whose slow ones grow ten times between step 100 (all meta-training sees) and step 1000;
     "ff-adam-inputs": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "optimizer.inputs='adam'",
                                              "run.out_dir='runs/reference-ff-adam-inputs'"]),
+    # ff-adam-inputs-seed1: the same with another meta-training seed (meta-training randomness moved published
+    # results a lot)
+    "ff-adam-inputs-seed1": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=1",
+                                                   "optimizer.inputs='adam'",
+                                                   "run.out_dir='runs/reference-ff-adam-inputs-seed1'"]),
     # ff-next-batch: the meta-loss on the next batch instead of the batch the step was computed on (a same-batch
     # objective rewards steps that fit that one batch).
     "ff-next-batch": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "meta.meta_loss='train'",
