@@ -99,6 +99,8 @@ PARTS = {
     # the FF ablations of the short-horizon drift (RUNS), each its best checkpoint on Fashion-MNIST validation
     "ff-adam-inputs": ([_spec("ff-adam-inputs")], SEED_LIST),
     "ff-next-batch": ([_spec("ff-next-batch")], SEED_LIST),
+    "ff-adam-inputs-seed1": ([_spec("ff-adam-inputs-seed1")], SEED_LIST[:3]),
+    "ff-adam-inputs-seed1-b": ([_spec("ff-adam-inputs-seed1")], SEED_LIST[3:]),
 }
 
 
