@@ -22,7 +22,11 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, output to logs/NA
   local rc=$?
   log "end $name: rc=$rc"; tail -n 25 "$OUT/logs/$name.log" >> "$OUT/checks.log"
 }
-pack() { tar czf "$OUT/cuda_results.tar.gz" -C "$OUT" logs -C "$PWD" $(ls results/benchmarks/*_cuda.* 2>/dev/null); }
+pack() {  # the logs, and the CUDA tables once a benchmark has written them
+  local tables=(results/benchmarks/*_cuda.*)
+  [ -e "${tables[0]}" ] || tables=()
+  tar czf "$OUT/cuda_results.tar.gz" -C "$OUT" logs ${tables[@]+-C "$PWD" "${tables[@]}"}
+}
 
 { nvidia-smi; python3 -c "import torch, torch_geometric, accelerate; print(torch.__version__, torch.version.cuda,
 torch.cuda.get_device_name(), torch_geometric.__version__, accelerate.__version__)"; nproc; } >> "$OUT/checks.log" 2>&1

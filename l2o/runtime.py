@@ -89,7 +89,7 @@ def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | GatheredRo
     per layer. The same arithmetic on every row either way."""
     chunks = row_chunks(feats.shape[0], feats.device)
     if len(chunks) == 1:
-        return mlp(feats, *(_rows(t, 0, feats.shape[0]) if isinstance(t, GatheredRows) else t for t in per_row))
+        return mlp(feats, *(_rows(t, 0, feats.shape[0]) for t in per_row))
     out = None
     for r0, r1 in chunks:
         part = mlp(feats[r0:r1], *(_rows(t, r0, r1) for t in per_row))

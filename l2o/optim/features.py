@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime import row_chunks
+from ..runtime import per_row_chunks
 from .context import ParamContext
 
 DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -123,19 +123,19 @@ def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor,
                    cfg: FeatureConfig) -> torch.Tensor:
     """Preprocessed per-element features ``[P, cfg.num_features]``.
 
-    Without autograd (the optimizer step) the log/sign features are computed in row chunks (``row_chunks``) written
+    Without autograd (the optimizer step) the log/sign features are computed in row chunks (``per_row_chunks``) written
     into one ``[P, 2R]`` tensor: the same arithmetic row by row (equal results), with the ``[rows, R]`` raw block and
     its temporaries cache-sized on the CPU, instead of ``[P, R]`` tensors that made this the step's peak of memory on
     large models."""
+    if cfg.preprocess != "logsign":  # the RMS preprocessing reads whole tensors: no row chunks
+        return _preprocessed(ctx, params, grads, state, cfg)
     P = params.shape[0]
-    chunks = row_chunks(P, params.device)
-    if cfg.preprocess == "logsign" and len(chunks) > 1:
-        out = params.new_empty(P, cfg.num_features)
-        for r0, r1 in chunks:
-            rows = {k: v[r0:r1] if v.dim() and v.shape[0] == P else v for k, v in state.items()}
-            out[r0:r1] = _preprocessed(ctx, params[r0:r1], grads[r0:r1], rows, cfg)
-        return out
-    return _preprocessed(ctx, params, grads, state, cfg)
+    per_row = [k for k, v in state.items() if v.dim() and v.shape[0] == P]  # sliced with the rows; the rest shared
+
+    def rows(p: torch.Tensor, g: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return _preprocessed(ctx, p, g, {**state, **dict(zip(per_row, values))}, cfg)
+
+    return per_row_chunks(rows, params, grads, *(state[k] for k in per_row))
 
 
 def _preprocessed(ctx, params, grads, state, cfg):
