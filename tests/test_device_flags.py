@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import needs_data
 from meta_train import cli
 from tasks.devices import parse_device
 
-HAS_DATA = bool(os.environ.get("L2O_DATA")) and Path(os.environ.get("L2O_DATA", "/nonexistent")).is_dir()
-needs_data = pytest.mark.skipif(not HAS_DATA, reason="L2O_DATA unset or missing")
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 
 # Every command that trains or evaluates, with the positional arguments it needs to parse.

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from l2o.optim import OptimizerConfig, build_optimizer, save_checkpoint
+from conftest import needs_data
 from meta_train import evaluate as ev
 
-HAS_DATA = bool(os.environ.get("L2O_DATA")) and Path(os.environ.get("L2O_DATA", "/nonexistent")).is_dir()
-needs_data = pytest.mark.skipif(not HAS_DATA, reason="L2O_DATA unset or missing")
 
 
 def test_parse_spec(tmp_path):

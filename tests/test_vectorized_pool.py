@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import meta_train.unroll as unroll
+from conftest import needs_data
 from l2o.optim import OptimizerConfig, build_optimizer
 from meta_train.config import ConfigError, MetaConfig, load_config
 from meta_train.estimators import build_estimator
@@ -109,6 +110,7 @@ def test_advance_matches_the_loop(device, meta_loss, vmap_calls):
     assert fast.resets > 0 and vmap_calls and max(vmap_calls) == 3
 
 
+@needs_data
 def test_conv_tasks_of_two_widths_group_by_architecture(vmap_calls):
     """Real data, conv layers, a graph optimizer: each architecture's tasks form one vmapped group."""
     learned = _learned(family="ng-gnn")
