@@ -70,6 +70,16 @@ RUNS = {
     "ff-adam-inputs-seed1": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=1",
                                                    "optimizer.inputs='adam'",
                                                    "run.out_dir='runs/reference-ff-adam-inputs-seed1'"]),
+    # ff-reference-v: which part of the Adam input set matters: the reference's plain sums plus sqrt(v_hat) only
+    # (under log/sign the (1 - beta) factor is a constant shift and the Adam direction is nearly a difference of
+    # two inputs, so the second moment is the one new piece of information; see l2o/optim/features.py)
+    "ff-reference-v": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50",
+                                             "optimizer.inputs='reference+v'",
+                                             "run.out_dir='runs/reference-ff-reference-v'"]),
+    # ff-adam-inputs-seed2: a third meta-training seed of ff-adam-inputs
+    "ff-adam-inputs-seed2": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=2",
+                                                   "optimizer.inputs='adam'",
+                                                   "run.out_dir='runs/reference-ff-adam-inputs-seed2'"]),
     # ff-next-batch: the meta-loss on the next batch instead of the batch the step was computed on (a same-batch
     # objective rewards steps that fit that one batch).
     "ff-next-batch": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "meta.meta_loss='train'",

@@ -41,6 +41,23 @@ def test_reference_inputs_are_parameter_gradient_and_plain_momentum_sums():
     torch.testing.assert_close(feats, logsign(raw))
 
 
+def test_reference_plus_v_adds_only_the_second_moment():
+    """The ablation set: the reference's plain sums unchanged, plus sqrt(v_hat) of Adam's second moment."""
+    ref, plus = FeatureConfig(inputs="reference"), FeatureConfig(inputs="reference+v")
+    assert (plus.num_features, plus.state_floats) == (16, 6)
+    grads = [torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0])]
+    s_ref, s_plus = init_moments(2, cfg=ref), init_moments(2, cfg=plus)
+    for g in grads:
+        s_ref, s_plus = update_moments(g, s_ref, ref), update_moments(g, s_plus, plus)
+    torch.testing.assert_close(s_plus["m"], s_ref["m"])
+    v = (1 - 0.999) * (0.999 * grads[0] ** 2 + grads[1] ** 2)
+    torch.testing.assert_close(s_plus["v"], v)
+    params = torch.tensor([0.3, -0.1])
+    feats = param_features(None, params, grads[-1], s_plus, plus)
+    torch.testing.assert_close(feats[:, :7], param_features(None, params, grads[-1], s_ref, ref)[:, :7])
+    torch.testing.assert_close(feats[:, 7], torch.log(torch.sqrt(v / (1 - 0.999 ** 2))) / 10)
+
+
 def test_mlp_step_rule_is_lam_d_exp_lam_m():
     opt = _opt("ff", lam=0.01)
     head = opt.head

@@ -224,7 +224,7 @@ def test_row_chunks_cover_the_rows_in_order_and_only_without_autograd(monkeypatc
 
 
 @pytest.mark.parametrize("steps", ["one", "per-element"])
-@pytest.mark.parametrize("inputs", ["adam", "reference"])
+@pytest.mark.parametrize("inputs", ["adam", "reference", "reference+v"])
 def test_no_grad_features_are_the_autograd_features_exactly(inputs, steps, monkeypatch):
     """The optimizer step computes the log/sign features in row chunks (64 rows here: a partial last chunk) written
     into one tensor (no [P, R] raw block): the same values, bit for bit, on both sides of the e^-p threshold, at zero,

@@ -9,6 +9,11 @@ Two input sets (``FeatureConfig.inputs``):
 * ``"reference"``: what the released code of Kofinas et al. feeds its L2O models: the parameter, the gradient and
   the 5 momenta kept as plain accumulating sums ``m <- beta m + g`` (no ``1 - beta``, no bias correction, no second
   moment): 7 values, 5 floats of state.
+* ``"reference+v"``: the reference set plus ``sqrt(v_hat)`` of an Adam second moment (decay 0.999, bias-corrected):
+  8 values, 6 floats of state. It separates what the ``"adam"`` set adds: under the log/sign preprocessing the
+  ``(1 - beta)`` factor of a moving average only shifts ``log|m|`` by a constant (absorbed by the first layer's
+  bias) and the Adam direction's log-magnitude is ``log|m_0.9| - log sqrt(v_hat)`` up to bias corrections that vanish
+  after about 50 steps, so the second moment is the one new piece of information.
 
 Plus one step counter per tensor. Two preprocessings (``FeatureConfig.preprocess``):
 
@@ -34,7 +39,7 @@ BETA2 = 0.999
 TIME_TAUS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 RAW_FEATURES = 9
 REFERENCE_RAW_FEATURES = 7
-INPUT_SETS = ("adam", "reference")
+INPUT_SETS = ("adam", "reference", "reference+v")
 ADAM_EPS = 1e-8
 
 
@@ -42,7 +47,7 @@ ADAM_EPS = 1e-8
 class FeatureConfig:
     preprocess: str = "logsign"  # "logsign" | "rms"
     logsign_p: float = 10.0
-    inputs: str = "adam"  # "adam" | "reference" (see the module docstring)
+    inputs: str = "adam"  # "adam" | "reference" | "reference+v" (see the module docstring)
 
     def __post_init__(self):
         if self.preprocess not in ("logsign", "rms"):
@@ -52,7 +57,8 @@ class FeatureConfig:
 
     @property
     def raw_features(self) -> int:
-        return RAW_FEATURES if self.inputs == "adam" else REFERENCE_RAW_FEATURES
+        return {"adam": RAW_FEATURES, "reference": REFERENCE_RAW_FEATURES,
+                "reference+v": REFERENCE_RAW_FEATURES + 1}[self.inputs]
 
     @property
     def num_features(self) -> int:
@@ -60,8 +66,12 @@ class FeatureConfig:
 
     @property
     def state_floats(self) -> int:
-        """Floats of per-element state the statistics need: 5 momenta, plus ``v`` for the Adam input set."""
-        return len(DECAYS) + int(self.inputs == "adam")
+        """Floats of per-element state the statistics need: 5 momenta, plus ``v`` where the input set reads it."""
+        return len(DECAYS) + int(self.has_second_moment)
+
+    @property
+    def has_second_moment(self) -> bool:
+        return self.inputs != "reference"
 
     @property
     def num_time_features(self) -> int:
@@ -70,11 +80,11 @@ class FeatureConfig:
 
 def init_moments(P: int, dtype=torch.float32, device=None, cfg: FeatureConfig = FeatureConfig()
                  ) -> dict[str, torch.Tensor]:
-    """Zero statistics for ``P`` elements: ``m [P, 5]``, ``v [P]`` (``"adam"`` inputs only), ``step`` (0-dim,
-    number of updates done)."""
+    """Zero statistics for ``P`` elements: ``m [P, 5]``, ``v [P]`` (input sets with a second moment), ``step``
+    (0-dim, number of updates done)."""
     state = {"m": torch.zeros(P, len(DECAYS), dtype=dtype, device=device),
              "step": torch.zeros((), dtype=dtype, device=device)}
-    if cfg.inputs == "adam":
+    if cfg.has_second_moment:
         state["v"] = torch.zeros(P, dtype=dtype, device=device)
     return state
 
@@ -83,14 +93,18 @@ def update_moments(grads: torch.Tensor, state: dict[str, torch.Tensor], cfg: Fea
                    ) -> dict[str, torch.Tensor]:
     """Advance the statistics by one gradient ``[P]``; returns new tensors (no in-place writes).
 
-    ``"adam"`` inputs: moving averages and a second moment; ``"reference"``: plain sums ``m <- beta m + g``.
+    ``"adam"`` inputs: moving averages and a second moment; ``"reference"``: plain sums ``m <- beta m + g``;
+    ``"reference+v"``: plain sums and the second moment.
     """
     decays = torch.tensor(DECAYS, dtype=grads.dtype, device=grads.device)
-    if cfg.inputs == "reference":
-        return {**state, "m": state["m"] * decays + grads[:, None], "step": state["step"] + 1}
-    m = state["m"] * decays + grads[:, None] * (1 - decays)
-    v = state["v"] * BETA2 + grads * grads * (1 - BETA2)
-    return {**state, "m": m, "v": v, "step": state["step"] + 1}
+    if cfg.inputs == "adam":
+        m = state["m"] * decays + grads[:, None] * (1 - decays)
+    else:
+        m = state["m"] * decays + grads[:, None]
+    new = {**state, "m": m, "step": state["step"] + 1}
+    if cfg.has_second_moment:
+        new["v"] = state["v"] * BETA2 + grads * grads * (1 - BETA2)
+    return new
 
 
 def adam_direction(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -113,10 +127,13 @@ def logsign(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
 
 def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[P, 9]``: parameter, gradient, 5 momenta, sqrt(v_hat), Adam direction (state already updated)."""
-    t = state["step"].clamp(min=1)
-    v_hat = state["v"] / (1 - BETA2 ** t)
-    return torch.cat([params[:, None], grads[:, None], state["m"], torch.sqrt(v_hat + 1e-30)[:, None],
+    return torch.cat([params[:, None], grads[:, None], state["m"], _sqrt_v_hat(state)[:, None],
                       adam_direction(state)[:, None]], 1)
+
+
+def _sqrt_v_hat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    t = state["step"].clamp(min=1)
+    return torch.sqrt(state["v"] / (1 - BETA2 ** t) + 1e-30)
 
 
 def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
@@ -141,6 +158,8 @@ def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor,
 def _preprocessed(ctx, params, grads, state, cfg):
     if cfg.inputs == "reference":
         raw = torch.cat([params[:, None], grads[:, None], state["m"]], 1)
+    elif cfg.inputs == "reference+v":
+        raw = torch.cat([params[:, None], grads[:, None], state["m"], _sqrt_v_hat(state)[:, None]], 1)
     else:
         raw = raw_features(params, grads, state)
     if cfg.preprocess == "logsign":
