@@ -30,9 +30,11 @@ class LiveStorageCounter(TorchDispatchMode):
     """Bytes of the tensor storages that operators created while active and that are still alive; ``peak`` is the
     most of them at any moment."""
 
-    def __init__(self):
+    def __init__(self, where: bool = False):
         super().__init__()
         self.live, self.peak, self._bytes = 0, 0, {}
+        # where=True: keep, at each new peak, the operator and the shapes of the live storages (for --where)
+        self.where, self._shape, self.at_peak = where, {}, None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -45,15 +47,21 @@ class LiveStorageCounter(TorchDispatchMode):
                 continue
             self._bytes[key] = size
             self.live += size
-            self.peak = max(self.peak, self.live)
+            if self.where:
+                self._shape[key] = (tuple(t.shape), str(t.dtype).removeprefix("torch."))
+            if self.live > self.peak:
+                self.peak = self.live
+                if self.where:
+                    self.at_peak = (str(func), [(self._bytes[k], *self._shape[k]) for k in self._bytes])
             weakref.finalize(t, self._free, key)
         return out
 
     def _free(self, key: int) -> None:
         self.live -= self._bytes.pop(key, 0)
+        self._shape.pop(key, None)
 
 
-def measure(task_name: str, optimizer: str) -> dict:
+def measure(task_name: str, optimizer: str, where: bool = False) -> dict:
     task = TASKS[task_name]()
     torch.manual_seed(0)
     model = task.make_model(0)
@@ -63,9 +71,14 @@ def measure(task_name: str, optimizer: str) -> dict:
     opt = make_optimizer(model, optimizer)
     opt.step()  # creates the state
     fwd_bwd()
-    counter = LiveStorageCounter()
+    counter = LiveStorageCounter(where)
     with counter:
         opt.step()
+    if where:
+        op, live = counter.at_peak
+        print(f"{task_name} / {optimizer}: peak {counter.peak / n:.0f} bytes/param at {op}; live storages:")
+        for size, shape, dtype in sorted(live, reverse=True)[:12]:
+            print(f"  {size / n:7.1f} bytes/param  {dtype} {list(shape)}")
     return {"task": task_name, "params": n, "optimizer": optimizer, "peak_bytes_per_param": counter.peak / n,
             **machine()}
 
@@ -75,9 +88,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tasks", nargs="*", default=["cifar10-conv", "mnist-mlp-256-128", "cifar10-resnet18"])
     ap.add_argument("--optimizers", nargs="*", default=["default", "ff"],
                     help="default (the shipped one) and/or learned families as shipped")
+    ap.add_argument("--where", action="store_true", help="print the operator and the live tensors at each peak")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    records = [measure(t, o) for t in args.tasks for o in args.optimizers]
+    records = [measure(t, o, args.where) for t in args.tasks for o in args.optimizers]
     table = markdown_table(records, ["task", "params", "optimizer", "peak_bytes_per_param"])
     print(table)
     write_json("step_memory.json", records, args.out)

@@ -58,42 +58,75 @@ def row_chunks(num_rows: int, device: torch.device) -> list[tuple[int, int]]:
     return [(r0, min(r0 + size, num_rows)) for r0 in range(0, num_rows, size)]
 
 
-class GatheredRows:
-    """``table[index]`` (``table [R, D]``, ``index [P]``) made one row range at a time: a per-element input of
-    :func:`per_row_chunks` that is never materialised at ``[P, D]`` (an edge embedding shared by the 9 entries of
-    its 3x3 kernel is stored once, not 9 times). ``rows(r0, r1)`` is a fresh ``[r1 - r0, D]`` tensor."""
+class RowSource:
+    """A ``[P, ...]`` per-element input of :func:`per_row_chunks` that is made one row range at a time and never held
+    at full size: ``rows(r0, r1)`` is a fresh ``[r1 - r0, ...]`` tensor. Subclasses say how (``_rows``)."""
 
-    def __init__(self, table: torch.Tensor, index: torch.Tensor):
-        self.table, self.index = table, index
-
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.index.shape[0], *self.table.shape[1:]))
+    def __init__(self, num_rows: int, trailing: tuple[int, ...], device: torch.device):
+        self.shape, self.device = torch.Size((num_rows, *trailing)), torch.device(device)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
+        return self._rows(r0, r1)
+
+    def _rows(self, r0: int, r1: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def materialize(self) -> torch.Tensor:
+        """All rows as one tensor (in chunks, so the temporaries of making them stay chunk-sized)."""
+        return per_row_chunks(lambda x: x, self)
+
+
+class GatheredRows(RowSource):
+    """``table[index]`` (``table [R, D]``, ``index [P]``) made one row range at a time: an edge embedding shared by
+    the 9 entries of its 3x3 kernel is stored once, not 9 times."""
+
+    def __init__(self, table: torch.Tensor, index: torch.Tensor):
+        super().__init__(index.shape[0], tuple(table.shape[1:]), table.device)
+        self.table, self.index = table, index
+
+    def _rows(self, r0: int, r1: int) -> torch.Tensor:
         return self.table.index_select(0, self.index[r0:r1])
 
 
-def _rows(t: torch.Tensor | GatheredRows | None, r0: int, r1: int) -> torch.Tensor | None:
+class ComputedRows(RowSource):
+    """Rows computed on demand by ``fn(r0, r1) -> [r1 - r0, *trailing]`` (for example features from the rows of the
+    optimizer state: the ``[P, F]`` block of a whole step never exists)."""
+
+    def __init__(self, fn, num_rows: int, trailing: tuple[int, ...], device: torch.device):
+        super().__init__(num_rows, trailing, device)
+        self._fn = fn
+
+    def _rows(self, r0: int, r1: int) -> torch.Tensor:
+        return self._fn(r0, r1)
+
+
+def as_tensor(t: torch.Tensor | RowSource) -> torch.Tensor:
+    """A tensor for an input that may be a :class:`RowSource` (for consumers that need every row at once)."""
+    return t.materialize() if isinstance(t, RowSource) else t
+
+
+def _rows(t: torch.Tensor | RowSource | None, r0: int, r1: int) -> torch.Tensor | None:
     if t is None:
         return None
-    return t.rows(r0, r1) if isinstance(t, GatheredRows) else t[r0:r1]
+    return t.rows(r0, r1) if isinstance(t, RowSource) else t[r0:r1]
 
 
-def per_row_chunks(mlp, feats: torch.Tensor, *per_row: torch.Tensor | GatheredRows | None) -> torch.Tensor:
-    """``mlp(feats [n, F], *per_row) -> [n, O]``, a row-wise map, applied to all ``P`` rows; ``per_row``: more
-    ``[P, ...]`` inputs (tensors, :class:`GatheredRows` or None), sliced with the rows.
+def per_row_chunks(fn, first: torch.Tensor | RowSource, *per_row: torch.Tensor | RowSource | None) -> torch.Tensor:
+    """``fn(first [n, ...], *per_row) -> [n, ...]``, a row-wise map, applied to all ``P`` rows; ``per_row``: more
+    ``[P, ...]`` inputs (tensors, :class:`RowSource` or None), sliced with the rows.
 
     Without autograd (the optimizer step) the rows go through in cache-sized chunks (``row_chunks``): every
     ``[n, hidden]`` temporary then stays in cache and is reused instead of being allocated at ``[P, hidden]`` once
-    per layer. The same arithmetic on every row either way."""
-    chunks = row_chunks(feats.shape[0], feats.device)
+    per layer, and a :class:`RowSource` input is only ever made a chunk at a time. The same arithmetic on every row
+    either way."""
+    num_rows = first.shape[0]
+    chunks = row_chunks(num_rows, first.device)
     if len(chunks) == 1:
-        return mlp(feats, *(_rows(t, 0, feats.shape[0]) for t in per_row))
+        return fn(*(_rows(t, 0, num_rows) for t in (first, *per_row)))
     out = None
     for r0, r1 in chunks:
-        part = mlp(feats[r0:r1], *(_rows(t, r0, r1) for t in per_row))
+        part = fn(*(_rows(t, r0, r1) for t in (first, *per_row)))
         if out is None:
-            out = part.new_empty(feats.shape[0], *part.shape[1:])
+            out = part.new_empty(num_rows, *part.shape[1:])
         out[r0:r1] = part
     return out

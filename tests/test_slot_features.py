@@ -151,13 +151,14 @@ def test_project_accumulates_into_a_given_tensor():
 
 
 HEADS = {"modulated": dict(adam_residual=True, adam_scale=1.0, additive=False, relative=True),
+         "additive": dict(adam_residual=True, adam_scale=0.5, relative=True),
          "mlp": dict(inputs="reference", step_rule="mlp", head_layers=3, layer_scale=False)}
 
 
 @pytest.mark.parametrize("steps", ["one", "per-element"])
 @pytest.mark.parametrize("chunk_rows", [None, 7], ids=["whole", "chunks-of-7"])
 @pytest.mark.parametrize("head", list(HEADS))
-@pytest.mark.parametrize("family", ["dng", "ng-gnn"])
+@pytest.mark.parametrize("family", ["dng", "ng-gnn", "ff"])
 def test_update_is_the_same_with_and_without_autograd(family, head, chunk_rows, steps, monkeypatch):
     """The no-grad step (in-place activations, only the head outputs in use, and the per-element MLPs in row chunks:
     7 rows leaves a partial last chunk) computes what meta-training does, also with per-element step counts (tasks
@@ -170,7 +171,8 @@ def test_update_is_the_same_with_and_without_autograd(family, head, chunk_rows, 
     graph = NeuralGraph.from_module(ResidualCNN(0), kmax=3)
     ctx = ParamContext.for_graph(graph)
     torch.manual_seed(0)
-    opt = build_optimizer(OptimizerConfig(family=family, hidden=8, head_hidden=8, **HEADS[head])).double()
+    extra = dict(hidden=8) if family != "ff" else {}
+    opt = build_optimizer(OptimizerConfig(family=family, head_hidden=8, **extra, **HEADS[head])).double()
     torch.nn.init.normal_(opt.head.out.weight, std=0.5)  # the Adam-residual head starts at zero: make the MLP count
     p = _flat(graph)[:, 0].clone()
     g = _flat(graph, seed=1)[:, 0] * 1e-2
@@ -226,11 +228,12 @@ def test_row_chunks_cover_the_rows_in_order_and_only_without_autograd(monkeypatc
 @pytest.mark.parametrize("steps", ["one", "per-element"])
 @pytest.mark.parametrize("inputs", ["adam", "reference", "reference+v"])
 def test_no_grad_features_are_the_autograd_features_exactly(inputs, steps, monkeypatch):
-    """The optimizer step computes the log/sign features in row chunks (64 rows here: a partial last chunk) written
-    into one tensor (no [P, R] raw block): the same values, bit for bit, on both sides of the e^-p threshold, at zero,
-    and with per-element step counts (sliced with the rows)."""
+    """The optimizer step makes the log/sign features chunk by chunk (64 rows here: a partial last chunk) from the
+    rows of the state (a ComputedRows: no [P, F] block): the same values, bit for bit, on both sides of the e^-p
+    threshold, at zero, and with per-element step counts (sliced with the rows)."""
     import l2o.runtime
-    from l2o.optim.features import FeatureConfig, init_moments, param_features, update_moments
+    from l2o.optim.features import FeatureConfig, feature_rows, init_moments, param_features, update_moments
+    from l2o.runtime import ComputedRows
 
     monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", 64)
     cfg = FeatureConfig(inputs=inputs)
@@ -246,7 +249,10 @@ def test_no_grad_features_are_the_autograd_features_exactly(inputs, steps, monke
     with torch.enable_grad():
         want = param_features(None, p, g, state, cfg)
     with torch.no_grad():
+        lazy = feature_rows(None, p, g, state, cfg)
         got = param_features(None, p, g, state, cfg)
+    assert isinstance(lazy, ComputedRows) and lazy.shape == (P, cfg.num_features)
+    assert torch.equal(lazy.rows(100, 164), want[100:164])
     assert got.shape == (P, cfg.num_features)
     assert torch.equal(got, want)
     assert (want[:, 1] == -1).any() and (want[:, 1] > -1).any()  # the gradient column takes both branches

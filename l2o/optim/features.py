@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime import per_row_chunks
+from ..runtime import ComputedRows, as_tensor
 from .context import ParamContext
 
 DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -97,13 +97,16 @@ def update_moments(grads: torch.Tensor, state: dict[str, torch.Tensor], cfg: Fea
     ``"reference+v"``: plain sums and the second moment.
     """
     decays = torch.tensor(DECAYS, dtype=grads.dtype, device=grads.device)
+    # Accumulated in place into the fresh products (whose backward does not read them): one [P, 5] allocation
+    # instead of three, on the optimizer step's path to its peak of memory.
+    m = state["m"] * decays
     if cfg.inputs == "adam":
-        m = state["m"] * decays + grads[:, None] * (1 - decays)
+        m.addcmul_(grads[:, None], 1 - decays)
     else:
-        m = state["m"] * decays + grads[:, None]
+        m.add_(grads[:, None])
     new = {**state, "m": m, "step": state["step"] + 1}
     if cfg.has_second_moment:
-        new["v"] = state["v"] * BETA2 + grads * grads * (1 - BETA2)
+        new["v"] = (state["v"] * BETA2).addcmul_(grads, grads, value=1 - BETA2)
     return new
 
 
@@ -136,23 +139,42 @@ def _sqrt_v_hat(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(state["v"] / (1 - BETA2 ** t) + 1e-30)
 
 
-def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
-                   cfg: FeatureConfig) -> torch.Tensor:
-    """Preprocessed per-element features ``[P, cfg.num_features]``.
+def state_rows(state: dict[str, torch.Tensor], num_rows: int, r0: int, r1: int) -> dict[str, torch.Tensor]:
+    """Rows ``r0:r1`` of every per-element entry of ``state`` (first dim ``num_rows``); the rest shared."""
+    return {k: v[r0:r1] if v.dim() and v.shape[0] == num_rows else v for k, v in state.items()}
 
-    Without autograd (the optimizer step) the log/sign features are computed in row chunks (``per_row_chunks``) written
-    into one ``[P, 2R]`` tensor: the same arithmetic row by row (equal results), with the ``[rows, R]`` raw block and
-    its temporaries cache-sized on the CPU, instead of ``[P, R]`` tensors that made this the step's peak of memory on
-    large models."""
-    if cfg.preprocess != "logsign":  # the RMS preprocessing reads whole tensors: no row chunks
+
+def feature_rows(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
+                 cfg: FeatureConfig) -> torch.Tensor | ComputedRows:
+    """The preprocessed per-element features ``[P, cfg.num_features]`` as the update reads them.
+
+    Without autograd (the optimizer step) the log/sign features are a :class:`~l2o.runtime.ComputedRows`: each
+    chunk's rows are made from that chunk's parameters, gradients and statistics when the head reaches them (the same
+    arithmetic row by row, equal results), so the ``[P, 18]`` block (72 bytes per parameter) and the ``[P, R]`` raw
+    values never exist at once; on large models they were the step's peak of memory. With autograd (meta-training)
+    and for the RMS preprocessing (which reads whole tensors) it is the tensor."""
+    if cfg.preprocess != "logsign" or torch.is_grad_enabled():
         return _preprocessed(ctx, params, grads, state, cfg)
     P = params.shape[0]
-    per_row = [k for k, v in state.items() if v.dim() and v.shape[0] == P]  # sliced with the rows; the rest shared
 
-    def rows(p: torch.Tensor, g: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
-        return _preprocessed(ctx, p, g, {**state, **dict(zip(per_row, values))}, cfg)
+    def rows(r0: int, r1: int) -> torch.Tensor:
+        return _preprocessed(ctx, params[r0:r1], grads[r0:r1], state_rows(state, P, r0, r1), cfg)
 
-    return per_row_chunks(rows, params, grads, *(state[k] for k in per_row))
+    return ComputedRows(rows, P, (cfg.num_features,), params.device)
+
+
+def param_features(ctx: ParamContext, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
+                   cfg: FeatureConfig) -> torch.Tensor:
+    """:func:`feature_rows` as one tensor ``[P, cfg.num_features]`` (made in row chunks without autograd)."""
+    return as_tensor(feature_rows(ctx, params, grads, state, cfg))
+
+
+def adam_direction_rows(state: dict[str, torch.Tensor]) -> torch.Tensor | ComputedRows:
+    """:func:`adam_direction` ``[P]``; without autograd a :class:`~l2o.runtime.ComputedRows` made chunk by chunk."""
+    if torch.is_grad_enabled():
+        return adam_direction(state)
+    P = state["v"].shape[0]
+    return ComputedRows(lambda r0, r1: adam_direction(state_rows(state, P, r0, r1)), P, (), state["v"].device)
 
 
 def _preprocessed(ctx, params, grads, state, cfg):

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runtime import per_row_chunks
+from ..runtime import RowSource, per_row_chunks
 from .context import NUM_CATEGORIES, ParamContext
 
 RELATIVE_FLOOR = 1e-3  # a zero-initialised tensor still moves (and then grows geometrically)
@@ -116,47 +116,46 @@ class UpdateHead(nn.Module):
         nn.init.normal_(self.out.weight, std=1e-3 if not self.adam_residual else 0.0)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat: torch.Tensor,
-                adam_dir: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``scale [P]`` (each element's tensor RMS at the start, :func:`relative_scale`) only with ``relative``."""
-        out = self.mlp_outputs(feats, embed, tfeat)
-        step = None
-        if self.additive:
-            d, m = out[:, 0], out[:, 1]
-            step = self.lam * d * torch.exp(self.lam * m)
-            if self.log_scale is not None:
-                step = step * torch.exp(self.log_scale)[ctx.category].index_select(0, ctx.tensor_id)
-        if self.adam_residual:
-            adam_step = torch.exp(self.log_adam_lr)[ctx.category].index_select(0, ctx.tensor_id) * adam_dir
-            if self.adam_scale:
-                s = out[:, -1]  # the multiplier's output is the last one computed
-                adam_step = adam_step * torch.exp(self.adam_scale * torch.tanh(s))
-            if self.relative:
-                if scale is None:
-                    raise ValueError("a relative update head needs the per-element scale kept in the optimizer state")
-                adam_step = adam_step * scale
-            step = -adam_step if step is None else step - adam_step
-        return step
+    def forward(self, ctx: ParamContext, feats: torch.Tensor | RowSource, embed: torch.Tensor | RowSource | None,
+                tfeat: torch.Tensor, adam_dir: torch.Tensor | RowSource | None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale [P]`` (each element's tensor RMS at the start, :func:`relative_scale`) only with ``relative``.
 
-
-    def mlp_outputs(self, feats: torch.Tensor, embed: torch.Tensor | None, tfeat: torch.Tensor
-                    ) -> torch.Tensor | None:
-        """The MLP outputs in use: ``[P, 3]`` or ``[P, 2]`` ``(d, m[, s])`` with the additive term, else ``[P, 1]``
-        (``s`` alone: one ``[P, hidden] x [hidden]`` product instead of three), or None when the step is the Adam
-        term alone (the MLP is then not evaluated)."""
-        if not (self.additive or self.adam_scale):
-            return None
-        rows = slice(None) if self.additive else slice(2, 3)
+        The whole rule (MLP and step arithmetic) is one row-wise map through :func:`per_row_chunks`: without autograd
+        every per-element input and temporary exists a chunk at a time (``feats``, ``embed`` and ``adam_dir`` may
+        be :class:`~l2o.runtime.RowSource`), and only the step ``[P]`` is made at full size."""
+        if self.relative and scale is None:
+            raise ValueError("a relative update head needs the per-element scale kept in the optimizer state")
+        use_mlp = self.additive or self.adam_scale
+        rows = slice(None) if self.additive else slice(2, 3)  # without the additive term only s is computed
         shift, out_weight, out_bias = self.time_in(tfeat), self.out.weight[rows], self.out.bias[rows]
         # [hidden] for one step count; [P, hidden] for per-element steps (tasks at different steps updated together)
         row_shift = shift if shift.dim() == 2 else None
+        # per-tensor factors [T], gathered per element by tensor id inside the chunk
+        layer_scale = torch.exp(self.log_scale)[ctx.category] if self.log_scale is not None else None
+        adam_lr = torch.exp(self.log_adam_lr)[ctx.category] if self.adam_residual else None
 
-        def mlp(f: torch.Tensor, e: torch.Tensor | None, s: torch.Tensor | None) -> torch.Tensor:
-            h = activation_(F.silu, first_layer(f, self.feat_in, e, shift if s is None else s))
-            h = activation_(F.silu, self.hidden(h))
-            return F.linear(h, out_weight, out_bias)
+        def rule(f, e, s, tensor_id, a, sc):
+            out = None
+            if use_mlp:
+                h = activation_(F.silu, first_layer(f, self.feat_in, e, shift if s is None else s))
+                h = activation_(F.silu, self.hidden(h))
+                out = F.linear(h, out_weight, out_bias)
+            step = None
+            if self.additive:
+                step = self.lam * out[:, 0] * torch.exp(self.lam * out[:, 1])
+                if layer_scale is not None:
+                    step = step * layer_scale.index_select(0, tensor_id)
+            if self.adam_residual:
+                adam_step = adam_lr.index_select(0, tensor_id) * a
+                if self.adam_scale:
+                    adam_step = adam_step * torch.exp(self.adam_scale * torch.tanh(out[:, -1]))
+                if self.relative:
+                    adam_step = adam_step * sc
+                step = -adam_step if step is None else step - adam_step
+            return step
 
-        return per_row_chunks(mlp, feats, embed, row_shift)
+        return per_row_chunks(rule, feats, embed, row_shift, ctx.tensor_id, adam_dir, scale)
 
 
 class MLPStepHead(nn.Module):
@@ -201,7 +200,8 @@ class MLPStepHead(nn.Module):
             h = activation_(F.relu, first_layer(f, self.feat_in, e))
             for lin in self.hidden:
                 h = activation_(F.relu, lin(h))
-            return self.out(h)
 
-        d, m = per_row_chunks(mlp, feats, embed).unbind(-1)
-        return self.lam * d * torch.exp(self.lam * m)
+            out = self.out(h)
+            return self.lam * out[:, 0] * torch.exp(self.lam * out[:, 1])
+
+        return per_row_chunks(mlp, feats, embed)

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from ..encoders import build_encoder
-from ..runtime import GatheredRows
+from ..runtime import GatheredRows, RowSource, as_tensor
 from .context import ParamContext
-from .features import (FeatureConfig, adam_direction, init_moments, param_features, time_features,
+from .features import (FeatureConfig, adam_direction_rows, feature_rows, init_moments, time_features,
                        update_moments)
 from .heads import MLPStepHead, UpdateHead, relative_scale
 
@@ -93,19 +93,27 @@ class LearnedOptimizer(Optimizer):
             state["scale"] = relative_scale(ctx, params)
         return state
 
-    def embed(self, ctx: ParamContext, feats: torch.Tensor, state: dict[str, torch.Tensor]
-              ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    embed_reads_features = False  # whether embed() reads the features (then a tensor, never a RowSource)
+
+    def embed(self, ctx: ParamContext, feats: torch.Tensor | RowSource, state: dict[str, torch.Tensor]
+              ) -> tuple[torch.Tensor | RowSource | None, dict[str, torch.Tensor]]:
         """Per-element embedding ``[P, head_hidden]`` already projected to the head's width (or None; or, in the
-        optimizer step, a :class:`~l2o.runtime.GatheredRows` that the head reads chunk by chunk)."""
+        optimizer step, a :class:`~l2o.runtime.RowSource` that the head reads chunk by chunk). ``feats [P, F]``
+        is a tensor where ``embed_reads_features``."""
         return None, {}
 
     def update(self, ctx, params, grads, state, lr=1.0):
         if params.shape != grads.shape or params.dim() != 1:
             raise ValueError(f"update expects flat params and grads [P], got {list(params.shape)} and {list(grads.shape)}")
         new_state = update_moments(grads, state, self.features)
-        feats = param_features(ctx, params, grads, new_state, self.features)
+        # Without autograd the per-element inputs are RowSources made chunk by chunk inside the head (see
+        # feature_rows). A family whose embedding reads every row at once gets the tensor, which the head then
+        # reuses (making the rows twice cost a third more step time on an MLP's graph than the memory is worth).
+        feats = feature_rows(ctx, params, grads, new_state, self.features)
+        if self.embed_reads_features:
+            feats = as_tensor(feats)
         emb, extra = self.embed(ctx, feats, state)
-        adam_dir = adam_direction(new_state) if self.head.needs_adam_direction else None
+        adam_dir = adam_direction_rows(new_state) if self.head.needs_adam_direction else None
         step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_dir, state.get("scale"))
         new_state.update(extra)
         return params + lr * step, new_state
@@ -120,6 +128,7 @@ class GraphOptimizer(LearnedOptimizer):
     """
 
     needs_graph = True
+    embed_reads_features = True
 
     def __init__(self, *, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
                  encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(),
@@ -165,6 +174,7 @@ class LSTMOptimizer(LearnedOptimizer):
     persists across steps; the head reads [features, LSTM output]."""
 
     family = "lstm"
+    embed_reads_features = True
 
     def __init__(self, *, lstm_hidden: int = 8, features: FeatureConfig = FeatureConfig(), **head):
         super().__init__(features=features, embed_dim=lstm_hidden, **head)
@@ -197,6 +207,7 @@ class TensorLSTMOptimizer(LearnedOptimizer):
     """
 
     family = "tensor-lstm"
+    embed_reads_features = True
 
     def __init__(self, *, lstm_hidden: int = 32, features: FeatureConfig = FeatureConfig(), **head):
         super().__init__(features=features, embed_dim=lstm_hidden, **head)
