@@ -76,6 +76,11 @@ RUNS = {
     "ff-reference-v": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50",
                                              "optimizer.inputs='reference+v'",
                                              "run.out_dir='runs/reference-ff-reference-v'"]),
+    # ff-reference-v-seed1: the same with meta-training seed 1 (seed 0's untrained rule blew its tasks up, meta-loss
+    # 400-600 over the first outer steps, and the run never left chance level on validation)
+    "ff-reference-v-seed1": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=1",
+                                                   "optimizer.inputs='reference+v'",
+                                                   "run.out_dir='runs/reference-ff-reference-v-seed1'"]),
     # ff-adam-inputs-seed2: a third meta-training seed of ff-adam-inputs
     "ff-adam-inputs-seed2": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=2",
                                                    "optimizer.inputs='adam'",
@@ -111,6 +116,11 @@ PARTS = {
     "ff-next-batch": ([_spec("ff-next-batch")], SEED_LIST),
     "ff-adam-inputs-seed1": ([_spec("ff-adam-inputs-seed1")], SEED_LIST[:3]),
     "ff-adam-inputs-seed1-b": ([_spec("ff-adam-inputs-seed1")], SEED_LIST[3:]),
+    "ff-adam-inputs-seed2": ([_spec("ff-adam-inputs-seed2")], SEED_LIST[:3]),
+    "ff-adam-inputs-seed2-b": ([_spec("ff-adam-inputs-seed2")], SEED_LIST[3:]),
+    "ff-reference-v-seed1": ([_spec("ff-reference-v-seed1")], SEED_LIST),
+    "ng-gnn-adam-inputs": ([_spec("ng-gnn-adam-inputs")], SEED_LIST[:3]),
+    "ng-gnn-adam-inputs-b": ([_spec("ng-gnn-adam-inputs")], SEED_LIST[3:]),
 }
 
 
