@@ -76,11 +76,13 @@ RUNS = {
     "ff-reference-v": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50",
                                              "optimizer.inputs='reference+v'",
                                              "run.out_dir='runs/reference-ff-reference-v'"]),
-    # ff-reference-v-seed1: the same with meta-training seed 1 (seed 0's untrained rule blew its tasks up, meta-loss
-    # 400-600 over the first outer steps, and the run never left chance level on validation)
-    "ff-reference-v-seed1": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=1",
+    # ff-reference-v-seed2: the same with meta-training seed 2. Seed 0's untrained rule blew its tasks up (meta-loss
+    # 400-600 over the first outer steps) and the run never left chance level on validation; with this input set the
+    # untrained rules of seeds 0 and 1 drive a fmnist-conv task to loss 2500 and 107 in 100 steps, seed 2's to 1.89
+    # (the plain-sum and Adam input sets stay at 2.3 for seeds 0-2, except Adam's seed 1 at 4.5).
+    "ff-reference-v-seed2": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=2",
                                                    "optimizer.inputs='reference+v'",
-                                                   "run.out_dir='runs/reference-ff-reference-v-seed1'"]),
+                                                   "run.out_dir='runs/reference-ff-reference-v-seed2'"]),
     # ff-adam-inputs-seed2: a third meta-training seed of ff-adam-inputs
     "ff-adam-inputs-seed2": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=2",
                                                    "optimizer.inputs='adam'",
@@ -118,7 +120,7 @@ PARTS = {
     "ff-adam-inputs-seed1-b": ([_spec("ff-adam-inputs-seed1")], SEED_LIST[3:]),
     "ff-adam-inputs-seed2": ([_spec("ff-adam-inputs-seed2")], SEED_LIST[:3]),
     "ff-adam-inputs-seed2-b": ([_spec("ff-adam-inputs-seed2")], SEED_LIST[3:]),
-    "ff-reference-v-seed1": ([_spec("ff-reference-v-seed1")], SEED_LIST),
+    "ff-reference-v-seed2": ([_spec("ff-reference-v-seed2")], SEED_LIST),
     "ng-gnn-adam-inputs": ([_spec("ng-gnn-adam-inputs")], SEED_LIST[:3]),
     "ng-gnn-adam-inputs-b": ([_spec("ng-gnn-adam-inputs")], SEED_LIST[3:]),
 }
