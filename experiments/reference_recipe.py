@@ -92,6 +92,10 @@ RUNS = {
     "ff-next-batch": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "meta.meta_loss='train'",
                                             "run.out_dir='runs/reference-ff-next-batch'"]),
     "tensor-lstm": ("reference-tensor-lstm.toml", ["meta.outer_steps=400"]),
+    # tensor-lstm-adam-inputs: the Adam input set for the reference's "LSTM" too
+    "tensor-lstm-adam-inputs": ("reference-tensor-lstm.toml", ["meta.outer_steps=400", "run.validate_every=50",
+                                                               "optimizer.inputs='adam'",
+                                                               "run.out_dir='runs/reference-tensor-lstm-adam-inputs'"]),
 }
 # evaluation part -> (optimizer specs, seeds). The NG-GNN's evaluation (about 0.5 s per CIFAR-10 step on one core)
 # is split over two parts so that two processes share its seeds.
@@ -185,8 +189,41 @@ def report() -> dict:
             merged["runs"][label].runs = runs
     write_results(OUT / TASK / "results.json", merged)
     write_report(merged, OUT / TASK)
+    (OUT / TASK / "paired.md").write_text(paired_table(merged))
     plot_meta_training()
     return merged
+
+
+# One-at-a-time ablations: (run, the run it differs from by one setting), compared seed by seed on CIFAR-10.
+ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v-seed2", "ff-adam-inputs-seed2"),
+             ("ff-reference-v-seed2", "ff"), ("ng-gnn-adam-inputs", "ng-gnn")]
+
+
+def paired_table(merged: dict) -> str:
+    """Markdown: every optimizer's final accuracy against tuned Adam and tuned relative Adam, and each ablation
+    against its base, as the mean +- std over seeds of the per-seed differences (points; same seeds, same data)."""
+    acc = {label: [100 * r.acc for r in entry.runs] for label, entry in merged["runs"].items()}
+
+    def diff(a: str, b: str) -> str:
+        if a == b or a not in acc or b not in acc:
+            return ""
+        d = torch.tensor(acc[a]) - torch.tensor(acc[b])
+        return f"{d.mean():+.2f} +- {d.std():.2f}"
+
+    lines = [f"# {TASK}: final test accuracy, paired by seed ({STEPS} steps, {SEEDS} seeds)\n",
+             "Written by `python -m experiments.reference_recipe report`.\n",
+             "| optimizer | test acc % (mean +- std) | vs tuned Adam (points) | vs tuned relative Adam (points) |",
+             "|---|---|---|---|"]
+    for label, a in acc.items():
+        t = torch.tensor(a)
+        lines.append(f"| {label} | {t.mean():.2f} +- {t.std():.2f} | {diff(label, 'adam')} | "
+                     f"{diff(label, 'relative-adam')} |")
+    lines += ["", "| ablation | against | difference (points) |", "|---|---|---|"]
+    for run, base in ABLATIONS:
+        d = diff(f"reference-{run}", f"reference-{base}")
+        if d:
+            lines.append(f"| {run} | {base} | {d} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_meta_training() -> None:
