@@ -127,6 +127,8 @@ PARTS = {
     "ff-reference-v-seed2": ([_spec("ff-reference-v-seed2")], SEED_LIST),
     "ng-gnn-adam-inputs": ([_spec("ng-gnn-adam-inputs")], SEED_LIST[:3]),
     "ng-gnn-adam-inputs-b": ([_spec("ng-gnn-adam-inputs")], SEED_LIST[3:]),
+    "tensor-lstm-adam-inputs": ([_spec("tensor-lstm-adam-inputs")], SEED_LIST[:3]),
+    "tensor-lstm-adam-inputs-b": ([_spec("tensor-lstm-adam-inputs")], SEED_LIST[3:]),
     # its validated weights at outer step 250 (validation 79.1 % against 83.6 % at 150), 2 seeds, as ng-gnn-450
     "ng-gnn-adam-inputs-250": ([_spec("ng-gnn-adam-inputs-250")], SEED_LIST[:2]),
 }
