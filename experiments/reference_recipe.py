@@ -200,7 +200,8 @@ def report() -> dict:
 
 # One-at-a-time ablations: (run, the run it differs from by one setting), compared seed by seed on CIFAR-10.
 ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v-seed2", "ff-adam-inputs-seed2"),
-             ("ff-reference-v-seed2", "ff"), ("ng-gnn-adam-inputs", "ng-gnn")]
+             ("ff-reference-v-seed2", "ff"), ("ng-gnn-adam-inputs", "ng-gnn"),
+             ("tensor-lstm-adam-inputs", "tensor-lstm")]
 
 
 def paired_table(merged: dict) -> str:
