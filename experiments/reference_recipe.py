@@ -61,8 +61,8 @@ RUNS = {
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     # FF drifts to a short-horizon optimizer from its first checkpoint (validation best at outer step 100), so it is
     # the cheap model (about 10 s per outer step here) for one-at-a-time ablations of that drift:
-    # ff-adam-inputs: EMA momenta (bounded over long runs) + sqrt(v_hat) + the Adam direction instead of plain sums,
-    # whose slow ones grow ten times between step 100 (all meta-training sees) and step 1000;
+    # ff-adam-inputs: EMA momenta + sqrt(v_hat) + the Adam direction instead of plain sums (the second moment is
+    # most of its gain: ff-reference-v-seed2 below; the README explains why);
     "ff-adam-inputs": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "optimizer.inputs='adam'",
                                              "run.out_dir='runs/reference-ff-adam-inputs'"]),
     # ff-adam-inputs-seed1: the same with another meta-training seed (meta-training randomness moved published

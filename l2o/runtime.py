@@ -60,15 +60,12 @@ def row_chunks(num_rows: int, device: torch.device) -> list[tuple[int, int]]:
 
 class RowSource:
     """A ``[P, ...]`` per-element input of :func:`per_row_chunks` that is made one row range at a time and never held
-    at full size: ``rows(r0, r1)`` is a fresh ``[r1 - r0, ...]`` tensor. Subclasses say how (``_rows``)."""
+    at full size: ``rows(r0, r1)`` is a fresh ``[r1 - r0, ...]`` tensor. Subclasses say how."""
 
     def __init__(self, num_rows: int, trailing: tuple[int, ...], device: torch.device):
         self.shape, self.device = torch.Size((num_rows, *trailing)), torch.device(device)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
-        return self._rows(r0, r1)
-
-    def _rows(self, r0: int, r1: int) -> torch.Tensor:
         raise NotImplementedError
 
     def materialize(self) -> torch.Tensor:
@@ -84,7 +81,7 @@ class GatheredRows(RowSource):
         super().__init__(index.shape[0], tuple(table.shape[1:]), table.device)
         self.table, self.index = table, index
 
-    def _rows(self, r0: int, r1: int) -> torch.Tensor:
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
         return self.table.index_select(0, self.index[r0:r1])
 
 
@@ -96,7 +93,7 @@ class ComputedRows(RowSource):
         super().__init__(num_rows, trailing, device)
         self._fn = fn
 
-    def _rows(self, r0: int, r1: int) -> torch.Tensor:
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
         return self._fn(r0, r1)
 
 

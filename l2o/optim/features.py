@@ -128,10 +128,16 @@ def logsign(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     return torch.cat([first, second], -1)
 
 
-def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[P, 9]``: parameter, gradient, 5 momenta, sqrt(v_hat), Adam direction (state already updated)."""
-    return torch.cat([params[:, None], grads[:, None], state["m"], _sqrt_v_hat(state)[:, None],
-                      adam_direction(state)[:, None]], 1)
+def raw_features(params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
+                 cfg: FeatureConfig = FeatureConfig()) -> torch.Tensor:
+    """``[P, cfg.raw_features]`` (state already updated): parameter, gradient, 5 momenta, then ``sqrt(v_hat)`` for
+    the input sets with a second moment and the Adam direction for ``"adam"``."""
+    cols = [params[:, None], grads[:, None], state["m"]]
+    if cfg.has_second_moment:
+        cols.append(_sqrt_v_hat(state)[:, None])
+    if cfg.inputs == "adam":
+        cols.append(adam_direction(state)[:, None])
+    return torch.cat(cols, 1)
 
 
 def _sqrt_v_hat(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -178,12 +184,7 @@ def adam_direction_rows(state: dict[str, torch.Tensor]) -> torch.Tensor | Comput
 
 
 def _preprocessed(ctx, params, grads, state, cfg):
-    if cfg.inputs == "reference":
-        raw = torch.cat([params[:, None], grads[:, None], state["m"]], 1)
-    elif cfg.inputs == "reference+v":
-        raw = torch.cat([params[:, None], grads[:, None], state["m"], _sqrt_v_hat(state)[:, None]], 1)
-    else:
-        raw = raw_features(params, grads, state)
+    raw = raw_features(params, grads, state, cfg)
     if cfg.preprocess == "logsign":
         return logsign(raw, cfg.logsign_p)
     return raw / ctx.tensor_rms(raw, eps=1e-16)
