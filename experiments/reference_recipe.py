@@ -58,6 +58,13 @@ RUNS = {
     # instead of plain sums)
     "ng-gnn-adam-inputs": ("reference.toml", ["meta.outer_steps=1000", "run.validate_every=50",
                                               "optimizer.inputs='adam'", "run.out_dir='runs/reference-ng-gnn-adam-inputs'"]),
+    # ng-gnn-adam-inputs-seed2 / -seed3: more meta-training seeds of it (FF's three seeds spread 3.7 points on
+    # CIFAR-10); meta-trained on a GPU first (`experiments/reference_recipe_gpu.sh`), continued here. Seeds 1 and 4
+    # were left out before they ran: their untrained rules blow the first task up (first outer step's meta-loss 78
+    # and 13, against 2.30-2.31 for seeds 0, 2 and 3), as with ff-reference-v.
+    **{f"ng-gnn-adam-inputs-seed{s}": ("reference.toml", [
+        "meta.outer_steps=1000", "run.validate_every=50", f"run.seed={s}", "optimizer.inputs='adam'",
+        f"run.out_dir='runs/reference-ng-gnn-adam-inputs-seed{s}'"]) for s in (2, 3)},
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     # FF drifts to a short-horizon optimizer from its first checkpoint (validation best at outer step 100), so it is
     # the cheap model (about 10 s per outer step here) for one-at-a-time ablations of that drift:
@@ -87,6 +94,13 @@ RUNS = {
     "ff-adam-inputs-seed2": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=2",
                                                    "optimizer.inputs='adam'",
                                                    "run.out_dir='runs/reference-ff-adam-inputs-seed2'"]),
+    # ff-adam-inputs-h1000: ff-adam-inputs on tasks that live a log-uniform 100..1000 inner steps (with the blow-up
+    # guard of ng-gnn-h1000), the horizon ablation again now that the inputs carry a scale: the reference inputs'
+    # runs diverged by outer step 40-55 (the README), the Adam inputs' still drift after outer step 100.
+    "ff-adam-inputs-h1000": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50",
+                                                   "optimizer.inputs='adam'", "meta.horizon_max=1000",
+                                                   "meta.loss_clip=10",
+                                                   "run.out_dir='runs/reference-ff-adam-inputs-h1000'"]),
     # ff-next-batch: the meta-loss on the next batch instead of the batch the step was computed on (a same-batch
     # objective rewards steps that fit that one batch).
     "ff-next-batch": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "meta.meta_loss='train'",
@@ -134,28 +148,35 @@ PARTS = {
 }
 
 
-def train_runs(names: list[str], device: str | None = None) -> None:
+def train_runs(names: list[str], device: str | None = None, max_minutes: float | None = None) -> None:
+    """Meta-train (or continue) each run; ``max_minutes``: stop each one after that long, with a checkpoint."""
     from meta_train.train import train
 
     for name in names:
         path, overrides = RUNS[name]
-        cfg = load_config(CONFIGS / path, overrides + ([f"run.device='{device}'"] if device else []))
+        extra = ([f"run.device='{device}'"] if device else []) + (
+            [f"run.max_minutes={max_minutes}"] if max_minutes else [])
+        cfg = load_config(CONFIGS / path, overrides + extra)
         print(f"meta-training {name} -> {cfg.run.out_dir}")
         train(cfg, resume=True)
+
+
+def run_dir(name: str) -> Path:
+    """The folder run ``name`` of :data:`RUNS` writes (its ``run.out_dir``)."""
+    return Path(load_config(CONFIGS / RUNS[name][0], RUNS[name][1]).run.out_dir)
 
 
 def ship(names: list[str]) -> None:
     """Copy each finished run's best checkpoint (chosen on Fashion-MNIST validation) next to the results."""
     for name in names:
-        cfg = load_config(CONFIGS / RUNS[name][0], RUNS[name][1])
-        best = Path(cfg.run.out_dir) / "best.pt"
+        best = run_dir(name) / "best.pt"
         if not best.is_file():
             print(f"{name}: no {best} yet (train first)")
             continue
         dest = OUT / "checkpoints" / f"{name}.pt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, dest)
-        shutil.copyfile(Path(cfg.run.out_dir) / "metrics.jsonl", OUT / "checkpoints" / f"{name}.metrics.jsonl")
+        shutil.copyfile(run_dir(name) / "metrics.jsonl", OUT / "checkpoints" / f"{name}.metrics.jsonl")
         print(f"{name}: {best} -> {dest}")
 
 
@@ -271,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--part", choices=list(PARTS), help="evaluation part (eval stage)")
     ap.add_argument("--device", default=None,
                     help="cpu | cuda (train: run.device, default the config's; eval: default cpu; eval also cuda:N)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="train: stop each run after this many minutes with a checkpoint (resume by rerunning)")
     args = ap.parse_args(argv)
     if args.device is not None:
         from tasks.devices import device_or_exit
@@ -280,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.exit(2, f"error: --device {args.device}: meta-training takes cpu or cuda; pick the GPU with "
                        f"CUDA_VISIBLE_DEVICES={device.index}\n")
     if args.stage == "train":
-        train_runs(args.only, args.device)
+        train_runs(args.only, args.device, args.max_minutes)
     elif args.stage == "ship":
         ship(args.only)
     elif args.stage == "eval":

@@ -165,7 +165,7 @@ def read_checkpoint_files(ckdir: Path, rank: int, num_processes: int) -> tuple[d
     as damaged. A checkpoint written by another number of processes is refused: each process's task pool (and its
     estimator's per-task state) is in its own ``pool_rank{r}.pt``, and loading fewer of them silently drops tasks.
     """
-    meta = read_back(ckdir / "meta.pt", lambda p: torch.load(p, weights_only=True))
+    meta = read_back(ckdir / "meta.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True))
     if not isinstance(meta, dict) or not {"step", "best", "counters"} <= set(meta):
         raise Unreadable(f"{ckdir / 'meta.pt'} is not a checkpoint summary (keys step, best, counters)")
     written = meta.get("num_processes") or len(list(ckdir.glob("pool_rank*.pt")))
@@ -193,7 +193,10 @@ def read_checkpoint_files(ckdir: Path, rank: int, num_processes: int) -> tuple[d
     if not isinstance(rng, dict) or not {"random_state", "torch_manual_seed"} <= set(rng):
         raise Unreadable(f"{rng_file} holds no random states")
     pool_file = ckdir / f"pool_rank{rank}.pt"
-    pool_state = _migrate_pool_state(read_back(pool_file, lambda p: torch.load(p, weights_only=True)))
+    # on the CPU first: a run meta-trained on a GPU continues on a CPU-only machine (the pool and the estimator move
+    # their tensors to the run's device when they load them)
+    pool_state = _migrate_pool_state(read_back(pool_file, lambda p: torch.load(p, map_location="cpu",
+                                                                             weights_only=True)))
     if not isinstance(pool_state, dict) or not {"pool", "estimator"} <= set(pool_state):
         raise Unreadable(f"{pool_file} holds no task pool and estimator state (written by an older version?)")
     return meta, pool_state

@@ -372,8 +372,8 @@ def export_run(run: Path, out: Path) -> Path:
     weights = ckdir / "model.safetensors"
     try:
         state = (read_back(weights, load_file) if weights.exists() else
-                 read_back(ckdir / "pytorch_model.bin", lambda p: torch.load(p, weights_only=True)))
-        meta = read_back(ckdir / "meta.pt", lambda p: torch.load(p, weights_only=True))
+                 read_back(ckdir / "pytorch_model.bin", lambda p: torch.load(p, map_location="cpu", weights_only=True)))
+        meta = read_back(ckdir / "meta.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True))
     except Unreadable as exc:
         raise ResumeError(f"cannot export {ckdir}: {exc}. Export an older checkpoint folder's weights, or resume the "
                           f"run (--resume falls back to the previous complete checkpoint).") from exc
