@@ -552,3 +552,16 @@ def test_no_space_left_is_a_full_disk_whatever_the_free_space_says(tmp_path, mon
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(WriteError, match="the disk is full"):
         train(_cfg(tmp_path, "meta.outer_steps=2", "run.checkpoint_every=2"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_run_checkpointed_on_a_gpu_resumes_on_the_cpu(tmp_path):
+    """A run meta-trained on a GPU lease continues on a CPU machine (experiments/reference_recipe_gpu.sh): the
+    checkpoint's task pool, meta-parameters and Adam state are read onto the CPU whatever device wrote them."""
+    train(_cfg(tmp_path, "meta.outer_steps=2", "run.checkpoint_every=2", "run.device='cuda'"))
+    pool = torch.load(tmp_path / "checkpoints" / "step_0000002" / "pool_rank0.pt", weights_only=True)
+    assert pool["pool"]["tasks"][0]["params"].is_cuda  # the checkpoint holds CUDA tensors
+    train(_cfg(tmp_path, "meta.outer_steps=4", "run.checkpoint_every=2", "run.device='cpu'"), resume=True)
+    steps = [m["step"] for m in _metrics(tmp_path)]
+    assert steps == [1, 2, 3, 4] and all(math.isfinite(m["meta_loss"]) for m in _metrics(tmp_path))
+    assert _finite_file(tmp_path / "last.pt")
