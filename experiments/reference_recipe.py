@@ -65,6 +65,12 @@ RUNS = {
     **{f"ng-gnn-adam-inputs-seed{s}": ("reference.toml", [
         "meta.outer_steps=1000", "run.validate_every=50", f"run.seed={s}", "optimizer.inputs='adam'",
         f"run.out_dir='runs/reference-ng-gnn-adam-inputs-seed{s}'"]) for s in (2, 3)},
+    # ng-gnn-32x2-adam-inputs: ng-gnn-adam-inputs at a size the optimizer step can afford (issue 16's bound: a
+    # graph optimizer's step <= 0.5x forward+backward on cifar10-conv; 8x64 with its 8x64 head costs 1.8x, the
+    # encoder most of it): encoder width 32, depth 2 (the paper's own table size), a 3 x 64 head: about 0.3x.
+    "ng-gnn-32x2-adam-inputs": ("reference.toml", [
+        "meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
+        "optimizer.depth=2", "optimizer.head_layers=3", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     # FF drifts to a short-horizon optimizer from its first checkpoint (validation best at outer step 100), so it is
     # the cheap model (about 10 s per outer step here) for one-at-a-time ablations of that drift:
@@ -145,6 +151,10 @@ PARTS = {
     "tensor-lstm-adam-inputs-b": ([_spec("tensor-lstm-adam-inputs")], SEED_LIST[3:]),
     # its validated weights at outer step 250 (validation 79.1 % against 83.6 % at 150), 2 seeds, as ng-gnn-450
     "ng-gnn-adam-inputs-250": ([_spec("ng-gnn-adam-inputs-250")], SEED_LIST[:2]),
+    "ng-gnn-adam-inputs-seed2": ([_spec("ng-gnn-adam-inputs-seed2")], SEED_LIST[:3]),
+    "ng-gnn-adam-inputs-seed2-b": ([_spec("ng-gnn-adam-inputs-seed2")], SEED_LIST[3:]),
+    "ng-gnn-32x2-adam-inputs": ([_spec("ng-gnn-32x2-adam-inputs")], SEED_LIST),
+    "ff-adam-inputs-h1000": ([_spec("ff-adam-inputs-h1000")], SEED_LIST),
 }
 
 
@@ -222,7 +232,8 @@ def report() -> dict:
 # One-at-a-time ablations: (run, the run it differs from by one setting), compared seed by seed on CIFAR-10.
 ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v-seed2", "ff-adam-inputs-seed2"),
              ("ff-reference-v-seed2", "ff"), ("ng-gnn-adam-inputs", "ng-gnn"),
-             ("tensor-lstm-adam-inputs", "tensor-lstm")]
+             ("tensor-lstm-adam-inputs", "tensor-lstm"), ("ff-adam-inputs-h1000", "ff-adam-inputs"),
+             ("ng-gnn-32x2-adam-inputs", "ng-gnn-adam-inputs")]
 
 
 def paired_table(merged: dict) -> str:
