@@ -71,6 +71,11 @@ RUNS = {
     "ng-gnn-32x2-adam-inputs": ("reference.toml", [
         "meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
         "optimizer.depth=2", "optimizer.head_layers=3", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs'"]),
+    # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
+    "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
+        "meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
+        "optimizer.depth=2", "optimizer.head_layers=3", "run.seed=1",
+        "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     # FF drifts to a short-horizon optimizer from its first checkpoint (validation best at outer step 100), so it is
     # the cheap model (about 10 s per outer step here) for one-at-a-time ablations of that drift:
@@ -154,6 +159,7 @@ PARTS = {
     "ng-gnn-adam-inputs-seed2": ([_spec("ng-gnn-adam-inputs-seed2")], SEED_LIST[:3]),
     "ng-gnn-adam-inputs-seed2-b": ([_spec("ng-gnn-adam-inputs-seed2")], SEED_LIST[3:]),
     "ng-gnn-32x2-adam-inputs": ([_spec("ng-gnn-32x2-adam-inputs")], SEED_LIST),
+    "ng-gnn-32x2-adam-inputs-seed1": ([_spec("ng-gnn-32x2-adam-inputs-seed1")], SEED_LIST),
     "ff-adam-inputs-h1000": ([_spec("ff-adam-inputs-h1000")], SEED_LIST),
 }
 
