@@ -34,6 +34,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "meta_train" / "configs"
 OUT = Path("results/experiments/reference-recipe")
 TASK, STEPS, SEEDS = "cifar10-conv", 1000, 5
 
+# The reference NG-GNN with the Adam inputs at a size the optimizer step can afford (ng-gnn-32x2-* below).
+NG_GNN_32X2 = ["meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
+               "optimizer.depth=2", "optimizer.head_layers=3"]
 # name -> (config file, overrides). The outer budgets are what fit here (published: 1000 outer steps).
 RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
@@ -68,20 +71,15 @@ RUNS = {
     # ng-gnn-32x2-adam-inputs: ng-gnn-adam-inputs at a size the optimizer step can afford (issue 16's bound: a
     # graph optimizer's step <= 0.5x forward+backward on cifar10-conv; 8x64 with its 8x64 head costs 1.8x, the
     # encoder most of it): encoder width 32, depth 2 (the paper's own table size), a 3 x 64 head: about 0.3x.
-    "ng-gnn-32x2-adam-inputs": ("reference.toml", [
-        "meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
-        "optimizer.depth=2", "optimizer.head_layers=3", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs'"]),
+    "ng-gnn-32x2-adam-inputs": ("reference.toml", [*NG_GNN_32X2, "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs'"]),
     # ng-gnn-32x2-adam-inputs-h1000: the same on tasks that live a log-uniform 100..1000 inner steps, with the
     # blow-up guard: what ff-adam-inputs-h1000 did for FF (+4.6 points on CIFAR-10), for the graph optimizer
     "ng-gnn-32x2-adam-inputs-h1000": ("reference.toml", [
-        "meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
-        "optimizer.depth=2", "optimizer.head_layers=3", "meta.horizon_max=1000", "meta.loss_clip=10",
+        *NG_GNN_32X2, "meta.horizon_max=1000", "meta.loss_clip=10",
         "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-h1000'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
-        "meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
-        "optimizer.depth=2", "optimizer.head_layers=3", "run.seed=1",
-        "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
+        *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
     "ff": ("reference-ff.toml", ["meta.outer_steps=400"]),
     # FF drifts to a short-horizon optimizer from its first checkpoint (validation best at outer step 100), so it is
     # the cheap model (about 10 s per outer step here) for one-at-a-time ablations of that drift:
