@@ -8,7 +8,8 @@
 # $OUT gets, per run: NAME.log, NAME-checkpoint.tar (config, metrics, the newest checkpoint folder: what --resume
 # needs) and NAME-weights.tar (the validated weights, when there are any; best.pt is the one of them at the
 # checkpoint's meta.pt "best" step, left out to stay under a lease's 16 MiB per file). Unpack both in the run's
-# out_dir (`run_dir` in experiments/reference_recipe.py). DEVICE=cpu tries the script here.
+# out_dir (`run_dir` in experiments/reference_recipe.py) and copy validated/step_<best>.pt to best.pt (a run that
+# finds no best.pt writes its newest weights there). DEVICE=cpu tries the script here.
 set -u
 OUT=${OUT:?set OUT to a folder for the packed runs}
 MINUTES=${MINUTES:-6}
