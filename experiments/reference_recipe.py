@@ -194,14 +194,15 @@ def run_dir(name: str) -> Path:
 def ship(names: list[str]) -> None:
     """Copy each finished run's best checkpoint (chosen on Fashion-MNIST validation) next to the results."""
     for name in names:
-        best = run_dir(name) / "best.pt"
+        folder = run_dir(name)
+        best = folder / "best.pt"
         if not best.is_file():
             print(f"{name}: no {best} yet (train first)")
             continue
         dest = OUT / "checkpoints" / f"{name}.pt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, dest)
-        shutil.copyfile(run_dir(name) / "metrics.jsonl", OUT / "checkpoints" / f"{name}.metrics.jsonl")
+        shutil.copyfile(folder / "metrics.jsonl", OUT / "checkpoints" / f"{name}.metrics.jsonl")
         print(f"{name}: {best} -> {dest}")
 
 
