@@ -37,6 +37,9 @@ TASK, STEPS, SEEDS = "cifar10-conv", 1000, 5
 # The reference NG-GNN with the Adam inputs at a size the optimizer step can afford (ng-gnn-32x2-* below).
 NG_GNN_32X2 = ["meta.outer_steps=1000", "run.validate_every=50", "optimizer.inputs='adam'", "optimizer.hidden=32",
                "optimizer.depth=2", "optimizer.head_layers=3"]
+# Continue from FF's best long-horizon rule (ng-gnn-32x2-from-ff-h1000 and its control below).
+FROM_FF_H1000 = ["meta.horizon_max=1000", "meta.loss_clip=10", "meta.outer_steps=200", "meta.lr=1e-4",
+                 f"meta.init_from='{OUT / 'checkpoints' / 'ff-adam-inputs-h1000.pt'}'"]
 # name -> (config file, overrides). The outer budgets are what fit here (published: 1000 outer steps).
 RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
@@ -77,6 +80,16 @@ RUNS = {
     "ng-gnn-32x2-adam-inputs-h1000": ("reference.toml", [
         *NG_GNN_32X2, "meta.horizon_max=1000", "meta.loss_clip=10",
         "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-h1000'"]),
+    # ng-gnn-32x2-from-ff-h1000: the 32x2 NG-GNN with FF's head (2 x 64) warm-started from ff-adam-inputs-h1000's
+    # weights (meta.init_from; the embedding projection zeroed), so it starts as exactly that rule (57.97 % on
+    # CIFAR-10) and meta-training can only add what the graph knows; the long-horizon recipe at a third of its
+    # outer learning rate, cosine over 200 outer steps. ff-h1000-continued is its control: FF continued the same way.
+    "ng-gnn-32x2-from-ff-h1000": ("reference.toml", [
+        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000,
+        "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000'"]),
+    "ff-h1000-continued": ("reference-ff.toml", [
+        "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000,
+        "run.out_dir='runs/reference-ff-h1000-continued'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
@@ -116,6 +129,11 @@ RUNS = {
                                                    "optimizer.inputs='adam'", "meta.horizon_max=1000",
                                                    "meta.loss_clip=10",
                                                    "run.out_dir='runs/reference-ff-adam-inputs-h1000'"]),
+    # ff-adam-inputs-h1000-seed1: its second meta-training seed (FF's 100-step runs spread 3.7 points over seeds)
+    "ff-adam-inputs-h1000-seed1": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "run.seed=1",
+                                                         "optimizer.inputs='adam'", "meta.horizon_max=1000",
+                                                         "meta.loss_clip=10",
+                                                         "run.out_dir='runs/reference-ff-adam-inputs-h1000-seed1'"]),
     # ff-next-batch: the meta-loss on the next batch instead of the batch the step was computed on (a same-batch
     # objective rewards steps that fit that one batch).
     "ff-next-batch": ("reference-ff.toml", ["meta.outer_steps=400", "run.validate_every=50", "meta.meta_loss='train'",

@@ -45,7 +45,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from l2o.optim import build_optimizer, save_checkpoint
+from l2o.optim import build_optimizer, save_checkpoint, warm_start
 from l2o.schedules import warmup_cosine
 from tasks import RegressionFamily, RegressionTask, TaskFamily, TaskFamilyProtocol, TaskProtocol, get_task
 
@@ -129,6 +129,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     learned = build_optimizer(cfg.optimizer)
     if not any(p.requires_grad for p in learned.parameters()):
         raise ValueError(f"optimizer family {cfg.optimizer.family!r} has no meta-parameters to train")
+    if cfg.meta.init_from:
+        warm_start(learned, cfg.optimizer, cfg.meta.init_from)
     outer = torch.optim.AdamW if cfg.meta.outer_optimizer == "adamw" else torch.optim.Adam
     meta_opt = outer(learned.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(meta_opt, lr_lambda(cfg))

@@ -199,3 +199,45 @@ def test_reference_configs_meta_train_end_to_end(tmp_path, name):
     after, _, _ = load_checkpoint(tmp_path / "run" / "last.pt")
     moved = [k for k, v in after.state_dict().items() if not torch.equal(v, before[k])]
     assert moved
+
+
+def _warm_pair(tmp_path, **head):
+    """An FF optimizer saved to a checkpoint and an NG-GNN warm-started from it (``head``: the NG-GNN's head)."""
+    from l2o.optim import save_checkpoint, warm_start
+
+    common = dict(inputs="adam", step_rule="mlp", head_hidden=16, head_layers=2)
+    ff_cfg = OptimizerConfig(family="ff", **common)
+    torch.manual_seed(0)
+    ff = build_optimizer(ff_cfg)
+    save_checkpoint(tmp_path / "ff.pt", ff, ff_cfg)
+    gnn_cfg = OptimizerConfig(family="ng-gnn", hidden=8, depth=2, kmax=5, positional="index", **{**common, **head})
+    torch.manual_seed(1)
+    gnn = build_optimizer(gnn_cfg)
+    return ff, gnn, gnn_cfg, warm_start
+
+
+def test_a_graph_optimizer_warm_started_from_ff_takes_ff_steps_then_trains_its_encoder(tmp_path):
+    ff, gnn, cfg, warm_start = _warm_pair(tmp_path)
+    copied = warm_start(gnn, cfg, tmp_path / "ff.pt")
+    assert copied and all(k.startswith("head.") for k in copied)
+    probe = NeuralGraphOptimizer(mixed_kernel_cnn(0), optimizer=copy.deepcopy(gnn))  # (it freezes its optimizer)
+    ctx = probe.context
+    p = ctx.flatten([t.detach() for t in probe._params])
+    g = torch.randn_like(p)
+    stepped, _ = gnn.update(ctx, p, g, gnn.init_state(ctx, p))
+    expected, _ = ff.update(ctx, p, g, ff.init_state(ctx, p))
+    torch.testing.assert_close(stepped, expected, rtol=0, atol=1e-6)
+    # the embedding enters through a zero projection: the projection's gradient is not zero, so the encoder's
+    # contribution grows from the first outer step
+    (stepped.pow(2).sum()).backward()
+    assert gnn.head.embed_proj.weight.grad.abs().sum() > 0
+
+
+def test_warm_start_refuses_a_head_set_up_differently(tmp_path):
+    from l2o.optim import CheckpointError
+
+    _, gnn, cfg, warm_start = _warm_pair(tmp_path, head_layers=3)
+    with pytest.raises(CheckpointError, match="head_layers: 2 there, 3 here"):
+        warm_start(gnn, cfg, tmp_path / "ff.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        warm_start(gnn, cfg, tmp_path / "missing.pt")

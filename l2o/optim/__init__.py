@@ -1,5 +1,5 @@
 """Learned optimizers: features, update heads, optimizer families, checkpoints and NeuralGraphOptimizer."""
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint, warm_start
 from .config import FAMILIES, GRAPH_FAMILIES, HAND_FAMILIES, LEARNED_FAMILIES, OptimizerConfig, build_optimizer
 from .context import ParamContext
 from .features import FeatureConfig
@@ -11,5 +11,5 @@ from .pretrained import from_pretrained, save_pretrained
 __all__ = ["NeuralGraphOptimizer", "DEFAULT_CHECKPOINT", "pretrained_dir", "ParamContext", "FeatureConfig",
            "OptimizerConfig", "build_optimizer", "Optimizer", "LearnedOptimizer", "GraphOptimizer", "FFOptimizer",
            "LSTMOptimizer", "TensorLSTMOptimizer", "Adam", "RelativeAdam", "SGDMomentum", "save_checkpoint",
-           "load_checkpoint", "read_checkpoint", "CheckpointError", "save_pretrained", "from_pretrained",
+           "load_checkpoint", "read_checkpoint", "warm_start", "CheckpointError", "save_pretrained", "from_pretrained",
            "FAMILIES", "GRAPH_FAMILIES", "LEARNED_FAMILIES", "HAND_FAMILIES"]

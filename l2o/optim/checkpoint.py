@@ -77,3 +77,50 @@ def load_checkpoint(path: str | Path) -> tuple[Optimizer, OptimizerConfig, dict]
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint '{path}' does not match its own config ({exc})") from exc
     return optimizer, config, payload
+
+
+# The settings that define what the per-element head reads and how it turns its output into a step: a warm start
+# copies the head's weights, which only mean the same rule when these agree.
+HEAD_SETTINGS = ("inputs", "preprocess", "step_rule", "lam", "head_hidden", "head_layers", "layer_scale",
+                 "adam_residual", "adam_lr", "adam_scale", "additive", "relative")
+
+
+def warm_start(optimizer: Optimizer, config: OptimizerConfig, path: str | Path) -> list[str]:
+    """Start ``optimizer`` (built from ``config``, freshly initialised) from the rule of the checkpoint at ``path``.
+
+    Every weight whose name and shape the two share is copied (for a graph optimizer started from an FF checkpoint:
+    the per-element head). When the checkpoint has no embedding input and ``optimizer`` has one (a graph encoder, an
+    LSTM), the head's embedding projection is zeroed, so the new optimizer's first step is exactly the checkpoint's
+    rule and the encoder's contribution grows from zero in meta-training (its weights keep their fresh
+    initialisation; the projection's gradient is not zero, so they train from the first outer step on).
+
+    Returns the names copied. Raises :class:`CheckpointError` when the head settings differ (:data:`HEAD_SETTINGS`),
+    a shared name differs in shape, or nothing is shared.
+    """
+    payload = read_checkpoint(path)
+    try:
+        source = OptimizerConfig.from_dict(payload["config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint '{path}' has an unreadable config ({exc})") from exc
+    differ = [f"{k}: {getattr(source, k)!r} there, {getattr(config, k)!r} here" for k in HEAD_SETTINGS
+              if getattr(source, k) != getattr(config, k)]
+    if differ:
+        raise CheckpointError(f"cannot warm-start from '{path}': its update head is set up differently ("
+                              + "; ".join(differ) + "). Use the checkpoint's head settings for the new optimizer.")
+    state, own = payload["state_dict"], optimizer.state_dict()
+    wrong = [f"{k} {list(v.shape)} there, {list(own[k].shape)} here" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"cannot warm-start from '{path}': shared weights differ in shape ({'; '.join(wrong)})")
+    shared = [k for k in state if k in own]
+    if not shared:
+        raise CheckpointError(f"cannot warm-start from '{path}': it shares no weight with a {config.family!r} optimizer")
+    with torch.no_grad():
+        named = dict(optimizer.named_parameters())
+        named.update(optimizer.named_buffers())
+        for k in shared:
+            named[k].copy_(state[k])
+        proj = getattr(getattr(optimizer, "head", None), "embed_proj", None)
+        if proj is not None and not any(k.startswith("head.embed_proj.") for k in state):
+            proj.weight.zero_()
+    return shared
