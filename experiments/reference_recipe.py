@@ -5,6 +5,7 @@
     python -m experiments.reference_recipe eval --part baselines       # CIFAR-10, 1000 steps, 5 seeds (resumable)
     python -m experiments.reference_recipe eval --part ng-gnn
     python -m experiments.reference_recipe report                      # merge the parts: table.md, curves
+    python -m experiments.reference_recipe sweep --only ff-adam-inputs-h1000   # the width/depth sweep (resumable)
 
 ``--device cuda`` runs ``train`` (as ``run.device``) and ``eval`` on a GPU.
 
@@ -231,6 +232,62 @@ def eval_part(part: str, device: str = "cpu") -> None:
              device=device)
 
 
+# The width/depth sweep of `make results` (results/sweep.md) for this study's optimizers (by default the ones
+# named here; `sweep --only` takes any shipped run): each is evaluated at every sweep point with the seeds tuned
+# Adam ran there (results/eval/sweep, the same evaluation code), paired seed by seed; the points that are
+# cifar10-conv itself come from the main evaluation.
+SWEEP_RUNS = ("ff-adam-inputs-h1000",)
+SWEEP_ADAM = Path("results/eval/sweep")
+SHIPPED_SWEEP = Path("results/sweep.json")  # the shipped default's records, drawn beside this study's
+
+
+def sweep(names: list[str], device: str = "cpu") -> None:
+    """Evaluate each run's shipped checkpoint at every sweep point (cheapest first; resumable)."""
+    from meta_train.pipelines.results_plan import SWEEP_RUN_ORDER
+
+    for task in SWEEP_RUN_ORDER:
+        seeds = [r.seed for r in read_results(SWEEP_ADAM / task / "results.json")["runs"]["adam"].runs]
+        for name in names:
+            print(f"sweep: {name} on {task}, seeds {seeds}")
+            evaluate(task, [_spec(name)], STEPS, seeds, OUT / "sweep" / task / name, resume=True, device=device)
+
+
+def sweep_records(main: dict) -> list[dict]:
+    """Sweep records (the format of ``results/sweep.json``) of every finished sweep evaluation, after the shipped
+    default's; ``main``: this study's merged CIFAR-10 results (for the points that are cifar10-conv)."""
+    from meta_train.pipelines.results_plan import SWEEP, SWEEP_ALIASES
+    from meta_train.pipelines.sweep_report import paired_record
+
+    recs = [r for r in json.loads(SHIPPED_SWEEP.read_text()) if r["optimizer"] == "default"] \
+        if SHIPPED_SWEEP.is_file() else []
+    swept = [n for n in RUNS if any((OUT / "sweep").glob(f"*/{n}/results.json"))]
+    for task in SWEEP:
+        for name in swept:
+            label = f"reference-{name}"
+            if task in SWEEP_ALIASES:
+                res, adam = main, main["runs"]["adam"]
+            else:
+                path = OUT / "sweep" / task / name / "results.json"
+                if not path.is_file():
+                    continue
+                res, adam = read_results(path), read_results(SWEEP_ADAM / task / "results.json")["runs"]["adam"]
+            if label in res["runs"]:
+                recs.append(paired_record(task, name, res["runs"][label], adam, res["steps"]))
+    return recs
+
+
+def write_sweep(main: dict) -> None:
+    from meta_train.pipelines.sweep_report import plot_sweep, sweep_markdown
+
+    recs = sweep_records(main)
+    if any(r["optimizer"] != "default" for r in recs):
+        (OUT / "sweep.json").write_text(json.dumps(recs, indent=2) + "\n")
+        plot_sweep(recs, OUT / "sweep.png")
+        (OUT / "sweep.md").write_text("# The width/depth sweep: this study's optimizers beside the shipped default\n\n"
+                                      "Written by `python -m experiments.reference_recipe report`.\n\n"
+                                      + sweep_markdown(recs))
+
+
 def report() -> dict:
     """Merge every part into ``OUT/TASK/results.json`` (an optimizer's seeds gathered from all parts; only
     optimizers with all seeds are kept) and write the table and curves there."""
@@ -260,6 +317,7 @@ def report() -> dict:
     write_report(merged, OUT / TASK)
     (OUT / TASK / "paired.md").write_text(paired_table(merged))
     plot_meta_training()
+    write_sweep(merged)
     return merged
 
 
@@ -333,8 +391,9 @@ def plot_meta_training() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.reference_recipe", description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=("train", "ship", "eval", "report"))
-    ap.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS), help="runs to train / ship")
+    ap.add_argument("stage", choices=("train", "ship", "eval", "sweep", "report"))
+    ap.add_argument("--only", nargs="*", default=None, choices=list(RUNS),
+                    help="runs to train / ship / sweep (default: every run; sweep: SWEEP_RUNS)")
     ap.add_argument("--part", choices=list(PARTS), help="evaluation part (eval stage)")
     ap.add_argument("--device", default=None,
                     help="cpu | cuda (train: run.device, default the config's; eval: default cpu; eval also cuda:N)")
@@ -349,9 +408,14 @@ def main(argv: list[str] | None = None) -> None:
             ap.exit(2, f"error: --device {args.device}: meta-training takes cpu or cuda; pick the GPU with "
                        f"CUDA_VISIBLE_DEVICES={device.index}\n")
     if args.stage == "train":
-        train_runs(args.only, args.device, args.max_minutes)
+        train_runs(args.only or list(RUNS), args.device, args.max_minutes)
     elif args.stage == "ship":
-        ship(args.only)
+        ship(args.only or list(RUNS))
+    elif args.stage == "sweep":
+        missing = [n for n in args.only or SWEEP_RUNS if not (OUT / "checkpoints" / f"{n}.pt").is_file()]
+        if missing:
+            ap.error(f"sweep: no shipped checkpoint for {missing} (meta-train and `ship` them first)")
+        sweep(args.only or list(SWEEP_RUNS), args.device or "cpu")
     elif args.stage == "eval":
         if not args.part:
             ap.error("eval needs --part (one of: " + ", ".join(PARTS) + ")")

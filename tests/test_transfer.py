@@ -94,6 +94,18 @@ def test_sweep_records_pair_seeds_and_read_aliases_from_main_eval(results_dir):
     assert (results_dir / "sweep.png").stat().st_size > 1000
 
 
+def test_paired_record_pairs_by_seed_not_by_position():
+    adam = OptimizerRuns.from_json(_record([0.40, 0.42, 0.44], hyper={"lr": 3e-3}))
+    mine = OptimizerRuns.from_json(_record([0.50, 0.50, 0.47]))
+    mine.runs = [mine.runs[2], mine.runs[0]]  # seeds 2 and 0, in that order
+    rec = sweep_report.paired_record("cifar10-conv-w16", "ff", mine, adam, 100)
+    assert rec["seeds"] == 2 and rec["advantage_mean"] == pytest.approx((10 + 3) / 2)
+    assert rec["adam_acc_mean"] == pytest.approx(42.0)
+    mine.runs = []
+    with pytest.raises(ValueError, match="share no seed"):
+        sweep_report.paired_record("cifar10-conv-w16", "ff", mine, adam, 100)
+
+
 def test_sweep_runs_the_default_and_keeps_families_an_earlier_call_added(results_dir, monkeypatch):
     for name, fam, score in [("ng-gnn", "ng-gnn", 0.7), ("ff", "ff", 0.6), ("ng-gnn-seed1", "ng-gnn", 0.65)]:
         model_cards.ship(name, _run(results_dir, name, fam, score))

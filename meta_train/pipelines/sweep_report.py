@@ -34,14 +34,24 @@ def sweep_records(out: Path) -> list[dict]:
         learned = {("default" if e.digest == digest else label): e for label, e in res["runs"].items()
                    if e.digest and (e.digest == digest or label in plan.FAMILY_REPRESENTATIVES)}
         for name, e in sorted(learned.items(), key=lambda kv: kv[0] != "default"):
-            acc = [r.acc * 100 for r in e.runs]
-            diff = [x - y for x, y in zip(acc, a)]
-            recs.append({"task": task, "optimizer": name, "same_as": plan.SWEEP_ALIASES.get(task),
-                         "steps": res["steps"], "seeds": len(diff), "adam_lr": adam.hyper["lr"],
-                         "adam_acc_mean": statistics.mean(a), "adam_acc_std": _std(a),
-                         "acc_mean": statistics.mean(acc), "acc_std": _std(acc),
-                         "advantage_mean": statistics.mean(diff), "advantage_std": _std(diff)})
+            recs.append(paired_record(task, name, e, adam, res["steps"]))
     return recs
+
+
+def paired_record(task: str, name: str, runs, adam, steps: int) -> dict:
+    """The sweep record of optimizer ``name``'s ``runs`` (:class:`~meta_train.eval_records.OptimizerRuns`) against
+    tuned Adam's ``adam`` on ``task``: accuracies and the advantage over the seeds both ran, paired by seed."""
+    mine = {r.seed: r.acc * 100 for r in runs.runs}
+    theirs = {r.seed: r.acc * 100 for r in adam.runs}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        raise ValueError(f"{task}: {name} and tuned Adam share no seed ({sorted(mine)} vs {sorted(theirs)})")
+    acc, a = [mine[s] for s in seeds], [theirs[s] for s in seeds]
+    diff = [x - y for x, y in zip(acc, a)]
+    return {"task": task, "optimizer": name, "same_as": plan.SWEEP_ALIASES.get(task), "steps": steps,
+            "seeds": len(seeds), "adam_lr": adam.hyper["lr"], "adam_acc_mean": statistics.mean(a),
+            "adam_acc_std": _std(a), "acc_mean": statistics.mean(acc), "acc_std": _std(acc),
+            "advantage_mean": statistics.mean(diff), "advantage_std": _std(diff)}
 
 
 def _std(values: list[float]) -> float:
