@@ -88,6 +88,14 @@ RUNS = {
     "ng-gnn-32x2-from-ff-h1000": ("reference.toml", [
         *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000,
         "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000'"]),
+    # dng-from-ff-h1000: the same with the shipped default's encoder (DNG 32x2, bidirectional, mean aggregation,
+    # role embeddings), whose step on a dense layer costs a fraction of the NG-GNN's (it never makes a hidden state
+    # per weight: results/benchmarks/step_overhead.md, mnist-mlp-256-128)
+    "dng-from-ff-h1000": ("reference.toml", [
+        "optimizer.family='dng'", "optimizer.hidden=32", "optimizer.depth=2", "optimizer.positional='role'",
+        "optimizer.encoder_options={'bidirectional': True, 'aggregation': 'mean'}", "optimizer.inputs='adam'",
+        "optimizer.head_layers=2", "run.validate_every=50", *FROM_FF_H1000,
+        "run.out_dir='runs/reference-dng-from-ff-h1000'"]),
     "ff-h1000-continued": ("reference-ff.toml", [
         "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000,
         "run.out_dir='runs/reference-ff-h1000-continued'"]),

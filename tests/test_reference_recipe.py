@@ -201,7 +201,7 @@ def test_reference_configs_meta_train_end_to_end(tmp_path, name):
     assert moved
 
 
-def _warm_pair(tmp_path, **head):
+def _warm_pair(tmp_path, family="ng-gnn", **head):
     """An FF optimizer saved to a checkpoint and an NG-GNN warm-started from it (``head``: the NG-GNN's head)."""
     from l2o.optim import save_checkpoint, warm_start
 
@@ -210,14 +210,15 @@ def _warm_pair(tmp_path, **head):
     torch.manual_seed(0)
     ff = build_optimizer(ff_cfg)
     save_checkpoint(tmp_path / "ff.pt", ff, ff_cfg)
-    gnn_cfg = OptimizerConfig(family="ng-gnn", hidden=8, depth=2, kmax=5, positional="index", **{**common, **head})
+    gnn_cfg = OptimizerConfig(family=family, hidden=8, depth=2, kmax=5, **{**common, **head})
     torch.manual_seed(1)
     gnn = build_optimizer(gnn_cfg)
     return ff, gnn, gnn_cfg, warm_start
 
 
-def test_a_graph_optimizer_warm_started_from_ff_takes_ff_steps_then_trains_its_encoder(tmp_path):
-    ff, gnn, cfg, warm_start = _warm_pair(tmp_path)
+@pytest.mark.parametrize("family", ["ng-gnn", "dng"])
+def test_a_graph_optimizer_warm_started_from_ff_takes_ff_steps_then_trains_its_encoder(tmp_path, family):
+    ff, gnn, cfg, warm_start = _warm_pair(tmp_path, family)
     copied = warm_start(gnn, cfg, tmp_path / "ff.pt")
     assert copied and all(k.startswith("head.") for k in copied)
     probe = NeuralGraphOptimizer(mixed_kernel_cnn(0), optimizer=copy.deepcopy(gnn))  # (it freezes its optimizer)
