@@ -197,6 +197,10 @@ PARTS = {
     "ng-gnn-32x2-adam-inputs-h1000-100": ([_spec("ng-gnn-32x2-adam-inputs-h1000-100")], SEED_LIST[:3]),
     "ng-gnn-32x2-adam-inputs-h1000-100-b": ([_spec("ng-gnn-32x2-adam-inputs-h1000-100")], SEED_LIST[3:]),
     "ff-adam-inputs-h1000": ([_spec("ff-adam-inputs-h1000")], SEED_LIST),
+    # the graph optimizers warm-started from it and their FF control, each its best checkpoint on validation
+    "ng-gnn-32x2-from-ff-h1000": ([_spec("ng-gnn-32x2-from-ff-h1000")], SEED_LIST),
+    "dng-from-ff-h1000": ([_spec("dng-from-ff-h1000")], SEED_LIST),
+    "ff-h1000-continued": ([_spec("ff-h1000-continued")], SEED_LIST),
 }
 
 
@@ -334,7 +338,9 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
              ("ff-reference-v-seed2", "ff"), ("ng-gnn-adam-inputs", "ng-gnn"),
              ("tensor-lstm-adam-inputs", "tensor-lstm"), ("ff-adam-inputs-h1000", "ff-adam-inputs"),
              ("ng-gnn-32x2-adam-inputs", "ng-gnn-adam-inputs"),
-             ("ng-gnn-32x2-adam-inputs-h1000-100", "ng-gnn-32x2-adam-inputs")]
+             ("ng-gnn-32x2-adam-inputs-h1000-100", "ng-gnn-32x2-adam-inputs"),
+             ("ff-h1000-continued", "ff-adam-inputs-h1000"), ("ng-gnn-32x2-from-ff-h1000", "ff-h1000-continued"),
+             ("dng-from-ff-h1000", "ff-h1000-continued")]
 
 
 def paired_table(merged: dict) -> str:
