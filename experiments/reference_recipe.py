@@ -99,6 +99,14 @@ RUNS = {
     "ff-h1000-continued": ("reference-ff.toml", [
         "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000,
         "run.out_dir='runs/reference-ff-h1000-continued'"]),
+    # ff-h1000-window: ff-h1000-continued with the window estimator instead of the greedy one-step gradient: every
+    # inner step credited with the first-order gradient of the 200 losses after it, so meta-training sees what a
+    # step does to the losses that follow instead of only the next one (the window needs the next-batch loss and
+    # the mean over the truncation). Against the drift of greedy meta-training past its validation best.
+    "ff-h1000-window": ("reference-ff.toml", [
+        "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000, "meta.estimator='window'",
+        "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'",
+        "run.out_dir='runs/reference-ff-h1000-window'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
