@@ -12,6 +12,7 @@ On CUDA (``--device cuda``) the table also has the optimizer's extra peak GPU me
 ``step()`` above the memory held before it, state included, divided by the parameter count).
 
     python -m benchmarks.step_overhead [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
+        [--checkpoints LABEL=PATH ...]
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def peak_extra_bytes(fn, device: torch.device) -> float | None:
     return float(torch.cuda.max_memory_allocated() - before)
 
 
-def bench_task(name: str, families: list[str], repeats: int, device: torch.device = torch.device("cpu")
-               ) -> list[dict]:
+def bench_task(name: str, families: list[str], repeats: int, device: torch.device = torch.device("cpu"),
+               checkpoints: dict[str, Path] | None = None) -> list[dict]:
+    """``families``: as shipped (``meta_train/configs``); ``checkpoints``: label -> any checkpoint file, timed too."""
     task = TASKS[name]()
     model = task.make_model(0).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -80,6 +82,8 @@ def bench_task(name: str, families: list[str], repeats: int, device: torch.devic
     candidates = [(fam, lambda fam=fam: NeuralGraphOptimizer(
         model, optimizer=build_optimizer(load_config(CONFIGS / CONFIG_FILES.get(fam, f"{fam}.toml")).optimizer)))
         for fam in families]
+    candidates += [(label, lambda path=path: NeuralGraphOptimizer(model, checkpoint=path))
+                   for label, path in (checkpoints or {}).items()]
     candidates.append(("shipped default", lambda: NeuralGraphOptimizer(model)))
     for label, make in candidates:
         torch.manual_seed(0)
@@ -107,15 +111,23 @@ def main(argv=None) -> None:
     ap.add_argument("--tasks", nargs="*", default=None,
                     help="default: every task; on the CPU all but cifar10-resnet18 (about 7 GB and minutes per "
                          "optimizer there; name it to include it)")
+    ap.add_argument("--checkpoints", nargs="*", default=[], metavar="LABEL=PATH",
+                    help="also time these checkpoint files (e.g. candidates for the default)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     args = ap.parse_args(argv)
     device = device_or_exit(ap, args.device)
     if args.tasks is None:
         args.tasks = [t for t in TASKS if device.type == "cuda" or t != "cifar10-resnet18"]
+    checkpoints = {}
+    for item in args.checkpoints:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            ap.error(f"--checkpoints {item!r}: expected LABEL=PATH of an existing checkpoint file")
+        checkpoints[label] = Path(path)
     records = []
     for name in args.tasks:
-        records += bench_task(name, args.families, args.repeats, device)
+        records += bench_task(name, args.families, args.repeats, device, checkpoints)
         print(f"done {name}", file=sys.stderr)
     cols = ["task", "params", "optimizer", "fwd_bwd_ms", "step_ms", "step_over_fwd_bwd", "state_floats_per_param"]
     if device.type == "cuda":

@@ -19,3 +19,15 @@ def test_live_storage_counter_tracks_the_peak_of_live_tensors():
     assert counter.live == 3000
     del b, c
     assert counter.live == 0
+
+
+def test_step_overhead_times_a_checkpoint_beside_the_shipped_default(tmp_path):
+    from benchmarks.step_overhead import bench_task
+    from l2o.optim import OptimizerConfig, build_optimizer, save_checkpoint
+
+    cfg = OptimizerConfig(family="ff", head_hidden=8)
+    save_checkpoint(tmp_path / "ff.pt", build_optimizer(cfg), cfg)
+    records = bench_task("fmnist-conv", [], repeats=1, checkpoints={"candidate": tmp_path / "ff.pt"})
+    rows = {r["optimizer"]: r for r in records}
+    assert set(rows) == {"adam (torch)", "candidate", "shipped default"}
+    assert rows["candidate"]["step_ms"] > 0 and rows["candidate"]["params"] == rows["adam (torch)"]["params"]
