@@ -107,6 +107,11 @@ RUNS = {
         "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000, "meta.estimator='window'",
         "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'",
         "run.out_dir='runs/reference-ff-h1000-window'"]),
+    # ng-gnn-32x2-from-ff-h1000-window: ng-gnn-32x2-from-ff-h1000 with ff-h1000-window's estimator, 100 outer steps
+    "ng-gnn-32x2-from-ff-h1000-window": ("reference.toml", [
+        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", "meta.estimator='window'",
+        "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'",
+        "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
