@@ -218,6 +218,8 @@ PARTS = {
     "ng-gnn-32x2-from-ff-h1000": ([_spec("ng-gnn-32x2-from-ff-h1000")], SEED_LIST),
     "dng-from-ff-h1000": ([_spec("dng-from-ff-h1000")], SEED_LIST),
     "ff-h1000-continued": ([_spec("ff-h1000-continued")], SEED_LIST),
+    "ff-h1000-window": ([_spec("ff-h1000-window")], SEED_LIST),
+    "ng-gnn-32x2-from-ff-h1000-window": ([_spec("ng-gnn-32x2-from-ff-h1000-window")], SEED_LIST),
 }
 
 
@@ -357,7 +359,9 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
              ("ng-gnn-32x2-adam-inputs", "ng-gnn-adam-inputs"),
              ("ng-gnn-32x2-adam-inputs-h1000-100", "ng-gnn-32x2-adam-inputs"),
              ("ff-h1000-continued", "ff-adam-inputs-h1000"), ("ng-gnn-32x2-from-ff-h1000", "ff-h1000-continued"),
-             ("dng-from-ff-h1000", "ff-h1000-continued")]
+             ("dng-from-ff-h1000", "ff-h1000-continued"), ("ff-h1000-window", "ff-h1000-continued"),
+             ("ff-h1000-window", "ff-adam-inputs-h1000"),
+             ("ng-gnn-32x2-from-ff-h1000-window", "ff-h1000-window")]
 
 
 def paired_table(merged: dict) -> str:
