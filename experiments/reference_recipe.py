@@ -5,7 +5,7 @@
     python -m experiments.reference_recipe eval --part baselines       # CIFAR-10, 1000 steps, 5 seeds (resumable)
     python -m experiments.reference_recipe eval --part ng-gnn
     python -m experiments.reference_recipe report                      # merge the parts: table.md, curves
-    python -m experiments.reference_recipe sweep --only ff-adam-inputs-h1000   # the width/depth sweep (resumable)
+    python -m experiments.reference_recipe sweep --only ff-h1000-window   # the width/depth sweep (resumable)
 
 ``--device cuda`` runs ``train`` (as ``run.device``) and ``eval`` on a GPU.
 
@@ -267,7 +267,7 @@ def eval_part(part: str, device: str = "cpu") -> None:
 # named here; `sweep --only` takes any shipped run): each is evaluated at every sweep point with the seeds tuned
 # Adam ran there (results/eval/sweep, the same evaluation code), paired seed by seed; the points that are
 # cifar10-conv itself come from the main evaluation.
-SWEEP_RUNS = ("ff-adam-inputs-h1000",)
+SWEEP_RUNS = ("ff-h1000-window",)
 SWEEP_ADAM = Path("results/eval/sweep")
 SHIPPED_SWEEP = Path("results/sweep.json")  # the shipped default's records, drawn beside this study's
 
