@@ -304,8 +304,12 @@ def sweep_records(main: dict) -> list[dict]:
                 if not path.is_file():
                     continue
                 res, adam = read_results(path), read_results(SWEEP_ADAM / task / "results.json")["runs"]["adam"]
-            if label in res["runs"]:
-                recs.append(paired_record(task, name, res["runs"][label], adam, res["steps"]))
+            entry = res["runs"].get(label)
+            if entry is not None and {r.seed for r in entry.runs} >= {r.seed for r in adam.runs}:
+                recs.append(paired_record(task, name, entry, adam, res["steps"]))
+            elif entry is not None:  # an interrupted sweep point: rerun `sweep` to finish it
+                print(f"sweep: {name} on {task} has seeds {sorted(r.seed for r in entry.runs)} of "
+                      f"{sorted(r.seed for r in adam.runs)}; left out")
     return recs
 
 
