@@ -193,7 +193,7 @@ class MetaConfig:
     loss_clip: float = 1e3  # inner losses above this count as a blow-up: the task is reset
     # a learned-optimizer checkpoint to start from instead of a fresh initialisation ("" = fresh): the weights the
     # two share are copied, and a graph optimizer started from an FF checkpoint starts as exactly its rule
-    # (l2o.optim.warm_start). A resumed run continues from its own checkpoint.
+    # (l2o.optim.warm_start). A resumed run continues from its own checkpoint (the file is still read at every start).
     init_from: str = ""
     max_bad_steps: int = 20  # stop with an error after this many outer steps in a row without progress (see train)
     # Evaluate the optimizee losses/gradients of the tasks that share an architecture in one torch.func.vmap call
