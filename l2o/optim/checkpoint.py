@@ -114,7 +114,8 @@ def warm_start(optimizer: Optimizer, config: OptimizerConfig, path: str | Path) 
         raise CheckpointError(f"cannot warm-start from '{path}': shared weights differ in shape ({'; '.join(wrong)})")
     shared = [k for k in state if k in own]
     if not shared:
-        raise CheckpointError(f"cannot warm-start from '{path}': it shares no weight with a {config.family!r} optimizer")
+        raise CheckpointError(f"cannot warm-start from '{path}': it shares no weight with a {config.family!r} "
+                              f"optimizer")
     with torch.no_grad():
         named = dict(optimizer.named_parameters())
         named.update(optimizer.named_buffers())
