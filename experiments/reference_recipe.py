@@ -41,6 +41,9 @@ NG_GNN_32X2 = ["meta.outer_steps=1000", "run.validate_every=50", "optimizer.inpu
 # Continue from FF's best long-horizon rule (ng-gnn-32x2-from-ff-h1000 and its control below).
 FROM_FF_H1000 = ["meta.horizon_max=1000", "meta.loss_clip=10", "meta.outer_steps=200", "meta.lr=1e-4",
                  f"meta.init_from='{OUT / 'checkpoints' / 'ff-adam-inputs-h1000.pt'}'"]
+# The window estimator instead of the greedy one-step gradient (ff-h1000-window below says why; the window needs the
+# next-batch loss and the mean over the truncation).
+WINDOW = ["meta.estimator='window'", "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'"]
 # name -> (config file, overrides). The outer budgets are what fit here (published: 1000 outer steps).
 RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
@@ -101,16 +104,14 @@ RUNS = {
         "run.out_dir='runs/reference-ff-h1000-continued'"]),
     # ff-h1000-window: ff-h1000-continued with the window estimator instead of the greedy one-step gradient: every
     # inner step credited with the first-order gradient of the 200 losses after it, so meta-training sees what a
-    # step does to the losses that follow instead of only the next one (the window needs the next-batch loss and
-    # the mean over the truncation). Against the drift of greedy meta-training past its validation best.
+    # step does to the losses that follow instead of only the next one. Against the drift of greedy meta-training
+    # past its validation best.
     "ff-h1000-window": ("reference-ff.toml", [
-        "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000, "meta.estimator='window'",
-        "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'",
+        "run.validate_every=50", "optimizer.inputs='adam'", *FROM_FF_H1000, *WINDOW,
         "run.out_dir='runs/reference-ff-h1000-window'"]),
     # ng-gnn-32x2-from-ff-h1000-window: ng-gnn-32x2-from-ff-h1000 with ff-h1000-window's estimator, 100 outer steps
     "ng-gnn-32x2-from-ff-h1000-window": ("reference.toml", [
-        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", "meta.estimator='window'",
-        "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'",
+        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW,
         "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
@@ -453,10 +454,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.stage == "ship":
         ship(args.only or list(RUNS))
     elif args.stage == "sweep":
-        missing = [n for n in args.only or SWEEP_RUNS if not (OUT / "checkpoints" / f"{n}.pt").is_file()]
+        names = args.only or list(SWEEP_RUNS)
+        missing = [n for n in names if not (OUT / "checkpoints" / f"{n}.pt").is_file()]
         if missing:
             ap.error(f"sweep: no shipped checkpoint for {missing} (meta-train and `ship` them first)")
-        sweep(args.only or list(SWEEP_RUNS), args.device or "cpu")
+        sweep(names, args.device or "cpu")
     elif args.stage == "eval":
         if not args.part:
             ap.error("eval needs --part (one of: " + ", ".join(PARTS) + ")")

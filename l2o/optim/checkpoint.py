@@ -116,11 +116,8 @@ def warm_start(optimizer: Optimizer, config: OptimizerConfig, path: str | Path) 
     if not shared:
         raise CheckpointError(f"cannot warm-start from '{path}': it shares no weight with a {config.family!r} "
                               f"optimizer")
+    optimizer.load_state_dict({k: state[k] for k in shared}, strict=False)
     with torch.no_grad():
-        named = dict(optimizer.named_parameters())
-        named.update(optimizer.named_buffers())
-        for k in shared:
-            named[k].copy_(state[k])
         proj = getattr(getattr(optimizer, "head", None), "embed_proj", None)
         if proj is not None and not any(k.startswith("head.embed_proj.") for k in state):
             proj.weight.zero_()
