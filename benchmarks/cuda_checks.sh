@@ -9,6 +9,9 @@
 #
 #   OUT=/tmp/out L2O_DATA=/path/with/FashionMNIST bash benchmarks/cuda_checks.sh
 #
+# Options (environment): FAMILIES / CHECKPOINTS (LABEL=PATH ...) narrow or extend the step-overhead stage;
+# THROUGHPUT=0 skips stage 3 (for a lease too short for all three).
+#
 # Needs only Fashion-MNIST under $L2O_DATA (the benchmarks use random batches; tests that need CIFAR-10 skip).
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
@@ -32,7 +35,7 @@ pack() {  # the logs, and the CUDA tables once a benchmark has written them
 torch.cuda.get_device_name(), torch_geometric.__version__, accelerate.__version__)"; nproc; } >> "$OUT/checks.log" 2>&1
 
 # 1. correctness: the CUDA test cases (in parallel with the CLI checks; they are small)
-stage tests_cuda 150 python3 -m pytest -q -k cuda -p no:cacheprovider -n 6 tests &
+stage tests_cuda 240 python3 -m pytest -q -k cuda -p no:cacheprovider tests &
 tests_pid=$!
 stage cli_quick 60 python3 -m meta_train train --config meta_train/configs/quick.toml --device cuda \
   --set meta.outer_steps=3 --set run.validate_every=0 --out-dir /tmp/cli_quick --overwrite
@@ -45,8 +48,12 @@ wait $tests_pid
 pack
 
 # 2. the optimizer step on real-size models, alone on the GPU
-stage step_overhead 150 python3 -m benchmarks.step_overhead --device cuda --repeats 10
+step_args=(--device cuda --repeats 10)
+[ -n "${FAMILIES:-}" ] && step_args+=(--families $FAMILIES)
+[ -n "${CHECKPOINTS:-}" ] && step_args+=(--checkpoints $CHECKPOINTS)
+stage step_overhead 180 python3 -m benchmarks.step_overhead "${step_args[@]}"
 pack
+[ "${THROUGHPUT:-1}" = 0 ] && { log done; exit 0; }
 
 # 3. meta-training throughput against tasks per process, alone on the GPU
 stage throughput 200 python3 -m benchmarks.meta_train_throughput --tasks 1 4 16 64 --vectorize on --device cuda \

@@ -12,7 +12,11 @@ On CUDA (``--device cuda``) the table also has the optimizer's extra peak GPU me
 ``step()`` above the memory held before it, state included, divided by the parameter count).
 
     python -m benchmarks.step_overhead [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
-        [--checkpoints LABEL=PATH ...]
+        [--checkpoints LABEL=PATH ...] [--chunk-rows N]
+
+``--chunk-rows N`` times the step with the per-element MLPs evaluated ``N`` rows at a time on that device
+(``l2o.runtime.CPU_CHUNK_ROWS`` / ``CUDA_CHUNK_ROWS``) instead of the shipped size: on a GPU fewer, larger chunks mean
+fewer kernel launches and more memory (``results/benchmarks/step_overhead_candidates/chunk_rows_cuda.md``).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import l2o.runtime
 from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, time_ms, write_json
 from l2o import NeuralGraphOptimizer
 from l2o.optim import LEARNED_FAMILIES, build_optimizer
@@ -99,6 +104,7 @@ def bench_task(name: str, families: list[str], repeats: int, device: torch.devic
         r["step_over_fwd_bwd"] = r["step_ms"] / fb
         r["params"] = n_params
         r["device"] = str(device)
+        r["chunk_rows"] = l2o.runtime.CPU_CHUNK_ROWS if device.type == "cpu" else l2o.runtime.CUDA_CHUNK_ROWS
         r.update(machine())
     return records
 
@@ -115,8 +121,14 @@ def main(argv=None) -> None:
                     help="also time these checkpoint files (e.g. candidates for the default)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    ap.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                    help="rows per chunk of the per-element MLPs on --device (default: as shipped)")
     args = ap.parse_args(argv)
     device = device_or_exit(ap, args.device)
+    if args.chunk_rows is not None:
+        if args.chunk_rows < 1:
+            ap.error(f"--chunk-rows {args.chunk_rows}: expected a positive number of rows")
+        setattr(l2o.runtime, "CPU_CHUNK_ROWS" if device.type == "cpu" else "CUDA_CHUNK_ROWS", args.chunk_rows)
     if args.tasks is None:
         args.tasks = [t for t in TASKS if device.type == "cuda" or t != "cifar10-resnet18"]
     checkpoints = {}

@@ -113,6 +113,10 @@ RUNS = {
     "ng-gnn-32x2-from-ff-h1000-window": ("reference.toml", [
         *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW,
         "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window'"]),
+    # -seed1 / -seed2: its second and third meta-training seeds (the same warm start, FF's seed-0 rule)
+    **{f"ng-gnn-32x2-from-ff-h1000-window-seed{s}": ("reference.toml", [
+        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW, f"run.seed={s}",
+        f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-seed{s}'"]) for s in (1, 2)},
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
@@ -221,6 +225,8 @@ PARTS = {
     "ff-h1000-continued": ([_spec("ff-h1000-continued")], SEED_LIST),
     "ff-h1000-window": ([_spec("ff-h1000-window")], SEED_LIST),
     "ng-gnn-32x2-from-ff-h1000-window": ([_spec("ng-gnn-32x2-from-ff-h1000-window")], SEED_LIST),
+    **{f"ng-gnn-32x2-from-ff-h1000-window-seed{s}": ([_spec(f"ng-gnn-32x2-from-ff-h1000-window-seed{s}")], SEED_LIST)
+       for s in (1, 2)},
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }

@@ -44,9 +44,11 @@ def _mallopt() -> bool:
 
 # Rows per chunk of a per-element MLP evaluated without autograd (the optimizer step). On the CPU a chunk's
 # [rows, hidden] temporaries stay in the core's cache (8192 x 64 floats = 2 MiB, its L2) instead of streaming [P, hidden]
-# tensors through memory once per layer; on a GPU chunks only bound the peak memory, so they are much larger.
+# tensors through memory once per layer; on a GPU chunks only bound the peak memory, so they are much larger: the step
+# there is launch-bound, and 2^19 rows took 13-21 % off a ResNet-18 step against 2^18 for at most +14 bytes per
+# parameter, with nothing gained past it (results/benchmarks/step_overhead_candidates/chunk_rows_cuda.md, H200).
 CPU_CHUNK_ROWS = 8192
-CUDA_CHUNK_ROWS = 1 << 18
+CUDA_CHUNK_ROWS = 1 << 19
 
 
 def row_chunks(num_rows: int, device: torch.device) -> list[tuple[int, int]]:

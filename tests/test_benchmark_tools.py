@@ -31,3 +31,21 @@ def test_step_overhead_times_a_checkpoint_beside_the_shipped_default(tmp_path):
     rows = {r["optimizer"]: r for r in records}
     assert set(rows) == {"adam (torch)", "candidate", "shipped default"}
     assert rows["candidate"]["step_ms"] > 0 and rows["candidate"]["params"] == rows["adam (torch)"]["params"]
+    assert {r["chunk_rows"] for r in records} == {8192}  # the CPU chunk size as shipped
+
+
+def test_step_overhead_chunk_rows_sets_the_devices_chunk_size_and_rejects_nonsense(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    import l2o.runtime
+    from benchmarks import step_overhead
+
+    with pytest.raises(SystemExit):
+        step_overhead.main(["--chunk-rows", "0", "--families", "--tasks", "fmnist-conv"])
+    assert "--chunk-rows 0: expected a positive number of rows" in capsys.readouterr().err
+    monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", l2o.runtime.CPU_CHUNK_ROWS)  # restored after the test
+    step_overhead.main(["--chunk-rows", "1000", "--families", "--tasks", "fmnist-conv", "--repeats", "1",
+                        "--out", str(tmp_path)])
+    import json
+    records = json.loads((tmp_path / "step_overhead.json").read_text())
+    assert {r["chunk_rows"] for r in records} == {1000} and l2o.runtime.CPU_CHUNK_ROWS == 1000
