@@ -242,3 +242,19 @@ def test_warm_start_refuses_a_head_set_up_differently(tmp_path):
         warm_start(gnn, cfg, tmp_path / "ff.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         warm_start(gnn, cfg, tmp_path / "missing.pt")
+
+
+def test_loss_rise_is_zero_for_a_falling_loss_and_measures_a_climb_after_step_100():
+    from experiments.reference_recipe import loss_rise
+    from meta_train.eval_records import OptimizerRuns, SeedRun
+
+    def entry(curve):
+        return OptimizerRuns(family="x", checkpoint="x.pt", digest=None, hyper=None, runs=[
+            SeedRun(seed=s, losses=curve, evals=[], acc=0.5, step_ms=1.0, diverged=False) for s in (0, 1)])
+
+    falling = [2.0 - 0.001 * t for t in range(1000)]
+    assert loss_rise(entry(falling)) == 0.0
+    jump = [2.0] * 500 + [3.0] * 500  # the loss jumps by 1 at step 501 and stays there
+    assert loss_rise(entry(jump)) == pytest.approx(1.0)
+    early = [2.0 + 0.01 * t for t in range(60)] + falling[60:]  # a climb before step 100 does not count
+    assert loss_rise(entry(early)) == 0.0

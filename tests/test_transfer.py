@@ -129,3 +129,29 @@ def test_sweep_runs_the_default_and_keeps_families_an_earlier_call_added(results
     assert calls[0][2] == {"adam": {"lr": 3e-3}}
     with pytest.raises(ValueError, match="not a sweep point"):
         results.sweep_all(10, 1, out, ["cifar10-conv-w8"])
+
+
+def test_a_pinned_default_stays_the_default_and_joins_the_shipped_list(results_dir):
+    for name, family, score in [("ng-gnn", "ng-gnn", 0.74), ("dng", "dng", 0.70), ("ff", "ff", 0.9)]:
+        model_cards.ship(name, _run(results_dir, name, family, score))
+    with pytest.raises(ValueError, match="not trained by this pipeline"):  # a card must say how to reproduce it
+        model_cards.ship("study-gnn", _run(results_dir, "study-gnn", "ng-gnn", 0.6))
+    model_cards.ship("study-gnn", _run(results_dir, "study-gnn", "ng-gnn", 0.6), reproduce="`make study`")
+    assert "`make study`" in (results_dir / "checkpoints" / "study-gnn.md").read_text()
+    with pytest.raises(ValueError, match="not a graph optimizer"):
+        model_cards.pin_default("ff", "best transfer")
+    default = model_cards.pin_default("study-gnn", "Best on CIFAR-10.")
+    study = (results_dir / "checkpoints" / "study-gnn.pt").read_bytes()
+    assert default.read_bytes() == study == (results_dir / "pretrained" / "default.pt").read_bytes()
+    model_cards.choose_default()  # what the results pipeline calls after every run: the pin holds
+    assert default.read_bytes() == study
+    assert "pinned" in (results_dir / "checkpoints" / "default.md").read_text()
+    assert model_cards.shipped_names()[-1] == "study-gnn"
+    assert results.shipped_specs()[0].startswith("study-gnn=")  # the default's source is evaluated first
+    index = (results_dir / "checkpoints" / "README.md").read_text()
+    assert "`study-gnn.pt`, pinned by `default.json` (Best on CIFAR-10.)" in index and "| `study-gnn.pt` |" in index
+    (results_dir / "checkpoints" / "study-gnn.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="delete default.json"):
+        model_cards.choose_default()
+    (results_dir / "checkpoints" / "default.json").unlink()
+    assert read_checkpoint(model_cards.choose_default())["summary"]["best_val_score"] == 0.74  # by validation again

@@ -17,8 +17,9 @@ from ..train import validate
 from . import results_plan as plan
 
 
-def ship(name: str, run: Path) -> Path:
-    """Copy a finished run's ``best.pt`` to ``results/checkpoints/<name>.pt`` and write its model card."""
+def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
+    """Copy a finished run's ``best.pt`` to ``results/checkpoints/<name>.pt`` and write its model card;
+    ``reproduce``: the card's command line (default: this pipeline's, for a :data:`results_plan.SHIPPED` name)."""
     plan.CHECKPOINTS.mkdir(parents=True, exist_ok=True)
     dst = plan.CHECKPOINTS / f"{name}.pt"
     shutil.copyfile(run / "best.pt", dst)
@@ -47,11 +48,18 @@ def ship(name: str, run: Path) -> Path:
         f"- **Wall time:** {_run_minutes(run):.1f} min for the whole run on {summary.get('machine')} (shared with "
         f"other jobs, so an upper bound).",
         f"- **Commit:** `{summary.get('commit')}`.",
-        (f"- **Reproduce:** `python -m meta_train results --stages train --only {name}` "
-         f"(config `meta_train/configs/{plan.SHIPPED[name][0]}`, seed {plan.SHIPPED[name][1]})."), ""]
+        f"- **Reproduce:** {reproduce or _reproduce(name)}", ""]
     dst.with_suffix(".md").write_text("\n".join(card))
     print(f"   shipped {dst} (+ model card)")
     return dst
+
+
+def _reproduce(name: str) -> str:
+    if name not in plan.SHIPPED:
+        raise ValueError(f"{name!r} is not trained by this pipeline ({', '.join(plan.SHIPPED)}): pass ship() the "
+                         "command that reproduces it")
+    return (f"`python -m meta_train results --stages train --only {name}` "
+            f"(config `meta_train/configs/{plan.SHIPPED[name][0]}`, seed {plan.SHIPPED[name][1]}).")
 
 
 def _run_minutes(run: Path) -> float:
@@ -88,17 +96,18 @@ def reference_validation(config: str = "ng-gnn.toml") -> dict:
 
 def write_index() -> None:
     """``results/checkpoints/README.md``: every shipped checkpoint with its selection score beside the reference."""
-    ref = reference_validation()
+    ref, pin = reference_validation(), pinned_default()
+    how = (f"is `{pin['pinned']}.pt`, pinned by `default.json` ({pin['reason']})" if pin else
+           "is the graph optimizer with the best Fashion-MNIST validation accuracy")
     lines = ["# Shipped learned optimizers", "",
              "Meta-trained on the Fashion-MNIST CNN family with one shared budget (`meta_train/configs/fmnist.toml`) by "
-             "`python -m meta_train results --stages train`; each file has a model card (`<name>.md`). "
-             "`default.pt` (the default of `NeuralGraphOptimizer(model)`) is the graph optimizer with the best "
-             "Fashion-MNIST validation accuracy.", "",
+             "`python -m meta_train results --stages train`, except where a card says otherwise; each file has a "
+             f"model card (`<name>.md`). `default.pt` (the default of `NeuralGraphOptimizer(model)`) {how}.", "",
              f"Validation: `{ref['key']['validation_task']}` validation split, {ref['key']['validation_steps']} inner "
              f"steps, {ref['key']['validation_seeds']} seeds. The untrained optimizer of every family is exactly "
              f"{ref.get('optimizer', 'Adam')}, which scores **{pct(ref['val_score'])}**.", "",
              "| checkpoint | family | FMNIST validation | selected outer step | meta-parameters |", "|---|---|---|---|---|"]
-    for name in plan.SHIPPED:
+    for name in shipped_names():
         path = plan.CHECKPOINTS / f"{name}.pt"
         if path.exists():
             payload = read_checkpoint(path)
@@ -109,10 +118,40 @@ def write_index() -> None:
     (plan.CHECKPOINTS / "README.md").write_text("\n".join(lines) + "\n")
 
 
+def pin_default(name: str, reason: str) -> Path:
+    """Make the shipped ``results/checkpoints/<name>.pt`` the default, and keep it so: :func:`choose_default` then
+    leaves it in place (``default.json`` records the choice and ``reason``, Markdown, for the card)."""
+    if read_checkpoint(plan.CHECKPOINTS / f"{name}.pt")["family"] not in GRAPH_FAMILIES:
+        raise ValueError(f"{name}.pt is not a graph optimizer ({', '.join(GRAPH_FAMILIES)}): the default must be one")
+    (plan.CHECKPOINTS / "default.json").write_text(json.dumps({"pinned": name, "reason": reason}, indent=2) + "\n")
+    return choose_default()
+
+
+def shipped_names() -> list[str]:
+    """The names of :data:`results_plan.SHIPPED`, then a pinned default that this pipeline does not train."""
+    pin = pinned_default()
+    return [*plan.SHIPPED, *([pin["pinned"]] if pin and pin["pinned"] not in plan.SHIPPED else [])]
+
+
+def pinned_default() -> dict | None:
+    """``{"pinned": name, "reason": ...}`` when :func:`pin_default` chose the default, else None."""
+    path = plan.CHECKPOINTS / "default.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def choose_default() -> Path | None:
-    """The graph optimizer with the best Fashion-MNIST validation accuracy becomes ``default.pt``."""
+    """``default.pt``: the pinned checkpoint (:func:`pin_default`) if there is one, else the graph optimizer with the
+    best Fashion-MNIST validation accuracy."""
+    pin = pinned_default()
+    if pin is not None:
+        if not (plan.CHECKPOINTS / f"{pin['pinned']}.pt").is_file():
+            raise FileNotFoundError(f"default.json pins {pin['pinned']}.pt, which is not in {plan.CHECKPOINTS}: ship "
+                                    "it again or delete default.json to choose by validation")
+        return _install_default(pin["pinned"], (
+            f"The default of `NeuralGraphOptimizer(model)`, pinned (`default.json`). {pin['reason']} "
+            f"See `{pin['pinned']}.md` for its card.\n"))
     scored = []
-    for name in plan.SHIPPED:
+    for name in shipped_names():
         path = plan.CHECKPOINTS / f"{name}.pt"
         if path.exists():
             payload = read_checkpoint(path)
@@ -121,14 +160,19 @@ def choose_default() -> Path | None:
     if not scored:
         return None
     score, name = max(scored)
+    print(f"== default.pt = {name}.pt (Fashion-MNIST validation {pct(score)})")
+    return _install_default(name, (
+        f"The default of `NeuralGraphOptimizer(model)`: of the shipped graph optimizers "
+        f"({', '.join(n for _, n in sorted(scored, reverse=True))}), the one with the best Fashion-MNIST validation "
+        f"accuracy ({pct(score)}). See `{name}.md` for its card.\n"))
+
+
+def _install_default(name: str, why: str) -> Path:
+    """Copy ``<name>.pt`` to ``default.pt`` and into the package data (with its card), and write ``default.md``."""
     dst = plan.CHECKPOINTS / "default.pt"
     shutil.copyfile(plan.CHECKPOINTS / f"{name}.pt", dst)
     shutil.copyfile(dst, plan.PRETRAINED / "default.pt")  # the package data the wheel ships, with its card
     shutil.copyfile(plan.CHECKPOINTS / f"{name}.md", plan.PRETRAINED / "default.md")
-    dst.with_suffix(".md").write_text(
-        f"# `default.pt` = `{name}.pt`\n\nThe default of `NeuralGraphOptimizer(model)`: of the shipped graph "
-        f"optimizers ({', '.join(n for _, n in sorted(scored, reverse=True))}), the one with the best Fashion-MNIST "
-        f"validation accuracy ({pct(score)}). See `{name}.md` for its card.\n")
-    print(f"== default.pt = {name}.pt (Fashion-MNIST validation {pct(score)})")
+    dst.with_suffix(".md").write_text(f"# `default.pt` = `{name}.pt`\n\n{why}")
     write_index()
     return dst

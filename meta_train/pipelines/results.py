@@ -33,7 +33,7 @@ from ..eval_records import read_results
 from ..evaluate import GRIDS, evaluate, file_digest, write_report
 from ..train import train
 from . import results_plan as plan
-from .model_cards import choose_default, ship
+from .model_cards import choose_default, ship, shipped_names
 from .sweep_report import write_sweep
 from .transfer_report import write as write_transfer
 
@@ -83,7 +83,7 @@ def _finished(run: Path, outer_steps: int) -> bool:
 # ----------------------------------------------------------------------------------------------- stage 2, 3
 def shipped_specs() -> list[str]:
     """``name=path`` of every shipped checkpoint, the default's source first (it matters most if time runs out)."""
-    names = [n for n in plan.SHIPPED if (plan.CHECKPOINTS / f"{n}.pt").exists()]
+    names = [n for n in shipped_names() if (plan.CHECKPOINTS / f"{n}.pt").exists()]
     default = plan.CHECKPOINTS / "default.pt"
     if default.exists():
         digest = file_digest(default)
