@@ -482,6 +482,11 @@ def ship_default(name: str) -> None:
     reason = (f"Chosen on CIFAR-10 transfer (`{TASK}`, {STEPS} steps, {len(runs[label].runs)} seeds; "
               f"`results/experiments/reference-recipe/`): {acc(label)} against tuned Adam's {acc('adam')} and tuned "
               f"relative Adam's {acc('relative-adam')}.")
+    seeds = [f"reference-{g}" for g in META_SEEDS.get(name, []) if f"reference-{g}" in runs]
+    if len(seeds) > 1:
+        means = torch.tensor([[r.acc for r in runs[g].runs] for g in seeds]).mean(1) * 100
+        reason += (f" Over {len(seeds)} meta-training seeds of its recipe: {means.mean():.2f} +- {means.std():.2f} % "
+                   f"({' / '.join(f'{m:.2f}' for m in means)}).")
     model_cards.ship(name, run_dir(name), reproduce=(
         f"`python -m experiments.reference_recipe train --only {name}` (the warm start it names first: "
         f"`meta.init_from` in `RUNS`), then `ship-default {name}`."))
