@@ -488,8 +488,9 @@ def ship_default(name: str) -> None:
         reason += (f" Over {len(seeds)} meta-training seeds of its recipe: {means.mean():.2f} +- {means.std():.2f} % "
                    f"({' / '.join(f'{m:.2f}' for m in means)}).")
     model_cards.ship(name, run_dir(name), reproduce=(
-        f"`python -m experiments.reference_recipe train --only {name}` (the warm start it names first: "
-        f"`meta.init_from` in `RUNS`), then `ship-default {name}`."))
+        f"`python -m experiments.reference_recipe train --only {name}` (it starts from the committed rule that its "
+        f"`meta.init_from` names), then `ship --only {name}`, `eval --part {name}`, `report` and "
+        f"`ship-default --only {name}`."))
     model_cards.pin_default(name, reason)
     print(f"default.pt = {name}.pt: {reason}")
 

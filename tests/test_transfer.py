@@ -155,3 +155,19 @@ def test_a_pinned_default_stays_the_default_and_joins_the_shipped_list(results_d
         model_cards.choose_default()
     (results_dir / "checkpoints" / "default.json").unlink()
     assert read_checkpoint(model_cards.choose_default())["summary"]["best_val_score"] == 0.74  # by validation again
+
+
+def test_sweep_records_of_an_earlier_default_are_named_after_their_checkpoint(results_dir):
+    from meta_train.evaluate import file_digest
+
+    model_cards.ship("dng", _run(results_dir, "dng", "dng", 0.7))
+    old = file_digest(model_cards.choose_default())  # dng is the default while the sweep runs
+    folder = results_dir / "eval" / "sweep" / "cifar10-conv-w16"
+    folder.mkdir(parents=True)
+    folder.joinpath("results.json").write_text(json.dumps({"task": "cifar10-conv-w16", "steps": 100, "runs": {
+        "adam": _record([0.40, 0.42], hyper={"lr": 3e-3}), "default": _record([0.45, 0.44], digest=old)}}))
+    assert [r["optimizer"] for r in sweep_report.sweep_records(results_dir / "eval")] == ["default"]
+    model_cards.ship("study-gnn", _run(results_dir, "study-gnn", "ng-gnn", 0.6), reproduce="`make study`")
+    model_cards.pin_default("study-gnn", "Best on CIFAR-10.")
+    recs = sweep_report.sweep_records(results_dir / "eval")
+    assert [(r["optimizer"], r["advantage_mean"]) for r in recs] == [("dng", pytest.approx(3.5))]

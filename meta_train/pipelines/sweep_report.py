@@ -14,11 +14,14 @@ from . import results_plan as plan
 def sweep_records(out: Path) -> list[dict]:
     """One record per sweep point and learned optimizer: its accuracy, tuned Adam's, and the advantage (mean and std
     over paired seeds). The default is named ``default`` wherever its checkpoint appears (the main evaluation lists it
-    under its source's name)."""
+    under its source's name); records of an earlier default take the name of the shipped checkpoint they came from."""
     default = plan.CHECKPOINTS / "default.pt"
     if not default.exists():
         return []
     digest = file_digest(default)
+    # records made under an earlier default (label "default", another digest): named after the checkpoint they are
+    names = {file_digest(path): path.stem for path in (plan.CHECKPOINTS / f"{n}.pt" for n in plan.SHIPPED)
+             if path.exists()}
     recs = []
     for task in plan.SWEEP:
         path = out / "sweep" / task / "results.json"
@@ -31,8 +34,11 @@ def sweep_records(out: Path) -> list[dict]:
             continue
         adam = res["runs"]["adam"]
         a = [r.acc * 100 for r in adam.runs]
-        learned = {("default" if e.digest == digest else label): e for label, e in res["runs"].items()
-                   if e.digest and (e.digest == digest or label in plan.FAMILY_REPRESENTATIVES)}
+        learned = {}
+        for label, e in res["runs"].items():
+            name = "default" if e.digest == digest else names.get(e.digest, label) if label == "default" else label
+            if e.digest and (name == "default" or name in plan.FAMILY_REPRESENTATIVES):
+                learned[name] = e
         for name, e in sorted(learned.items(), key=lambda kv: kv[0] != "default"):
             recs.append(paired_record(task, name, e, adam, res["steps"]))
     return recs
