@@ -277,16 +277,17 @@ def eval_part(part: str, device: str = "cpu") -> None:
 # named here; `sweep --only` takes any shipped run): each is evaluated at every sweep point with the seeds tuned
 # Adam ran there (results/eval/sweep, the same evaluation code), paired seed by seed; the points that are
 # cifar10-conv itself come from the main evaluation.
-SWEEP_RUNS = ("ff-h1000-window",)
+SWEEP_RUNS = ("ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window")
 SWEEP_ADAM = Path("results/eval/sweep")
 SHIPPED_SWEEP = Path("results/sweep.json")  # the shipped default's records, drawn beside this study's
 
 
-def sweep(names: list[str], device: str = "cpu") -> None:
-    """Evaluate each run's shipped checkpoint at every sweep point (cheapest first; resumable)."""
+def sweep(names: list[str], device: str = "cpu", points: list[str] | None = None) -> None:
+    """Evaluate each run's shipped checkpoint at every sweep point (cheapest first; resumable), or at ``points`` in
+    that order."""
     from meta_train.pipelines.results_plan import SWEEP_RUN_ORDER
 
-    for task in SWEEP_RUN_ORDER:
+    for task in points or SWEEP_RUN_ORDER:
         seeds = [r.seed for r in read_results(SWEEP_ADAM / task / "results.json")["runs"]["adam"].runs]
         for name in names:
             print(f"sweep: {name} on {task}, seeds {seeds}")
@@ -501,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", default=None, choices=list(RUNS),
                     help="runs to train / ship / sweep (default: every run; sweep: SWEEP_RUNS)")
     ap.add_argument("--part", choices=list(PARTS), help="evaluation part (eval stage)")
+    ap.add_argument("--points", nargs="*", default=None, metavar="TASK",
+                    help="sweep: these sweep points, in this order (default: every one, cheapest first)")
     ap.add_argument("--device", default=None,
                     help="cpu | cuda (train: run.device, default the config's; eval: default cpu; eval also cuda:N)")
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -522,7 +525,13 @@ def main(argv: list[str] | None = None) -> None:
         missing = [n for n in names if not (OUT / "checkpoints" / f"{n}.pt").is_file()]
         if missing:
             ap.error(f"sweep: no shipped checkpoint for {missing} (meta-train and `ship` them first)")
-        sweep(names, args.device or "cpu")
+        from meta_train.pipelines.results_plan import SWEEP_RUN_ORDER
+
+        bad = [p for p in args.points or [] if p not in SWEEP_RUN_ORDER]
+        if bad:
+            ap.error(f"--points {bad}: not evaluated sweep points; choose from {', '.join(SWEEP_RUN_ORDER)} (w32 and d3 "
+                     f"are cifar10-conv itself)")
+        sweep(names, args.device or "cpu", args.points)
     elif args.stage == "ship-default":
         if not args.only or len(args.only) != 1:
             ap.error("ship-default needs exactly one run: --only NAME")
