@@ -272,7 +272,8 @@ def ship(names: list[str]) -> None:
         dest = OUT / "checkpoints" / f"{name}.pt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, dest)
-        shutil.copyfile(folder / "metrics.jsonl", OUT / "checkpoints" / f"{name}.metrics.jsonl")
+        if (folder / "metrics.jsonl").is_file():  # a run brought back from a GPU lease may have only its weights
+            shutil.copyfile(folder / "metrics.jsonl", OUT / "checkpoints" / f"{name}.metrics.jsonl")
         print(f"{name}: {best} -> {dest}")
 
 
