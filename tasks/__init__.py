@@ -18,7 +18,7 @@ from .data import (
 )
 from .family import TaskFamily, channels_for, fmnist_family
 from .models import MLP, ConvNet
-from .registry import Task, conv_task, evaluate_model, get_task, list_tasks, mlp_task, register_task
+from .registry import Task, conv_task, evaluate_model, get_task, list_tasks, mlp_task, register_task, resnet_task
 from .regression import RegressionFamily, RegressionTask
 from .specs import task_from_spec
 
@@ -28,6 +28,6 @@ __all__ = [
     "ImageDataset", "dataset_info", "download", "load_dataset", "resolve_data_root",
     "TaskFamily", "channels_for", "fmnist_family",
     "MLP", "ConvNet",
-    "Task", "conv_task", "evaluate_model", "get_task", "list_tasks", "mlp_task", "register_task",
+    "Task", "conv_task", "evaluate_model", "get_task", "list_tasks", "mlp_task", "register_task", "resnet_task",
     "RegressionFamily", "RegressionTask",
 ]

@@ -285,3 +285,17 @@ def test_a_task_without_a_known_architecture_cannot_be_written_as_a_spec():
         custom.to_spec()
     with pytest.raises(ValueError, match="unknown kind 'ResNet'"):
         task_from_spec({"kind": "ResNet", "name": "x"})
+
+
+def test_resnet_task_is_registered_round_trips_and_refuses_other_activations():
+    import pytest
+
+    from tasks import Task, get_task, resnet_task
+
+    task = get_task("fmnist-resnet18-w16")
+    assert Task.from_spec(task.to_spec()).to_spec() == task.to_spec()
+    model = task.make_model(seed=0)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="ReLU only"):
+        resnet_task("cifar10", 16, activation="tanh")
