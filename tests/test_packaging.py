@@ -30,7 +30,7 @@ def test_the_wheel_holds_the_default_weights(tmp_path):
                     "-w", str(tmp_path)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "l2o/pretrained/default.pt" in names and "meta_train/configs/reference.toml" in names
+    assert "l2o/pretrained/default.pt" in names and "l2o/pretrained/dng.pt" in names and "meta_train/configs/reference.toml" in names
 
 
 def test_pretrained_dir_can_be_overridden(monkeypatch, tmp_path):
@@ -69,3 +69,14 @@ def test_save_pretrained_round_trip_gives_the_same_updates(tmp_path):
 def test_a_folder_without_config_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
         NeuralGraphOptimizer(mlp(0), checkpoint=tmp_path)
+
+
+def test_a_shipped_checkpoint_is_chosen_by_name_and_an_unknown_name_lists_them():
+    from l2o.optim import read_checkpoint, shipped_checkpoint
+
+    opt = NeuralGraphOptimizer(mlp(0), checkpoint="dng")  # the earlier default, carried by the wheel too
+    assert opt.learned.family == read_checkpoint(shipped_checkpoint("dng"))["family"] == "dng"
+    with pytest.raises(FileNotFoundError, match="shipped: default, dng"):
+        NeuralGraphOptimizer(mlp(0), checkpoint="no-such-optimizer")
+    with pytest.raises(Exception, match="does not exist"):  # a path is a path, never looked up by name
+        NeuralGraphOptimizer(mlp(0), checkpoint="missing/dng.pt")

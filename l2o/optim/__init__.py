@@ -5,10 +5,11 @@ from .context import ParamContext
 from .features import FeatureConfig
 from .learned import (Adam, FFOptimizer, GraphOptimizer, LearnedOptimizer, LSTMOptimizer, Optimizer, RelativeAdam,
                       SGDMomentum, TensorLSTMOptimizer)
-from .neural_graph_optimizer import DEFAULT_CHECKPOINT, NeuralGraphOptimizer, pretrained_dir
+from .neural_graph_optimizer import DEFAULT_CHECKPOINT, NeuralGraphOptimizer, pretrained_dir, shipped_checkpoint
 from .pretrained import from_pretrained, save_pretrained
 
-__all__ = ["NeuralGraphOptimizer", "DEFAULT_CHECKPOINT", "pretrained_dir", "ParamContext", "FeatureConfig",
+__all__ = ["NeuralGraphOptimizer", "DEFAULT_CHECKPOINT", "pretrained_dir", "shipped_checkpoint", "ParamContext",
+           "FeatureConfig",
            "OptimizerConfig", "build_optimizer", "Optimizer", "LearnedOptimizer", "GraphOptimizer", "FFOptimizer",
            "LSTMOptimizer", "TensorLSTMOptimizer", "Adam", "RelativeAdam", "SGDMomentum", "save_checkpoint",
            "load_checkpoint", "read_checkpoint", "warm_start", "CheckpointError", "save_pretrained", "from_pretrained",

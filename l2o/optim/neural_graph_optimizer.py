@@ -36,6 +36,17 @@ def pretrained_dir() -> Path:
 
 
 DEFAULT_CHECKPOINT = pretrained_dir() / "default.pt"
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """The package's checkpoint called ``name`` (``<name>.pt`` in :func:`pretrained_dir`, e.g. ``"default"`` or
+    ``"dng"``, the earlier default); ``FileNotFoundError`` naming the ones there otherwise."""
+    path = pretrained_dir() / f"{name}.pt"
+    if not path.is_file():
+        have = sorted(p.stem for p in pretrained_dir().glob("*.pt"))
+        raise FileNotFoundError(f"no checkpoint file '{name}' and no shipped checkpoint of that name; shipped: "
+                                f"{', '.join(have) or 'none'} (in {pretrained_dir()}), or pass a path to a .pt file")
+    return path
 FALLBACKS = ("raise", "per-parameter")
 
 
@@ -58,7 +69,9 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         params: the model itself, or an iterable of parameters / parameter groups (then pass ``model=``).
         model: the network the parameters belong to (its neural graph is built once, here). A
             ``torch.compile``-d model works: its parameters are the original module's, whose graph is built.
-        checkpoint: path of a meta-trained checkpoint (default: the shipped ``default.pt`` in :func:`pretrained_dir`).
+        checkpoint: path of a meta-trained checkpoint, or the name of a shipped one (:func:`shipped_checkpoint`:
+            ``"dng"``, the earlier default, whose step is cheaper on large dense layers); default: the shipped
+            ``default.pt`` in :func:`pretrained_dir`.
         lr: multiplies the learned update (1.0 = as meta-trained); schedulers may change it per group.
         weight_decay: decoupled weight decay (AdamW-style, ``p <- p - lr * weight_decay * p`` on top of the learned
             update, with the group's ``lr``); default 0, per group.
@@ -97,6 +110,8 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
 
         if optimizer is None:
             path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+            if isinstance(checkpoint, str) and not path.exists() and path.suffix == "" and path.name == checkpoint:
+                path = shipped_checkpoint(checkpoint)  # a bare name: one of the package's checkpoints
             if checkpoint is None and not path.is_file():
                 raise FileNotFoundError(
                     f"the shipped default learned optimizer is missing ({path}): this install of l2o is incomplete "

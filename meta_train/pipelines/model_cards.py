@@ -173,6 +173,10 @@ def _install_default(name: str, why: str) -> Path:
     shutil.copyfile(plan.CHECKPOINTS / f"{name}.pt", dst)
     shutil.copyfile(dst, plan.PRETRAINED / "default.pt")  # the package data the wheel ships, with its card
     shutil.copyfile(plan.CHECKPOINTS / f"{name}.md", plan.PRETRAINED / "default.md")
+    for other in plan.PACKAGED:  # named checkpoints the wheel carries too
+        for suffix in (".pt", ".md"):
+            if (plan.CHECKPOINTS / f"{other}{suffix}").is_file():
+                shutil.copyfile(plan.CHECKPOINTS / f"{other}{suffix}", plan.PRETRAINED / f"{other}{suffix}")
     dst.with_suffix(".md").write_text(f"# `default.pt` = `{name}.pt`\n\n{why}")
     write_index()
     return dst
