@@ -143,6 +143,7 @@ def test_a_pinned_default_stays_the_default_and_joins_the_shipped_list(results_d
     default = model_cards.pin_default("study-gnn", "Best on CIFAR-10.")
     study = (results_dir / "checkpoints" / "study-gnn.pt").read_bytes()
     assert default.read_bytes() == study == (results_dir / "pretrained" / "default.pt").read_bytes()
+    assert (results_dir / "pretrained" / "dng.pt").read_bytes() == (results_dir / "checkpoints" / "dng.pt").read_bytes()
     model_cards.choose_default()  # what the results pipeline calls after every run: the pin holds
     assert default.read_bytes() == study
     assert "pinned" in (results_dir / "checkpoints" / "default.md").read_text()
