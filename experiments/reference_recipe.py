@@ -126,6 +126,12 @@ RUNS = {
         f"meta.init_from='{OUT / 'checkpoints' / 'ng-gnn-32x2-from-ff-h1000-window.pt'}'",
         f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-continued{tag}'"])
        for tag, lr in (("", 1e-4), ("-lr3e-4", 3e-4))},
+    # ...-continued-lr3e-4-seed1 / -seed2: the same continuation of meta-training seeds 1 and 2
+    **{f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}": ("reference.toml", [
+        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW, "meta.lr=3e-4",
+        "run.validate_every=25", f"run.seed={s}",
+        f"meta.init_from='{OUT / 'checkpoints' / f'ng-gnn-32x2-from-ff-h1000-window-seed{s}.pt'}'",
+        f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}'"]) for s in (1, 2)},
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
@@ -238,6 +244,8 @@ PARTS = {
        for s in (1, 2)},
     **{f"ng-gnn-32x2-from-ff-h1000-window-continued{t}": (
         [_spec(f"ng-gnn-32x2-from-ff-h1000-window-continued{t}")], SEED_LIST) for t in ("", "-lr3e-4")},
+    **{f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}": (
+        [_spec(f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}")], SEED_LIST) for s in (1, 2)},
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }
@@ -397,9 +405,8 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
 
 
 # Runs that differ only in the meta-training seed: the spread a single run hides.
-META_SEEDS = {"ng-gnn-32x2-from-ff-h1000-window": ["ng-gnn-32x2-from-ff-h1000-window",
-                                                    "ng-gnn-32x2-from-ff-h1000-window-seed1",
-                                                    "ng-gnn-32x2-from-ff-h1000-window-seed2"]}
+META_SEEDS = {name: [name, f"{name}-seed1", f"{name}-seed2"] for name in (
+    "ng-gnn-32x2-from-ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4")}
 
 
 def loss_rise(entry, start: int = 100, window: int = 50) -> float:
