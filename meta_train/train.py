@@ -254,12 +254,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
             if cfg.run.validate_every and ((step + 1) % cfg.run.validate_every == 0 or last_step):
                 if main:
                     record["val_score"] = score = validate(core, cfg, acc.device)
-                    if cfg.run.keep_validated:
-                        save_optimizer(out / "validated" / f"step_{step + 1:07d}.pt", core, cfg,
-                                       _summary(cfg, step + 1, best, counters))
                     if score > best["score"]:
                         best = {"score": score, "step": step + 1}
-                        save_optimizer(out / "best.pt", core, cfg, _summary(cfg, step + 1, best, counters))
+                        save_optimizer(out / "best.pt", core, cfg, _summary(cfg, step + 1, best, counters, score))
+                    if cfg.run.keep_validated:  # its own score in its summary: a kept file can be shipped alone
+                        save_optimizer(out / "validated" / f"step_{step + 1:07d}.pt", core, cfg,
+                                       _summary(cfg, step + 1, best, counters, score))
                 acc.wait_for_everyone()
             if main:
                 if (step + 1) % cfg.run.log_every == 0 or last_step or counters["bad_streak"] >= patience:
@@ -383,8 +383,10 @@ def export_run(run: Path, out: Path) -> Path:
     return save_checkpoint(out, learned, cfg.optimizer, _summary(cfg, meta["step"], meta["best"], meta["counters"]))
 
 
-def _summary(cfg: Config, step: int, best: dict, counters: dict) -> dict:
-    return {"outer_step": step, "best_val_score": best["score"] if math.isfinite(best["score"]) else None,
+def _summary(cfg: Config, step: int, best: dict, counters: dict, val_score: float | None = None) -> dict:
+    """The checkpoint's summary; ``val_score``: the saved weights' own validation score (when validated)."""
+    return {"outer_step": step, "val_score": val_score,
+            "best_val_score": best["score"] if math.isfinite(best["score"]) else None,
             "best_step": best["step"], "wall_s": counters["wall_s"], "blowups": counters["blowups"],
             "meta": json.dumps(cfg.to_dict()), "machine": f"{platform.machine()} {os.cpu_count()} cpus "
             f"torch {torch.__version__}", "commit": git_commit()}

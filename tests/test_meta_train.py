@@ -232,6 +232,11 @@ def test_keep_validated_saves_every_validated_step(tmp_path):
     best = load_checkpoint(tmp_path / "best.pt")[0].state_dict()
     same = load_checkpoint(tmp_path / "validated" / f"step_{result['best']['step']:07d}.pt")[0].state_dict()
     assert all(torch.equal(best[k], same[k]) for k in best)
+    summaries = {n: load_checkpoint(tmp_path / "validated" / n)[2]["summary"] for n in kept}
+    scores = [json.loads(line)["val_score"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if "val_score" in json.loads(line)]
+    assert [summaries[n]["val_score"] for n in kept] == scores  # each kept file knows its own score
+    assert summaries[kept[-1]]["best_val_score"] == max(scores)  # and the best so far, its own included
     last = load_checkpoint(tmp_path / "validated" / "step_0000006.pt")[0].state_dict()
     assert any(not torch.equal(last[k], load_checkpoint(tmp_path / "validated" / "step_0000002.pt")[0].state_dict()[k])
                for k in last)

@@ -28,6 +28,12 @@ def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
     meta = json.loads(summary.get("meta", "{}"))
     m, t = meta.get("meta", {}), meta.get("tasks", {})
     n_params = sum(v.numel() for v in payload["state_dict"].values())
+    own = summary.get("val_score") is not None  # a kept validated file: its own score and step
+    score = summary["val_score"] if own else summary.get("best_val_score")
+    step = summary.get("outer_step") if own else summary.get("best_step")
+    minutes = _run_minutes(run)
+    wall = (f"{minutes:.1f} min for the whole run" if minutes == minutes else  # nan: no metrics.jsonl came with it
+            f"{summary.get('wall_s', float('nan')) / 60:.1f} min to this checkpoint")
     card = [
         f"# `{name}.pt`: {cfg['family']} learned optimizer", "",
         (f"- **Family / config:** `{cfg['family']}`, hidden {cfg['hidden']}, depth {cfg['depth']}, head hidden "
@@ -43,10 +49,11 @@ def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
          f"{', window ' + str(m.get('window')) if m.get('estimator') == 'window' else ''}, horizons "
          f"{m.get('horizon')}..{m.get('horizon_max')}), "
          f"meta-lr {m.get('lr')}, meta-training seed {meta.get('run', {}).get('seed')}."),
-        (f"- **Selected:** outer step {summary.get('best_step')} of {m.get('outer_steps')} by Fashion-MNIST "
-         f"validation accuracy {pct(summary.get('best_val_score'))}."),
-        f"- **Wall time:** {_run_minutes(run):.1f} min for the whole run on {summary.get('machine')} (shared with "
-        f"other jobs, so an upper bound).",
+        *([f"- **Starts from:** the rule in `{m['init_from']}` (`meta.init_from`; the budget above is what was "
+           f"added to it)."] if m.get("init_from") else []),
+        (f"- **Selected:** outer step {step} of {m.get('outer_steps')} by Fashion-MNIST validation accuracy "
+         f"{pct(score)}."),
+        f"- **Wall time:** {wall} on {summary.get('machine')} (shared with other jobs, so an upper bound).",
         f"- **Commit:** `{summary.get('commit')}`.",
         f"- **Reproduce:** {reproduce or _reproduce(name)}", ""]
     dst.with_suffix(".md").write_text("\n".join(card))
