@@ -401,7 +401,9 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
              ("ff-h1000-continued", "ff-adam-inputs-h1000"), ("ng-gnn-32x2-from-ff-h1000", "ff-h1000-continued"),
              ("dng-from-ff-h1000", "ff-h1000-continued"), ("ff-h1000-window", "ff-h1000-continued"),
              ("ff-h1000-window", "ff-adam-inputs-h1000"),
-             ("ng-gnn-32x2-from-ff-h1000-window", "ff-h1000-window")]
+             ("ng-gnn-32x2-from-ff-h1000-window", "ff-h1000-window"),
+             ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ng-gnn-32x2-from-ff-h1000-window"),
+             ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ff-h1000-window")]
 
 
 # Runs that differ only in the meta-training seed: the spread a single run hides.
