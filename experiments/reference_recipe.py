@@ -296,7 +296,7 @@ def eval_part(part: str, device: str = "cpu") -> None:
 # named here; `sweep --only` takes any shipped run): each is evaluated at every sweep point with the seeds tuned
 # Adam ran there (results/eval/sweep, the same evaluation code), paired seed by seed; the points that are
 # cifar10-conv itself come from the main evaluation.
-SWEEP_RUNS = ("ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window")
+SWEEP_RUNS = ("ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4")
 SWEEP_ADAM = Path("results/eval/sweep")
 SHIPPED_SWEEP = Path("results/sweep.json")  # the shipped default's records, drawn beside this study's
 
