@@ -506,14 +506,15 @@ def ship_default(name: str) -> None:
         a = torch.tensor([r.acc for r in runs[key].runs]) * 100
         return f"{a.mean():.2f} +- {a.std():.2f} %"
 
-    reason = (f"Chosen on CIFAR-10 transfer (`{TASK}`, {STEPS} steps, {len(runs[label].runs)} seeds; "
+    reason = (f"CIFAR-10 transfer (`{TASK}`, {STEPS} steps, {len(runs[label].runs)} seeds; "
               f"`results/experiments/reference-recipe/`): {acc(label)} against tuned Adam's {acc('adam')} and tuned "
               f"relative Adam's {acc('relative-adam')}.")
-    seeds = [f"reference-{g}" for g in META_SEEDS.get(name, []) if f"reference-{g}" in runs]
+    group = next((g for g in META_SEEDS.values() if name in g), [])
+    seeds = [f"reference-{g}" for g in group if f"reference-{g}" in runs]
     if len(seeds) > 1:
         means = torch.tensor([[r.acc for r in runs[g].runs] for g in seeds]).mean(1) * 100
-        reason += (f" Over {len(seeds)} meta-training seeds of its recipe: {means.mean():.2f} +- {means.std():.2f} % "
-                   f"({' / '.join(f'{m:.2f}' for m in means)}).")
+        reason += (f" Over the {len(seeds)} meta-training seeds of its recipe: {means.mean():.2f} +- "
+                   f"{means.std():.2f} % ({' / '.join(f'{m:.2f}' for m in means)}).")
     model_cards.ship(name, run_dir(name), reproduce=(
         f"`python -m experiments.reference_recipe train --only {name}` (it starts from the committed rule that its "
         f"`meta.init_from` names), then `ship --only {name}`, `eval --part {name}`, `report` and "
