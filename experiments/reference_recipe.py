@@ -403,7 +403,9 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
              ("ff-h1000-window", "ff-adam-inputs-h1000"),
              ("ng-gnn-32x2-from-ff-h1000-window", "ff-h1000-window"),
              ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ng-gnn-32x2-from-ff-h1000-window"),
-             ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ff-h1000-window")]
+             ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ff-h1000-window"),
+             *[(f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}", f"ng-gnn-32x2-from-ff-h1000-window-seed{s}")
+               for s in (1, 2)]]
 
 
 # Runs that differ only in the meta-training seed: the spread a single run hides.

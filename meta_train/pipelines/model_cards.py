@@ -104,7 +104,7 @@ def reference_validation(config: str = "ng-gnn.toml") -> dict:
 def write_index() -> None:
     """``results/checkpoints/README.md``: every shipped checkpoint with its selection score beside the reference."""
     ref, pin = reference_validation(), pinned_default()
-    how = (f"is `{pin['pinned']}.pt`, pinned by `default.json` ({pin['reason']})" if pin else
+    how = (f"is `{pin['pinned']}.pt`, pinned by `default.json` ({pin['reason'].rstrip('.')})" if pin else
            "is the graph optimizer with the best Fashion-MNIST validation accuracy")
     lines = ["# Shipped learned optimizers", "",
              "Meta-trained on the Fashion-MNIST CNN family with one shared budget (`meta_train/configs/fmnist.toml`) by "
