@@ -150,7 +150,7 @@ def test_a_pinned_default_stays_the_default_and_joins_the_shipped_list(results_d
     assert model_cards.shipped_names()[-1] == "study-gnn"
     assert results.shipped_specs()[0].startswith("study-gnn=")  # the default's source is evaluated first
     index = (results_dir / "checkpoints" / "README.md").read_text()
-    assert "`study-gnn.pt`, pinned by `default.json` (Best on CIFAR-10.)" in index and "| `study-gnn.pt` |" in index
+    assert "`study-gnn.pt`, pinned by `default.json` (Best on CIFAR-10)" in index and "| `study-gnn.pt` |" in index
     (results_dir / "checkpoints" / "study-gnn.pt").unlink()
     with pytest.raises(FileNotFoundError, match="delete default.json"):
         model_cards.choose_default()
