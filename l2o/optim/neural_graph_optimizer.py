@@ -47,6 +47,8 @@ def shipped_checkpoint(name: str) -> Path:
         raise FileNotFoundError(f"no checkpoint file '{name}' and no shipped checkpoint of that name; shipped: "
                                 f"{', '.join(have) or 'none'} (in {pretrained_dir()}), or pass a path to a .pt file")
     return path
+
+
 FALLBACKS = ("raise", "per-parameter")
 
 
