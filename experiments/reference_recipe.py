@@ -45,6 +45,9 @@ FROM_FF_H1000 = ["meta.horizon_max=1000", "meta.loss_clip=10", "meta.outer_steps
 # The window estimator instead of the greedy one-step gradient (ff-h1000-window below says why; the window needs the
 # next-batch loss and the mean over the truncation).
 WINDOW = ["meta.estimator='window'", "meta.window=200", "meta.meta_loss='train'", "meta.reduction='mean'"]
+# The 32x2 NG-GNN with FF's head, warm-started from FF, meta-trained 100 outer steps with the window estimator: the
+# recipe of ng-gnn-32x2-from-ff-h1000-window, its seeds and (with later overrides) its continuations.
+NG_GNN_WINDOW = [*NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW]
 # name -> (config file, overrides). The outer budgets are what fit here (published: 1000 outer steps).
 RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
@@ -112,24 +115,21 @@ RUNS = {
         "run.out_dir='runs/reference-ff-h1000-window'"]),
     # ng-gnn-32x2-from-ff-h1000-window: ng-gnn-32x2-from-ff-h1000 with ff-h1000-window's estimator, 100 outer steps
     "ng-gnn-32x2-from-ff-h1000-window": ("reference.toml", [
-        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW,
-        "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window'"]),
+        *NG_GNN_WINDOW, "run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window'"]),
     # -seed1 / -seed2: its second and third meta-training seeds (the same warm start, FF's seed-0 rule)
     **{f"ng-gnn-32x2-from-ff-h1000-window-seed{s}": ("reference.toml", [
-        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW, f"run.seed={s}",
+        *NG_GNN_WINDOW, f"run.seed={s}",
         f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-seed{s}'"]) for s in (1, 2)},
     # -continued / -continued-lr3e-4: its step-100 weights meta-trained 100 outer steps more, the same recipe with a
     # fresh cosine from 1e-4 / 3e-4 (its validation still rose at step 100 and its CIFAR-10 curve at step 1000)
     **{f"ng-gnn-32x2-from-ff-h1000-window-continued{tag}": ("reference.toml", [
-        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW, f"meta.lr={lr}",
-        "run.validate_every=25",
+        *NG_GNN_WINDOW, f"meta.lr={lr}", "run.validate_every=25",
         f"meta.init_from='{OUT / 'checkpoints' / 'ng-gnn-32x2-from-ff-h1000-window.pt'}'",
         f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-continued{tag}'"])
        for tag, lr in (("", 1e-4), ("-lr3e-4", 3e-4))},
     # ...-continued-lr3e-4-seed1 / -seed2: the same continuation of meta-training seeds 1 and 2
     **{f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}": ("reference.toml", [
-        *NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW, "meta.lr=3e-4",
-        "run.validate_every=25", f"run.seed={s}",
+        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", f"run.seed={s}",
         f"meta.init_from='{OUT / 'checkpoints' / f'ng-gnn-32x2-from-ff-h1000-window-seed{s}.pt'}'",
         f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}'"]) for s in (1, 2)},
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
@@ -296,9 +296,10 @@ def eval_part(part: str, device: str = "cpu") -> None:
 # named here; `sweep --only` takes any shipped run): each is evaluated at every sweep point with the seeds tuned
 # Adam ran there (results/eval/sweep, the same evaluation code), paired seed by seed; the points that are
 # cifar10-conv itself come from the main evaluation.
-SWEEP_RUNS = ("ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4")
+SWEEP_RUNS = ("ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1")
 SWEEP_ADAM = Path("results/eval/sweep")
 SHIPPED_SWEEP = Path("results/sweep.json")  # the shipped default's records, drawn beside this study's
+EARLIER_DEFAULT = "dng (earlier default)"  # what `make results`' sweep calls "default": DNG, the default it ran
 
 
 def sweep(names: list[str], device: str = "cpu", points: list[str] | None = None) -> None:
@@ -323,7 +324,7 @@ def sweep_records(main: dict) -> list[dict]:
 
     # `make results`' sweep ran the default of its time, DNG (dng.pt); the default is now this study's pinned run,
     # drawn as "default" (bold) here
-    recs = [{**r, "optimizer": "dng (earlier default)"} for r in json.loads(SHIPPED_SWEEP.read_text())
+    recs = [{**r, "optimizer": EARLIER_DEFAULT} for r in json.loads(SHIPPED_SWEEP.read_text())
             if r["optimizer"] == "default"] if SHIPPED_SWEEP.is_file() else []
     pin = (pinned_default() or {}).get("pinned")
     swept = [n for n in RUNS if any((OUT / "sweep").glob(f"*/{n}/results.json"))]
@@ -350,7 +351,7 @@ def write_sweep(main: dict) -> None:
     from meta_train.pipelines.sweep_report import plot_sweep, sweep_markdown
 
     recs = sweep_records(main)
-    if any(r["optimizer"] != "dng (earlier default)" for r in recs):
+    if any(r["optimizer"] != EARLIER_DEFAULT for r in recs):
         (OUT / "sweep.json").write_text(json.dumps(recs, indent=2) + "\n")
         plot_sweep(recs, OUT / "sweep.png")
         (OUT / "sweep.md").write_text("# The width/depth sweep: this study's optimizers (`default`: the shipped one) beside "
@@ -413,6 +414,13 @@ META_SEEDS = {name: [name, f"{name}-seed1", f"{name}-seed2"] for name in (
     "ng-gnn-32x2-from-ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4")}
 
 
+def meta_seed_means(acc: dict[str, list[float]], name: str) -> list[float]:
+    """Each finished run of ``name``'s :data:`META_SEEDS` group: its mean test accuracy over the evaluation seeds
+    (``acc``: label -> accuracies in %)."""
+    group = next((g for g in META_SEEDS.values() if name in g), [])
+    return [sum(acc[f"reference-{g}"]) / len(acc[f"reference-{g}"]) for g in group if f"reference-{g}" in acc]
+
+
 def loss_rise(entry, start: int = 100, window: int = 50) -> float:
     """How far the training loss climbs back after step ``start``: the largest excess, from ``start`` on, of the
     ``window``-step moving mean of the seed-averaged training loss over its running minimum (0 when it only falls)."""
@@ -444,12 +452,11 @@ def paired_table(merged: dict) -> str:
                      f"{diff(label, 'relative-adam')} | {loss_rise(merged['runs'][label]):.3f} |")
     lines += ["", "Meta-training seeds (each run's mean over the evaluation seeds; mean +- std over the runs):", "",
               "| run | meta-training seeds | test acc % | vs tuned Adam (points) |", "|---|---|---|---|"]
-    for name, group in META_SEEDS.items():
-        done = [f"reference-{g}" for g in group if f"reference-{g}" in acc]
-        if len(done) > 1:
-            means = torch.tensor([torch.tensor(acc[g]).mean().item() for g in done])
+    for name in META_SEEDS:
+        means = torch.tensor(meta_seed_means(acc, name))
+        if len(means) > 1:
             adv = means - torch.tensor(acc["adam"]).mean()
-            lines.append(f"| {name} | {len(done)} | {means.mean():.2f} +- {means.std():.2f} | "
+            lines.append(f"| {name} | {len(means)} | {means.mean():.2f} +- {means.std():.2f} | "
                          f"{adv.mean():+.2f} +- {adv.std():.2f} |")
     lines += ["", "| ablation | against | difference (points) |", "|---|---|---|"]
     for run, base in ABLATIONS:
@@ -511,11 +518,9 @@ def ship_default(name: str) -> None:
     reason = (f"CIFAR-10 transfer (`{TASK}`, {STEPS} steps, {len(runs[label].runs)} seeds; "
               f"`results/experiments/reference-recipe/`): {acc(label)} against tuned Adam's {acc('adam')} and tuned "
               f"relative Adam's {acc('relative-adam')}.")
-    group = next((g for g in META_SEEDS.values() if name in g), [])
-    seeds = [f"reference-{g}" for g in group if f"reference-{g}" in runs]
-    if len(seeds) > 1:
-        means = torch.tensor([[r.acc for r in runs[g].runs] for g in seeds]).mean(1) * 100
-        reason += (f" Over the {len(seeds)} meta-training seeds of its recipe: {means.mean():.2f} +- "
+    means = torch.tensor(meta_seed_means({k: [100 * r.acc for r in e.runs] for k, e in runs.items()}, name))
+    if len(means) > 1:
+        reason += (f" Over the {len(means)} meta-training seeds of its recipe: {means.mean():.2f} +- "
                    f"{means.std():.2f} % ({' / '.join(f'{m:.2f}' for m in means)}).")
     model_cards.ship(name, run_dir(name), reproduce=(
         f"`python -m experiments.reference_recipe train --only {name}` (it starts from the committed rule that its "

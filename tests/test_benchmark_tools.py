@@ -1,7 +1,12 @@
 """The measuring tools of ``benchmarks/`` measure what they say."""
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
+
+import l2o.runtime
 
 
 def test_live_storage_counter_tracks_the_peak_of_live_tensors():
@@ -35,9 +40,6 @@ def test_step_overhead_times_a_checkpoint_beside_the_shipped_default(tmp_path):
 
 
 def test_step_overhead_chunk_rows_sets_the_devices_chunk_size_and_rejects_nonsense(tmp_path, monkeypatch, capsys):
-    import pytest
-
-    import l2o.runtime
     from benchmarks import step_overhead
 
     with pytest.raises(SystemExit):
@@ -46,6 +48,5 @@ def test_step_overhead_chunk_rows_sets_the_devices_chunk_size_and_rejects_nonsen
     monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", l2o.runtime.CPU_CHUNK_ROWS)  # restored after the test
     step_overhead.main(["--chunk-rows", "1000", "--families", "--tasks", "fmnist-conv", "--repeats", "1",
                         "--out", str(tmp_path)])
-    import json
     records = json.loads((tmp_path / "step_overhead.json").read_text())
     assert {r["chunk_rows"] for r in records} == {1000} and l2o.runtime.CPU_CHUNK_ROWS == 1000

@@ -20,6 +20,7 @@ from . import results_plan as plan
 def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
     """Copy a finished run's ``best.pt`` to ``results/checkpoints/<name>.pt`` and write its model card;
     ``reproduce``: the card's command line (default: this pipeline's, for a :data:`results_plan.SHIPPED` name)."""
+    reproduce = reproduce or _reproduce(name)  # before anything is copied: a name it cannot describe ships nothing
     plan.CHECKPOINTS.mkdir(parents=True, exist_ok=True)
     dst = plan.CHECKPOINTS / f"{name}.pt"
     shutil.copyfile(run / "best.pt", dst)
@@ -55,7 +56,7 @@ def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
          f"{pct(score)}."),
         f"- **Wall time:** {wall} on {summary.get('machine')} (shared with other jobs, so an upper bound).",
         f"- **Commit:** `{summary.get('commit')}`.",
-        f"- **Reproduce:** {reproduce or _reproduce(name)}", ""]
+        f"- **Reproduce:** {reproduce}", ""]
     dst.with_suffix(".md").write_text("\n".join(card))
     print(f"   shipped {dst} (+ model card)")
     return dst
