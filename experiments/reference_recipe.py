@@ -48,6 +48,8 @@ WINDOW = ["meta.estimator='window'", "meta.window=200", "meta.meta_loss='train'"
 # The 32x2 NG-GNN with FF's head, warm-started from FF, meta-trained 100 outer steps with the window estimator: the
 # recipe of ng-gnn-32x2-from-ff-h1000-window, its seeds and (with later overrides) its continuations.
 NG_GNN_WINDOW = [*NG_GNN_32X2, "optimizer.head_layers=2", *FROM_FF_H1000, "meta.outer_steps=100", *WINDOW]
+# The Fashion-MNIST conv family over the sweep's depths (1-5) and half to double fmnist-conv's width.
+FAMILY = ["tasks.family='fmnist'", "tasks.depths=[1, 2, 3, 4, 5]", "tasks.widths=[0.5, 1.0, 2.0]"]
 # name -> (config file, overrides). The outer budgets are what fit here (published: 1000 outer steps).
 RUNS = {
     # ng-gnn: the first 200 outer steps ran with the cosine compressed to 200 (session 7), then the run was resumed
@@ -132,6 +134,16 @@ RUNS = {
         *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", f"run.seed={s}",
         f"meta.init_from='{OUT / 'checkpoints' / f'ng-gnn-32x2-from-ff-h1000-window-seed{s}.pt'}'",
         f"run.out_dir='runs/reference-ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}'"]) for s in (1, 2)},
+    # ...-family / -family-seed1 / -family-seed2: each continued run above (seed 1's is the default) meta-trained 100
+    # outer steps more on the Fashion-MNIST conv family at depths 1-5 and widths x0.5 / x1 / x2 (16-64 channels at
+    # the first layer) instead of fmnist-conv alone, the same recipe otherwise: the sweep's weak points are depths 1
+    # and 5 (the default below tuned Adam at depth 1 and behind FF at 5), shapes the runs above never saw (their
+    # positional rows of hidden layers 4 and 5 are still the sinusoid initialisation).
+    **{f"ng-gnn-32x2-window-family{tag}": ("reference.toml", [
+        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", f"run.seed={s}", *FAMILY,
+        f"meta.init_from='{OUT / 'checkpoints' / f'ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4{tag}.pt'}'",
+        f"run.out_dir='runs/reference-ng-gnn-32x2-window-family{tag}'"])
+       for s, tag in ((0, ""), (1, "-seed1"), (2, "-seed2"))},
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
