@@ -258,6 +258,10 @@ PARTS = {
         [_spec(f"ng-gnn-32x2-from-ff-h1000-window-continued{t}")], SEED_LIST) for t in ("", "-lr3e-4")},
     **{f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}": (
         [_spec(f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}")], SEED_LIST) for s in (1, 2)},
+    # the family continuations, each its best validated weights (their GPU leases brought back the validated
+    # weights, each with its own score, and seed 0's metrics; seeds 1 and 2's metrics were over the lease's size limit)
+    **{f"ng-gnn-32x2-window-family{t}": ([_spec(f"ng-gnn-32x2-window-family{t}")], SEED_LIST)
+       for t in ("", "-seed1", "-seed2")},
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }
