@@ -9,8 +9,9 @@
 #
 #   OUT=/tmp/out L2O_DATA=/path/with/FashionMNIST bash benchmarks/cuda_checks.sh
 #
-# Options (environment): FAMILIES / CHECKPOINTS (LABEL=PATH ...) narrow or extend the step-overhead stage;
-# THROUGHPUT=0 skips stage 3 (for a lease too short for all three).
+# Options (environment): FAMILIES / CHECKPOINTS (LABEL=PATH ...) narrow or extend the step-overhead stage and
+# STEP_EXTRA passes it more arguments (e.g. "--eager-too --tasks cifar10-resnet18"); CLI=0 skips the CLI checks of
+# stage 1 and THROUGHPUT=0 skips stage 3 (for a lease too short for all of them).
 #
 # Needs only Fashion-MNIST under $L2O_DATA (the benchmarks use random batches; tests that need CIFAR-10 skip).
 set -u
@@ -37,6 +38,7 @@ torch.cuda.get_device_name(), torch_geometric.__version__, accelerate.__version_
 # 1. correctness: the CUDA test cases (in parallel with the CLI checks; they are small)
 stage tests_cuda 240 python3 -m pytest -q -k cuda -p no:cacheprovider tests &
 tests_pid=$!
+if [ "${CLI:-1}" != 0 ]; then
 stage cli_quick 60 python3 -m meta_train train --config meta_train/configs/quick.toml --device cuda \
   --set meta.outer_steps=3 --set run.validate_every=0 --out-dir /tmp/cli_quick --overwrite
 stage cli_reference 60 python3 -m meta_train train --config meta_train/configs/reference.toml --device cuda \
@@ -44,6 +46,7 @@ stage cli_reference 60 python3 -m meta_train train --config meta_train/configs/r
   --out-dir /tmp/cli_reference --overwrite
 stage cli_evaluate 60 python3 -m meta_train evaluate --task fmnist-conv --optimizers adam relative-adam results/checkpoints/default.pt \
   --steps 50 --seeds 1 --eval-every 25 --tune-steps 20 --out /tmp/cli_eval --device cuda
+fi
 wait $tests_pid
 pack
 
@@ -51,6 +54,7 @@ pack
 step_args=(--device cuda --repeats 10)
 [ -n "${FAMILIES:-}" ] && step_args+=(--families $FAMILIES)
 [ -n "${CHECKPOINTS:-}" ] && step_args+=(--checkpoints $CHECKPOINTS)
+[ -n "${STEP_EXTRA:-}" ] && step_args+=($STEP_EXTRA)
 stage step_overhead 180 python3 -m benchmarks.step_overhead "${step_args[@]}"
 pack
 [ "${THROUGHPUT:-1}" = 0 ] && { log done; exit 0; }

@@ -8,11 +8,13 @@ shipped default itself (``NeuralGraphOptimizer(model)``), plus the optimizer sta
 on the 2-core CPU: a graph optimizer's step at most half of forward+backward on ``cifar10-conv``, and at most 10
 floats of state per parameter.
 
-On CUDA (``--device cuda``) the table also has the optimizer's extra peak GPU memory per parameter (peak during
-``step()`` above the memory held before it, state included, divided by the parameter count).
+On CUDA (``--device cuda``) the table also has the optimizer's extra peak GPU memory per parameter (peak during its
+first three ``step()`` calls above the memory held before them, state included, divided by the parameter count: the
+second step records the update as a CUDA graph, whose memory pool is then held). ``--eager-too`` adds a row per
+optimizer with ``cuda_graph=False`` (every step launched from Python), to compare in one run.
 
     python -m benchmarks.step_overhead [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
-        [--checkpoints LABEL=PATH ...] [--chunk-rows N]
+        [--checkpoints LABEL=PATH ...] [--chunk-rows N] [--eager-too]
 
 ``--chunk-rows N`` times the step with the per-element MLPs evaluated ``N`` rows at a time on that device
 (``l2o.runtime.CPU_CHUNK_ROWS`` / ``CUDA_CHUNK_ROWS``) instead of the shipped size: on a GPU fewer, larger chunks mean
@@ -64,8 +66,9 @@ def peak_extra_bytes(fn, device: torch.device) -> float | None:
 
 
 def bench_task(name: str, families: list[str], repeats: int, device: torch.device = torch.device("cpu"),
-               checkpoints: dict[str, Path] | None = None) -> list[dict]:
-    """``families``: as shipped (``meta_train/configs``); ``checkpoints``: label -> any checkpoint file, timed too."""
+               checkpoints: dict[str, Path] | None = None, eager_too: bool = False) -> list[dict]:
+    """``families``: as shipped (``meta_train/configs``); ``checkpoints``: label -> any checkpoint file, timed too;
+    ``eager_too``: also every optimizer with ``cuda_graph=False`` (label + " (eager)")."""
     task = TASKS[name]()
     model = task.make_model(0).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -84,16 +87,20 @@ def bench_task(name: str, families: list[str], repeats: int, device: torch.devic
     records.append({"task": name, "optimizer": "adam (torch)", "fwd_bwd_ms": fb, "step_ms": time_ms(adam.step, repeats),
                     "state_floats_per_param": state_floats(adam, model)})
     restore()
-    candidates = [(fam, lambda fam=fam: NeuralGraphOptimizer(
-        model, optimizer=build_optimizer(load_config(CONFIGS / CONFIG_FILES.get(fam, f"{fam}.toml")).optimizer)))
-        for fam in families]
-    candidates += [(label, lambda path=path: NeuralGraphOptimizer(model, checkpoint=path))
+    candidates = [(fam, lambda graphed, fam=fam: NeuralGraphOptimizer(
+        model, optimizer=build_optimizer(load_config(CONFIGS / CONFIG_FILES.get(fam, f"{fam}.toml")).optimizer),
+        cuda_graph=graphed)) for fam in families]
+    candidates += [(label, lambda graphed, path=path: NeuralGraphOptimizer(model, checkpoint=path, cuda_graph=graphed))
                    for label, path in (checkpoints or {}).items()]
-    candidates.append(("shipped default", lambda: NeuralGraphOptimizer(model)))
-    for label, make in candidates:
+    candidates.append(("shipped default", lambda graphed: NeuralGraphOptimizer(model, cuda_graph=graphed)))
+    runs = [(label, make, None) for label, make in candidates]
+    if eager_too and device.type == "cuda":
+        runs += [(f"{label} (eager)", make, False) for label, make in candidates]
+    for label, make, graphed in runs:
         torch.manual_seed(0)
-        opt = make()
-        extra = peak_extra_bytes(opt.step, device)  # the first step also creates the state: counted
+        opt = make(graphed)
+        # the first step creates the state, the second records the CUDA graph: both counted
+        extra = peak_extra_bytes(lambda: [opt.step() for _ in range(3)], device)
         ms = time_ms(opt.step, repeats)
         records.append({"task": name, "optimizer": label, "fwd_bwd_ms": fb, "step_ms": ms,
                         "state_floats_per_param": state_floats(opt, model),
@@ -121,6 +128,8 @@ def main(argv=None) -> None:
                     help="also time these checkpoint files (e.g. candidates for the default)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    ap.add_argument("--eager-too", action="store_true",
+                    help="on CUDA, also time every optimizer with cuda_graph=False")
     ap.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                     help="rows per chunk of the per-element MLPs on --device (default: as shipped)")
     args = ap.parse_args(argv)
@@ -139,7 +148,7 @@ def main(argv=None) -> None:
         checkpoints[label] = Path(path)
     records = []
     for name in args.tasks:
-        records += bench_task(name, args.families, args.repeats, device, checkpoints)
+        records += bench_task(name, args.families, args.repeats, device, checkpoints, args.eager_too)
         print(f"done {name}", file=sys.stderr)
     cols = ["task", "params", "optimizer", "fwd_bwd_ms", "step_ms", "step_over_fwd_bwd", "state_floats_per_param"]
     if device.type == "cuda":

@@ -1,8 +1,9 @@
-"""Settings and helpers that make large CPU workloads run at the speed their arithmetic allows (glibc allocator
-tuning; per-element MLPs in cache-sized row chunks)."""
+"""Settings and helpers that make large workloads run at the speed their arithmetic allows (glibc allocator
+tuning; per-element MLPs in cache-sized row chunks; constants made once per device)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 import torch
@@ -40,6 +41,13 @@ def _mallopt() -> bool:
         return bool(ok)
     except (OSError, AttributeError):
         return False
+
+
+@functools.lru_cache(maxsize=1024)  # a few entries per architecture
+def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``device``, made once: a fresh one would be copied from the host on every step,
+    and a host-to-device copy cannot be recorded in a CUDA graph (``l2o.optim.cuda_graph``). Never write to it."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 # Rows per chunk of a per-element MLP evaluated without autograd (the optimizer step). On the CPU a chunk's

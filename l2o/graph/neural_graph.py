@@ -37,6 +37,8 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 
+from ..runtime import device_constant
+
 EDGE_WEIGHT, EDGE_NORM, EDGE_IDENTITY = 0, 1, 2
 EDGE_KINDS = ("weight", "norm", "identity")
 ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = 0, 1, 2
@@ -526,7 +528,7 @@ class SlotFeatures:
         out = self.values.new_zeros(E * K, F)
         dev = self.values.device
         for r0, r1, e0, e1, slots in self.index.segments:
-            pos = torch.arange(e0, e1, device=dev)[:, None] * K + torch.tensor(slots, device=dev)
+            pos = torch.arange(e0, e1, device=dev)[:, None] * K + device_constant(slots, torch.long, dev)
             out = out.index_copy(0, pos.flatten(), self.values[r0:r1])
         for k, rows, edges in self.index.groups:
             out = out.index_copy(0, edges * K + k, self.values.index_select(0, rows))
@@ -556,7 +558,9 @@ class SlotFeatures:
         out = self._fresh(bias, d) if into is None else into
         for r0, r1, e0, e1, slots in self.index.segments:  # one product per weight tensor, on a view of its rows
             m = len(slots)
-            w_seg = weight if slots == tuple(range(K)) else w[:, list(slots)].reshape(d, m * F)
+            # (a cached device index: indexing with a list would copy one from the host on every step)
+            w_seg = (weight if slots == tuple(range(K)) else
+                     w.index_select(1, device_constant(slots, torch.long, w.device)).reshape(d, m * F))
             out[e0:e1].addmm_(self.values[r0:r1].reshape(e1 - e0, m * F), w_seg.t())
         for k, rows, edges in self.index.groups:
             out.index_add_(0, edges, self.values.index_select(0, rows) @ w[:, k].t())

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from ..graph import ROLE_INPUT, ROLE_OUTPUT, NeuralGraph
+from ..runtime import device_constant
 
 # Per-tensor categories for learned output scales: (first / hidden / last layer) x (weight / bias-like).
 CATEGORIES = ("in_weight", "hidden_weight", "out_weight", "in_bias", "hidden_bias", "out_bias")
@@ -156,7 +157,7 @@ class ParamContext:
         """Per-tensor RMS of ``x [P, F]`` broadcast back to elements: ``[P, F]`` (eps inside the sqrt)."""
         sq = torch.zeros(self.num_tensors, x.shape[1], dtype=x.dtype, device=x.device)
         sq = sq.index_add(0, self.tensor_id, x * x)
-        counts = torch.tensor(self.sizes, dtype=x.dtype, device=x.device)[:, None]
+        counts = device_constant(tuple(self.sizes), x.dtype, x.device)[:, None]
         return torch.sqrt(sq / counts + eps).index_select(0, self.tensor_id)
 
 

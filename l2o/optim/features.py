@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime import ComputedRows, as_tensor
+from ..runtime import ComputedRows, as_tensor, device_constant
 from .context import ParamContext
 
 DECAYS = (0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -96,7 +96,7 @@ def update_moments(grads: torch.Tensor, state: dict[str, torch.Tensor], cfg: Fea
     ``"adam"`` inputs: moving averages and a second moment; ``"reference"``: plain sums ``m <- beta m + g``;
     ``"reference+v"``: plain sums and the second moment.
     """
-    decays = torch.tensor(DECAYS, dtype=grads.dtype, device=grads.device)
+    decays = device_constant(tuple(DECAYS), grads.dtype, grads.device)
     # Accumulated in place into the fresh products (whose backward does not read them): one [P, 5] allocation
     # instead of three, on the optimizer step's path to its peak of memory.
     m = state["m"] * decays
@@ -193,5 +193,5 @@ def _preprocessed(ctx, params, grads, state, cfg):
 def time_features(step: torch.Tensor) -> torch.Tensor:
     """``tanh(t / tau - 1)``: ``[len(TIME_TAUS)]`` for a scalar step, ``[P, len(TIME_TAUS)]`` for per-element steps
     (several tasks at different steps updated together in meta-training)."""
-    taus = torch.tensor(TIME_TAUS, dtype=step.dtype, device=step.device)
+    taus = device_constant(tuple(TIME_TAUS), step.dtype, step.device)
     return torch.tanh(step[..., None] / taus - 1)

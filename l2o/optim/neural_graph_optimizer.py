@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,6 +24,7 @@ from ..graph import NeuralGraph, UnsupportedModuleError
 from ..runtime import tune_cpu_allocator
 from .checkpoint import load_checkpoint
 from .context import ParamContext
+from .cuda_graph import CapturedUpdate
 from .learned import Optimizer
 
 PRETRAINED_ENV = "L2O_PRETRAINED_DIR"
@@ -81,6 +83,10 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
             naming it. ``"per-parameter"``: the graph is cut at such layers and their tensors get no graph
             embedding (only their own features reach the update head), with a warning.
         optimizer: an already built learned optimizer module (instead of a checkpoint), e.g. during research.
+        cuda_graph: record the update as a CUDA graph after the first step and replay it on every later one
+            (:class:`~l2o.optim.cuda_graph.CapturedUpdate`; the step is launch-bound on a GPU otherwise). ``None``
+            (default): on CUDA models; an update that cannot be recorded (one that synchronises with the host) runs
+            eagerly instead, with a warning. ``False``: never. ``True``: on a CUDA model only.
 
     State per parameter: the optimizer's statistics (e.g. ``m``, 5 momenta; ``v``, the second moment), ``step``, plus
     ``h``/``c`` for LSTM optimizers. The time features use the optimizer's global step (the largest ``step`` among the
@@ -93,7 +99,7 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: nn.Module | Iterable, model: nn.Module | None = None,
                  checkpoint: str | Path | None = None, lr: float = 1.0, weight_decay: float = 0.0,
-                 fallback: str = "raise", optimizer: Optimizer | None = None):
+                 fallback: str = "raise", optimizer: Optimizer | None = None, cuda_graph: bool | None = None):
         if isinstance(params, nn.Module):
             if model is not None and model is not params:
                 raise ValueError("pass either the model as first argument or model=, not two different models")
@@ -107,6 +113,8 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
             raise ValueError(f"invalid learning rate {lr}")
         if not weight_decay >= 0.0:
             raise ValueError(f"invalid weight_decay {weight_decay}: it must be >= 0")
+        if cuda_graph not in (None, True, False):
+            raise ValueError(f"cuda_graph must be None (auto), True or False, got {cuda_graph!r}")
         self._built = False
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
 
@@ -146,6 +154,11 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         self._in_groups: list[bool] = []
         self._flat_cache: tuple[dict, torch.Tensor] | None = None  # per-element state kept flat between steps
         self._layout()
+        on_cuda = self.context.device.type == "cuda"
+        if cuda_graph and not on_cuda:
+            raise ValueError(f"cuda_graph=True records the step as a CUDA graph: the model's parameters are on "
+                             f"{self.context.device}; move the model to a GPU first, or leave cuda_graph unset")
+        self._cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         if self.context.device.type == "cpu":
             tune_cpu_allocator()  # large per-step temporaries otherwise page-fault in on every step
         self.learned.to(self.context.device).eval()
@@ -177,6 +190,8 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         device = self._params[0].device if self._params else torch.device("cpu")
         self.context = ParamContext.build(self.graph, names, [p.shape for p in self._params]).to(device)
         self._flat_cache = None
+        self._captured: CapturedUpdate | None = None  # the recorded update of this layout (cuda_graph)
+        self._eager_steps = 0
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (checked keys); after construction the flat layout is rebuilt so the group is updated."""
@@ -223,10 +238,12 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
         wd = self._per_element([wd_of.get(id(p), 0.0) for p in params], flat_p)
         # The update must not change with an enclosing autocast region (torch's optimizers do not).
         with torch.autocast(flat_p.device.type, enabled=False):
-            new_p, new_state = self.learned.update(ctx, flat_p, flat_g, state, lr)
+            new_p, new_state = self._update(flat_p, flat_g, state, lr)
             if not isinstance(wd, float) or wd:
                 new_p = new_p - lr * wd * flat_p  # decoupled weight decay, scaled by the group's lr
         if not torch.isfinite(new_p).all():
+            if self._captured is not None:
+                self._captured.restore_state()  # its output buffers are what self.state refers to
             raise FloatingPointError("NeuralGraphOptimizer produced a non-finite update (NaN/inf in the gradients or "
                                      "an out-of-distribution input); the parameters were left unchanged")
         chunks = ctx.split(new_p)
@@ -244,6 +261,27 @@ class NeuralGraphOptimizer(torch.optim.Optimizer):
             st["step"] = step_t
         self._flat_cache = ({k: new_state[k] for k in per_elem}, step_t) if len(written) == len(params) else None
         return loss
+
+    def _update(self, flat_p: torch.Tensor, flat_g: torch.Tensor, state: dict[str, torch.Tensor],
+                lr: float | torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The learned update, replayed from its CUDA graph where ``cuda_graph`` allows (recorded on the second
+        step: the first one builds the graph's cached index tensors and the state eagerly)."""
+        if not self._cuda_graph or self._eager_steps < 1:
+            self._eager_steps += 1
+            return self.learned.update(self.context, flat_p, flat_g, state, lr)
+        lr_t = lr if torch.is_tensor(lr) else flat_p.new_full((), lr)  # a float would be baked into the graph
+        if self._captured is None or not self._captured.accepts(flat_p, state, lr_t):
+            self._captured = None
+            try:
+                self._captured = CapturedUpdate(partial(self.learned.update, self.context), flat_p, flat_g, state,
+                                                lr_t)
+            except RuntimeError as exc:
+                self._cuda_graph = False
+                warnings.warn(f"NeuralGraphOptimizer: this optimizer's update cannot be recorded as a CUDA graph "
+                              f"({str(exc).splitlines()[0]}); it runs eagerly from now on (cuda_graph=False skips "
+                              f"the attempt)", stacklevel=3)
+                return self.learned.update(self.context, flat_p, flat_g, state, lr)
+        return self._captured(flat_p, flat_g, state, lr_t)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but the state keeps the dtype it was saved in (torch casts it to each parameter's dtype, which
