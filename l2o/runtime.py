@@ -47,7 +47,8 @@ def _mallopt() -> bool:
 def device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.tensor(values)`` on ``device``, made once: a fresh one would be copied from the host on every step,
     and a host-to-device copy cannot be recorded in a CUDA graph (``l2o.optim.cuda_graph``). Never write to it."""
-    return torch.tensor(values, dtype=dtype, device=device)
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 # Rows per chunk of a per-element MLP evaluated without autograd (the optimizer step). On the CPU a chunk's
