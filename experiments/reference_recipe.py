@@ -422,12 +422,15 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
              ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ng-gnn-32x2-from-ff-h1000-window"),
              ("ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4", "ff-h1000-window"),
              *[(f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}", f"ng-gnn-32x2-from-ff-h1000-window-seed{s}")
-               for s in (1, 2)]]
+               for s in (1, 2)],
+             *[(f"ng-gnn-32x2-window-family{t}", f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4{t}")
+               for t in ("", "-seed1", "-seed2")]]
 
 
 # Runs that differ only in the meta-training seed: the spread a single run hides.
 META_SEEDS = {name: [name, f"{name}-seed1", f"{name}-seed2"] for name in (
-    "ng-gnn-32x2-from-ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4")}
+    "ng-gnn-32x2-from-ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4",
+    "ng-gnn-32x2-window-family")}
 
 
 def meta_seed_means(acc: dict[str, list[float]], name: str) -> list[float]:
