@@ -197,6 +197,34 @@ def test_pna_aggregation_and_degree_scaler():
     torch.testing.assert_close(out[i], want)
 
 
+@pytest.mark.parametrize("edge_form", ["dense", "slots"])
+@pytest.mark.parametrize("options", [dict(), dict(bidirectional=False), dict(shared_reverse=True)],
+                         ids=["two-relations", "forward-only", "shared-reverse"])
+def test_ng_gnn_in_edge_chunks_equals_one_pass(options, edge_form, monkeypatch):
+    """Without autograd on a graph of more edges than a row chunk, each layer goes through its edges in chunks (5
+    edges here: a partial last chunk; the inputs have no incoming edge and the outputs none outgoing), and shared
+    reverse edges from slot features are embedded straight into the edge states: the same node and edge states as
+    the one-pass layers, which autograd uses."""
+    import l2o.runtime
+
+    model = mixed_kernel_cnn(0)
+    graph = NeuralGraph.from_module(model, kmax=5)
+    node, edge = _inputs(model, graph)
+    if edge_form == "slots":
+        params = dict(model.named_parameters())
+        flat = torch.cat([torch.stack([params[n].detach(), params[n].detach() ** 2], -1).double().reshape(-1, 2)
+                          for n in graph.param_names])
+        node, edge = graph.scatter_slots(flat)
+    enc = _encoder("ng-gnn", 5, **options)
+    want = enc(graph, node, edge)
+    monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", 5)
+    with torch.no_grad():
+        got = enc(graph, node, edge)
+    assert graph.num_edges > 5
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_registry_builds_both():
     assert isinstance(build_encoder("ng-gnn", 2, 18, hidden=8, depth=1), NGGNN)
     assert isinstance(build_encoder("ng-t", 2, 18, hidden=8, depth=1), NGTransformer)

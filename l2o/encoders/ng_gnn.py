@@ -42,6 +42,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from ..graph import NeuralGraph, SlotFeatures
+from ..runtime import row_chunks
 from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 
@@ -95,6 +96,11 @@ class NGGNNLayer(MessagePassing):
     Shapes:
         ``forward(x [N, d], e [E, d], edge_indices: list of relations x [2, E], deg, amp: lists of [N, 1])
         -> (x [N, d], e [E, d])``. ``edge_indices[0]`` must be the graph's own edges (used by the edge update).
+
+    Without autograd (the optimizer step) on a graph of more edges than one row chunk (``l2o.runtime.row_chunks``)
+    the edges go through in chunks: the FiLM maps, messages and edge update never exist at ``[E, *]`` at once (only
+    the messages are kept, for the second pass of the std aggregator), and ``e`` is updated in place. The same
+    arithmetic per edge as the one-pass ``propagate``.
     """
 
     def __init__(self, hidden: int, relations: int = 2, eps: float = 1e-6):
@@ -128,17 +134,60 @@ class NGGNNLayer(MessagePassing):
         if len(edge_indices) != self.relations:
             raise ValueError(f"expected {self.relations} relations, got {len(edge_indices)} edge indices")
         h = self.msg_node(x).chunk(2 * self.relations, dim=-1)
-        film = self.film(e).chunk(2 * self.relations, dim=-1)
-        parts = [x]
-        for r, edge_index in enumerate(edge_indices):
-            parts.append(self.propagate(edge_index, h_dst=h[2 * r], h_src=h[2 * r + 1], scale=film[2 * r],
-                                        shift=film[2 * r + 1], rel=r, deg=deg[r], amp=amp[r]))
-        x = self.node_norm(x + self.node_mlp(torch.cat(parts, dim=-1)))
-        # Edge update from the new node states: e_ij <- e_ij + MLP([e_ij, x_i (target), x_j (source)]).
+        chunks = row_chunks(e.shape[0], e.device)  # one chunk under autograd
+        if len(chunks) == 1:
+            film = self.film(e).chunk(2 * self.relations, dim=-1)
+            aggregated = [self.propagate(edge_index, h_dst=h[2 * r], h_src=h[2 * r + 1], scale=film[2 * r],
+                                         shift=film[2 * r + 1], rel=r, deg=deg[r], amp=amp[r])
+                          for r, edge_index in enumerate(edge_indices)]
+        else:
+            aggregated = self._aggregate_in_chunks(e, h, edge_indices, deg, amp, chunks)
+        x = self.node_norm(x + self.node_mlp(torch.cat([x, *aggregated], dim=-1)))
         src, dst = edge_indices[0]
         x_dst, x_src = self.edge_node(x).chunk(2, dim=-1)
-        e = self.edge_norm(e + self.edge_out(F.silu(self.edge_in(e) + x_dst[dst] + x_src[src])))
+        if len(chunks) == 1:
+            return x, self.edge_update(e, x_dst[dst], x_src[src])
+        for c0, c1 in chunks:  # in place: e is the encoder's own state
+            e[c0:c1] = self.edge_update(e[c0:c1], x_dst[dst[c0:c1]], x_src[src[c0:c1]])
         return x, e
+
+    def edge_update(self, e: Tensor, x_dst: Tensor, x_src: Tensor) -> Tensor:
+        """``[n, d]``: ``LayerNorm(e_ij + MLP([e_ij, x_i (target), x_j (source)]))`` from the new node states
+        (``x_dst``, ``x_src``: their halves of the MLP's first layer, gathered per edge)."""
+        return self.edge_norm(e + self.edge_out(F.silu(self.edge_in(e) + x_dst + x_src)))
+
+    def _aggregate_in_chunks(self, e: Tensor, h: tuple[Tensor, ...], edge_indices: list[Tensor], deg: list[Tensor],
+                             amp: list[Tensor], chunks: list[tuple[int, int]]) -> list[Tensor]:
+        """``propagate`` of every relation with the edges in ``chunks`` (no autograd): sum, min and max accumulate
+        chunk by chunk, the messages are kept for the std's second pass. Returns each relation's ``[N, 8d]``."""
+        N, d, R = h[0].shape[0], self.hidden, self.relations
+        msgs = [e.new_empty(e.shape[0], d) for _ in range(R)]
+        total = [e.new_zeros(N, d) for _ in range(R)]
+        lo = [e.new_full((N, d), math.inf) for _ in range(R)]
+        hi = [e.new_full((N, d), -math.inf) for _ in range(R)]
+        for c0, c1 in chunks:
+            film = self.film(e[c0:c1]).chunk(2 * R, dim=-1)
+            for r, (src, dst) in enumerate(edge_indices):
+                src, dst = src[c0:c1], dst[c0:c1]
+                m = self.message(h[2 * r][dst], h[2 * r + 1][src], film[2 * r], film[2 * r + 1], r)
+                msgs[r][c0:c1] = m
+                total[r].index_add_(0, dst, m)
+                at = dst[:, None].expand_as(m)
+                lo[r].scatter_reduce_(0, at, m, "amin")
+                hi[r].scatter_reduce_(0, at, m, "amax")
+        out = []
+        for r, (_, dst) in enumerate(edge_indices):
+            count, has = deg[r].clamp(min=1), deg[r] > 0
+            mean = total[r] / count
+            var = torch.zeros_like(mean)
+            for c0, c1 in chunks:
+                idx = dst[c0:c1]
+                var.index_add_(0, idx, (msgs[r][c0:c1] - mean[idx]).square())
+            std = torch.sqrt(F.relu(var / count) + self.eps) * has.to(var.dtype)
+            empty = ~has  # no incoming edge: zeros, as the one-pass aggregate gives
+            out.append(self.update(torch.cat([mean, lo[r].masked_fill_(empty, 0), hi[r].masked_fill_(empty, 0), std],
+                                             dim=-1), amp[r]))
+        return out
 
     def message(self, h_dst_i: Tensor, h_src_j: Tensor, scale: Tensor, shift: Tensor, rel: int) -> Tensor:
         """``[E, d]``: ``(1 + scale(e_ij)) * MLP([x_i, x_j]) + shift(e_ij)`` for relation ``rel``."""
@@ -229,6 +278,15 @@ class NGGNN(GraphEncoder):
             # over the occupied slots, never from [E, 3 K F] inputs.
             w1, w2, w3 = proj.linear.weight.chunk(3, dim=1)
             bias = proj.linear.bias
+            if not torch.is_grad_enabled():
+                # The optimizer step: each direction accumulated straight into its half of the [2E, d] states (no
+                # [E, 2d] product, no concatenation: a third of the peak on a large dense layer).
+                E = graph.num_edges
+                e = kind.new_empty(2 * E, kind.shape[1])
+                for half, w in ((e[:E], w1 + w3), (e[E:], w2 + w3)):
+                    torch.add(kind, bias, out=half)
+                    edge_feats.project(w, into=half)
+                return e
             both = edge_feats.project(torch.cat([w1 + w3, w2 + w3], 0), torch.cat([bias, bias]))
             fwd, twin = both.chunk(2, dim=1)
             return torch.cat([fwd + kind, twin + kind], 0)
