@@ -98,9 +98,9 @@ class NGGNNLayer(MessagePassing):
         -> (x [N, d], e [E, d])``. ``edge_indices[0]`` must be the graph's own edges (used by the edge update).
 
     Without autograd (the optimizer step) on a graph of more edges than one row chunk (``l2o.runtime.row_chunks``)
-    the edges go through in chunks: the FiLM maps, messages and edge update never exist at ``[E, *]`` at once (only
-    the messages are kept, for the second pass of the std aggregator), and ``e`` is updated in place. The same
-    arithmetic per edge as the one-pass ``propagate``.
+    the edges go through in chunks: the FiLM maps, messages and edge update never exist at ``[E, *]`` at once, the
+    aggregates are merged chunk by chunk, and ``e`` is updated in place. The same values as the one-pass
+    ``propagate`` (up to rounding: the variance is merged from the chunks' own).
     """
 
     def __init__(self, hidden: int, relations: int = 2, eps: float = 1e-6):
@@ -158,11 +158,14 @@ class NGGNNLayer(MessagePassing):
 
     def _aggregate_in_chunks(self, e: Tensor, h: tuple[Tensor, ...], edge_indices: list[Tensor], deg: list[Tensor],
                              amp: list[Tensor], chunks: list[tuple[int, int]]) -> list[Tensor]:
-        """``propagate`` of every relation with the edges in ``chunks`` (no autograd): sum, min and max accumulate
-        chunk by chunk, the messages are kept for the std's second pass. Returns each relation's ``[N, 8d]``."""
+        """``propagate`` of every relation with the edges in ``chunks`` (no autograd); returns each relation's
+        ``[N, 8d]``. Min and max accumulate chunk by chunk; mean and variance too, each chunk's own (two-pass, over
+        its edges) merged into the running ones (Chan et al.'s pairwise update), so no ``[E, d]`` message tensor is
+        kept and no sum of squares cancels."""
         N, d, R = h[0].shape[0], self.hidden, self.relations
-        msgs = [e.new_empty(e.shape[0], d) for _ in range(R)]
-        total = [e.new_zeros(N, d) for _ in range(R)]
+        count = [e.new_zeros(N, 1) for _ in range(R)]
+        mean = [e.new_zeros(N, d) for _ in range(R)]
+        m2 = [e.new_zeros(N, d) for _ in range(R)]  # sum of squared deviations from the running mean
         lo = [e.new_full((N, d), math.inf) for _ in range(R)]
         hi = [e.new_full((N, d), -math.inf) for _ in range(R)]
         for c0, c1 in chunks:
@@ -170,23 +173,25 @@ class NGGNNLayer(MessagePassing):
             for r, (src, dst) in enumerate(edge_indices):
                 src, dst = src[c0:c1], dst[c0:c1]
                 m = self.message(h[2 * r][dst], h[2 * r + 1][src], film[2 * r], film[2 * r + 1], r)
-                msgs[r][c0:c1] = m
-                total[r].index_add_(0, dst, m)
                 at = dst[:, None].expand_as(m)
                 lo[r].scatter_reduce_(0, at, m, "amin")
                 hi[r].scatter_reduce_(0, at, m, "amax")
+                n_c = e.new_zeros(N, 1).index_add_(0, dst, e.new_ones(dst.shape[0], 1))
+                mean_c = e.new_zeros(N, d).index_add_(0, dst, m).div_(n_c.clamp(min=1))
+                m2_c = e.new_zeros(N, d).index_add_(0, dst, (m - mean_c[dst]).square_())
+                n_new = count[r] + n_c
+                delta = mean_c.sub_(mean[r])
+                w = n_c / n_new.clamp(min=1)
+                mean[r].addcmul_(delta, w)
+                m2[r].add_(m2_c).addcmul_(delta.square_(), w * count[r])
+                count[r] = n_new
         out = []
-        for r, (_, dst) in enumerate(edge_indices):
-            count, has = deg[r].clamp(min=1), deg[r] > 0
-            mean = total[r] / count
-            var = torch.zeros_like(mean)
-            for c0, c1 in chunks:
-                idx = dst[c0:c1]
-                var.index_add_(0, idx, (msgs[r][c0:c1] - mean[idx]).square())
-            std = torch.sqrt(F.relu(var / count) + self.eps) * has.to(var.dtype)
+        for r in range(R):
+            has = deg[r] > 0
+            std = torch.sqrt(F.relu(m2[r] / deg[r].clamp(min=1)) + self.eps) * has.to(e.dtype)
             empty = ~has  # no incoming edge: zeros, as the one-pass aggregate gives
-            out.append(self.update(torch.cat([mean, lo[r].masked_fill_(empty, 0), hi[r].masked_fill_(empty, 0), std],
-                                             dim=-1), amp[r]))
+            out.append(self.update(torch.cat([mean[r], lo[r].masked_fill_(empty, 0), hi[r].masked_fill_(empty, 0),
+                                              std], dim=-1), amp[r]))
         return out
 
     def message(self, h_dst_i: Tensor, h_src_j: Tensor, scale: Tensor, shift: Tensor, rel: int) -> Tensor:
