@@ -34,15 +34,16 @@ class CapturedUpdate:
         self.params, self.grads, self.lr = params.clone(), grads.clone(), lr.clone()
         self.state = {k: v.clone() for k, v in state.items()}
         self.graph = torch.cuda.CUDAGraph()
-        # Warm-up on a side stream first, as torch.cuda.graph requires (lazy initialisations such as cuBLAS
-        # workspaces must not happen during capture).
-        side = torch.cuda.Stream(device=params.device)
-        side.wait_stream(torch.cuda.current_stream(params.device))
-        with torch.cuda.stream(side):
-            update(self.params, self.grads, self.state, self.lr)
-        torch.cuda.current_stream(params.device).wait_stream(side)
-        with torch.cuda.graph(self.graph):
-            self.out_params, self.out_state = update(self.params, self.grads, self.state, self.lr)
+        with torch.cuda.device(params.device):  # capture and replay on the parameters' GPU, whichever is current
+            # Warm-up on a side stream first, as torch.cuda.graph requires (lazy initialisations such as cuBLAS
+            # workspaces must not happen during capture).
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                update(self.params, self.grads, self.state, self.lr)
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(self.graph):
+                self.out_params, self.out_state = update(self.params, self.grads, self.state, self.lr)
 
     def accepts(self, params: torch.Tensor, state: dict[str, torch.Tensor], lr: torch.Tensor) -> bool:
         """Whether these inputs fit the recorded buffers (same shapes, dtypes, devices and state keys)."""
@@ -59,7 +60,8 @@ class CapturedUpdate:
         self.lr.copy_(lr)
         for k, v in state.items():
             self.state[k].copy_(v)
-        self.graph.replay()
+        with torch.cuda.device(self.params.device):
+            self.graph.replay()
         return self.out_params, self.out_state
 
     def restore_state(self) -> None:
