@@ -148,7 +148,8 @@ class NGGNNLayer(MessagePassing):
         if len(chunks) == 1:
             return x, self.edge_update(e, x_dst[dst], x_src[src])
         for c0, c1 in chunks:  # in place: e is the encoder's own state
-            e[c0:c1] = self.edge_update(e[c0:c1], x_dst[dst[c0:c1]], x_src[src[c0:c1]])
+            e[c0:c1] = self.edge_update(e[c0:c1], x_dst.index_select(0, dst[c0:c1]),
+                                        x_src.index_select(0, src[c0:c1]))
         return x, e
 
     def edge_update(self, e: Tensor, x_dst: Tensor, x_src: Tensor) -> Tensor:
@@ -172,13 +173,15 @@ class NGGNNLayer(MessagePassing):
             film = self.film(e[c0:c1]).chunk(2 * R, dim=-1)
             for r, (src, dst) in enumerate(edge_indices):
                 src, dst = src[c0:c1], dst[c0:c1]
-                m = self.message(h[2 * r][dst], h[2 * r + 1][src], film[2 * r], film[2 * r + 1], r)
+                # (index_select, not tensor[index]: several times faster on the CPU)
+                m = self.message(h[2 * r].index_select(0, dst), h[2 * r + 1].index_select(0, src), film[2 * r],
+                                 film[2 * r + 1], r)
                 at = dst[:, None].expand_as(m)
                 lo[r].scatter_reduce_(0, at, m, "amin")
                 hi[r].scatter_reduce_(0, at, m, "amax")
                 n_c = e.new_zeros(N, 1).index_add_(0, dst, e.new_ones(dst.shape[0], 1))
                 mean_c = e.new_zeros(N, d).index_add_(0, dst, m).div_(n_c.clamp(min=1))
-                m2_c = e.new_zeros(N, d).index_add_(0, dst, (m - mean_c[dst]).square_())
+                m2_c = e.new_zeros(N, d).index_add_(0, dst, (m - mean_c.index_select(0, dst)).square_())
                 n_new = count[r] + n_c
                 delta = mean_c.sub_(mean[r])
                 w = n_c / n_new.clamp(min=1)
