@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, write_json
 from benchmarks.profile_step import make_optimizer
-from benchmarks.step_overhead import TASKS
+from benchmarks.step_overhead import TASKS, state_floats
 
 
 class LiveStorageCounter(TorchDispatchMode):
@@ -80,7 +80,7 @@ def measure(task_name: str, optimizer: str, where: bool = False) -> dict:
         for size, shape, dtype in sorted(live, reverse=True)[:12]:
             print(f"  {size / n:7.1f} bytes/param  {dtype} {list(shape)}")
     return {"task": task_name, "params": n, "optimizer": optimizer, "peak_bytes_per_param": counter.peak / n,
-            **machine()}
+            "state_floats_per_param": state_floats(opt, model), **machine()}
 
 
 def main(argv=None) -> None:
@@ -92,14 +92,14 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     records = [measure(t, o, args.where) for t in args.tasks for o in args.optimizers]
-    table = markdown_table(records, ["task", "params", "optimizer", "peak_bytes_per_param"])
+    table = markdown_table(records, ["task", "params", "optimizer", "peak_bytes_per_param", "state_floats_per_param"])
     print(table)
     write_json("step_memory.json", records, args.out)
     (args.out or RESULTS).joinpath("step_memory.md").write_text(
         "# Peak memory of one optimizer step on the CPU (bytes of live tensor storage per parameter)\n\n"
         "Produced by `python -m benchmarks.step_memory` (see its docstring for what is counted). The optimizer state "
-        "itself (7 floats = 28 bytes per parameter for the default) persists between steps and is not counted; the "
-        "new state a step builds is.\n\n" + table + "\n")
+        "itself (`state_floats_per_param`, 4 bytes each) persists between steps and is not counted; the new state a "
+        "step builds is.\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
