@@ -101,3 +101,18 @@ def test_captured_update_refuses_cpu_tensors():
     p = torch.zeros(4)
     with pytest.raises(ValueError, match="CUDA tensors"):
         CapturedUpdate(lambda *a: a[:2], p, p, {}, torch.ones(()))
+
+
+def test_device_constants_are_made_once_and_are_ordinary_tensors():
+    """The update's constants are made once per (values, dtype, device), so replaying a graph never copies from the
+    host; one made under inference mode can still be saved for a backward later."""
+    from l2o.runtime import device_constant
+
+    with torch.inference_mode():
+        c = device_constant((0.5, 0.25), torch.float64, torch.device("cpu"))
+    assert device_constant((0.5, 0.25), torch.float64, torch.device("cpu")) is c
+    assert device_constant((0.5, 0.25), torch.float32, torch.device("cpu")) is not c
+    assert not c.is_inference()
+    x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    (x * c).sum().backward()
+    assert x.grad.tolist() == [0.5, 0.25]
