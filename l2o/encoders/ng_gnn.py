@@ -135,7 +135,8 @@ class NGGNNLayer(MessagePassing):
             raise ValueError(f"expected {self.relations} relations, got {len(edge_indices)} edge indices")
         h = self.msg_node(x).chunk(2 * self.relations, dim=-1)
         chunks = row_chunks(e.shape[0], e.device)  # one chunk under autograd
-        if len(chunks) == 1:
+        one_pass = len(chunks) == 1
+        if one_pass:
             film = self.film(e).chunk(2 * self.relations, dim=-1)
             aggregated = [self.propagate(edge_index, h_dst=h[2 * r], h_src=h[2 * r + 1], scale=film[2 * r],
                                          shift=film[2 * r + 1], rel=r, deg=deg[r], amp=amp[r])
@@ -145,8 +146,9 @@ class NGGNNLayer(MessagePassing):
         x = self.node_norm(x + self.node_mlp(torch.cat([x, *aggregated], dim=-1)))
         src, dst = edge_indices[0]
         x_dst, x_src = self.edge_node(x).chunk(2, dim=-1)
-        if len(chunks) == 1:
-            return x, self.edge_update(e, x_dst[dst], x_src[src])
+        # (index_select rather than tensor[index] for every per-edge gather: several times faster on the CPU)
+        if one_pass:
+            return x, self.edge_update(e, x_dst.index_select(0, dst), x_src.index_select(0, src))
         for c0, c1 in chunks:  # in place: e is the encoder's own state
             e[c0:c1] = self.edge_update(e[c0:c1], x_dst.index_select(0, dst[c0:c1]),
                                         x_src.index_select(0, src[c0:c1]))
@@ -173,7 +175,6 @@ class NGGNNLayer(MessagePassing):
             film = self.film(e[c0:c1]).chunk(2 * R, dim=-1)
             for r, (src, dst) in enumerate(edge_indices):
                 src, dst = src[c0:c1], dst[c0:c1]
-                # (index_select, not tensor[index]: several times faster on the CPU)
                 m = self.message(h[2 * r].index_select(0, dst), h[2 * r + 1].index_select(0, src), film[2 * r],
                                  film[2 * r + 1], r)
                 at = dst[:, None].expand_as(m)
