@@ -82,7 +82,7 @@ RANGES = {
     "optimizer": {
         "hidden": _at_least(1), "depth": _at_least(0), "kmax": _at_least(1), "head_hidden": _at_least(1),
         "head_layers": _at_least(1), "lam": _at_least(0), "adam_lr": _above(0), "adam_scale": _at_least(0),
-        "lstm_hidden": _at_least(1), "lr": _above(0), "weight_decay": _at_least(0),
+        "max_update": _at_least(0), "lstm_hidden": _at_least(1), "lr": _above(0), "weight_decay": _at_least(0),
         "momentum": _in_range(0, 1, high_open=True), "positional": _one_of(("role", "index")),
         "step_rule": _one_of(STEP_RULES), "inputs": _one_of(INPUT_SETS), "preprocess": _one_of(("logsign", "rms")),
     },

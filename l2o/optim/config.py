@@ -24,8 +24,8 @@ class OptimizerConfig:
     family                        fields read
     ============================  ===============================================================================
     every learned family          ``inputs``, ``preprocess`` (features); ``step_rule``, ``head_hidden``, ``lam``
-    (GRAPH_FAMILIES, ff, lstm,    (the update head), and the step rule's own fields below
-    tensor-lstm)
+    (GRAPH_FAMILIES, ff, lstm,    (the update head), and the step rule's own fields below; ``max_update`` (a
+    tensor-lstm)                  bound on each element's step relative to its tensor's RMS, 0 = none)
     ng-gnn, ng-t, dng, nfn        + ``hidden``, ``depth``, ``kmax``, ``encoder_options``, ``positional`` (encoder)
     lstm, tensor-lstm             + ``lstm_hidden``
     ff                            nothing more
@@ -69,6 +69,8 @@ class OptimizerConfig:
     additive: bool = True  # False: no free-form additive term (only the modulated Adam step)
     relative: bool = False  # Adam residual step x RMS of its tensor: adam_lr is then a relative learning rate
     lstm_hidden: int = 8  # lstm: per-element state size; tensor-lstm: width of its MLP and its cell
+    # every learned family: > 0 clamps each element's update to max_update x the RMS of its tensor (0 = no bound)
+    max_update: float = 0.0
     # hand-designed optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -94,7 +96,8 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
     """A freshly initialised optimizer module for ``cfg`` (use ``torch.manual_seed`` first for a fixed init)."""
     head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
-                additive=cfg.additive, relative=cfg.relative, step_rule=cfg.step_rule, head_layers=cfg.head_layers)
+                additive=cfg.additive, relative=cfg.relative, step_rule=cfg.step_rule, head_layers=cfg.head_layers,
+                max_update=cfg.max_update)
     feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(encoder=cfg.family, hidden=cfg.hidden, depth=cfg.depth, kmax=cfg.kmax,
