@@ -82,3 +82,25 @@ def test_negative_max_update_is_refused(tmp_path):
     toml.write_text('[optimizer]\nfamily = "ff"\nmax_update = -1.0\n')
     with pytest.raises(ConfigError, match="max_update"):
         load_config(toml)
+
+
+def test_the_bound_gives_the_same_steps_in_the_vectorised_task_pool():
+    """The pool applies one update to K tasks' parameters laid end to end: the bound stays per task and tensor."""
+    from meta_train.unroll import TaskPool
+    from tasks.regression import RegressionFamily
+
+    torch.manual_seed(0)
+    learned = build_optimizer(OptimizerConfig(family="ff", step_rule="mlp", lam=1.0, max_update=0.05))
+    fast, slow = (TaskPool(RegressionFamily((4,)).sample, learned, [0, 1, 2], 4, 0, seed=0, vectorize=v)
+                  for v in (True, False))
+    clamped = False
+    for _ in range(3):
+        a, b = fast.advance(learned.update, meta_loss="train"), slow.advance(learned.update, meta_loss="train")
+        for ctx, p, new, q in zip(a.contexts, a.params, a.new_params, b.new_params):
+            torch.testing.assert_close(new, q, rtol=1e-4, atol=1e-5)
+            for pt, dt in zip(ctx.split(p), ctx.split(new - p)):
+                bound = 0.05 * pt.pow(2).mean().sqrt()
+                assert dt.abs().max() <= bound * (1 + 1e-5)
+                clamped |= bool(torch.isclose(dt.abs().max(), bound))
+        fast.detach(), slow.detach()
+    assert clamped
