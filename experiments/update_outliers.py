@@ -8,7 +8,7 @@ step and for every parameter tensor, the update's RMS and largest magnitude rela
 step after which the training loss jumps above ``--spike`` times the median of the 50 losses before it is a
 *spike*: for it the ``--top`` largest element updates are kept with the element's tensor, parameter, gradient and
 Adam direction ``m_hat / (sqrt(v_hat) + eps)``. Writes ``OUT/<task>-seed<seed>.json`` and a figure of the
-per-tensor largest relative update against the step, one panel per optimizer.
+per-tensor largest relative update against the step, one panel per optimizer, and of each tensor's RMS against its initial RMS (how far the weights grew).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def replay(optimizer, task, steps: int, seed: int, spike: float = 3.0, top: int 
     """One evaluation run of ``optimizer`` on ``task`` with per-tensor update statistics.
 
     Returns ``{"losses": [steps], "tensors": [names], "rel_rms": [steps][tensors], "rel_max": [steps][tensors],
-    "spikes": [{"step", "loss_before", "loss_after", "top": [{"tensor", "index", "update", "param", "grad",
-    "adam_dir"}]}]}``; ``rel_*`` are relative to each tensor's RMS at step 0.
+    "param_rms": [steps][tensors] (each tensor's RMS after the step over its initial RMS), "spikes": [{"step",
+    "loss_before", "loss_after", "top": [{"tensor", "index", "update", "param", "grad", "adam_dir"}]}]}``; ``rel_*`` are relative to each tensor's RMS at step 0.
     """
     model, ctx, params, state = start_optimizee(optimizer, task, seed, torch.device("cpu"))
     stream = task.batches("train", seed=seed)
@@ -41,7 +41,7 @@ def replay(optimizer, task, steps: int, seed: int, spike: float = 3.0, top: int 
     offsets = [0]
     for t in ctx.split(params):
         offsets.append(offsets[-1] + t.numel())
-    rec = {"losses": [], "tensors": list(ctx.names), "rel_rms": [], "rel_max": [], "spikes": []}
+    rec = {"losses": [], "tensors": list(ctx.names), "rel_rms": [], "rel_max": [], "param_rms": [], "spikes": []}
     pending = None  # the last update's top elements, kept until the next loss says whether it was a spike
     for step in range(steps):
         x, y = stream.batch(step)
@@ -61,6 +61,7 @@ def replay(optimizer, task, steps: int, seed: int, spike: float = 3.0, top: int 
         idx = delta.abs().topk(top).indices.tolist()
         pending = {"step": step, "top": [_element(i, offsets, ctx.names, delta, params, grad, adam_dir) for i in idx]}
         params = new_params
+        rec["param_rms"].append([t.pow(2).mean().sqrt().item() / r for t, r in zip(ctx.split(params), init_rms)])
         if (step + 1) % 50 == 0:
             print(f"step {step + 1}: loss {value:.3f}, largest relative update "
                   f"{max(rec['rel_max'][-1]):.3g} ({len(rec['spikes'])} spikes)", flush=True)
@@ -78,17 +79,19 @@ def plot(records: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(records), figsize=(6 * len(records), 7), squeeze=False, sharex=True)
+    rows = (("rel_max", "largest |update| / initial RMS"), ("param_rms", "RMS / initial RMS (weight growth)"))
+    fig, axes = plt.subplots(3, len(records), figsize=(6 * len(records), 10), squeeze=False, sharex=True)
     for col, (label, rec) in enumerate(records.items()):
-        ax = axes[0][col]
-        for j, name in enumerate(rec["tensors"]):
-            ax.semilogy([r[j] for r in rec["rel_max"]], lw=0.7, label=name)
-        ax.set_title(f"{label}: largest |update| / initial RMS, per tensor")
-        ax.legend(fontsize=6, ncol=2)
-        axes[1][col].plot(rec["losses"], lw=0.7)
-        axes[1][col].set_yscale("log")
-        axes[1][col].set_title(f"{label}: training loss ({len(rec['spikes'])} spikes)")
-        axes[1][col].set_xlabel("step")
+        for row, (key, title) in enumerate(rows):
+            ax = axes[row][col]
+            for j, name in enumerate(rec["tensors"]):
+                ax.semilogy([r[j] for r in rec.get(key, [])], lw=0.7, label=name)
+            ax.set_title(f"{label}: {title}, per tensor", fontsize=9)
+            ax.legend(fontsize=6, ncol=2)
+        axes[2][col].plot(rec["losses"], lw=0.7)
+        axes[2][col].set_yscale("log")
+        axes[2][col].set_title(f"{label}: training loss ({len(rec['spikes'])} spikes)", fontsize=9)
+        axes[2][col].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -116,9 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         if cand.label in records and len(records[cand.label]["losses"]) >= args.steps:
             print(f"{cand.label}: kept from {path}")
             continue
-        records[cand.label] = {"checkpoint": cand.checkpoint, **replay(cand.build(), task, args.steps, args.seed,
-                                                                       args.spike, args.top)}
-        path.write_text(json.dumps(records) + "\n")  # one optimizer at a time: a kill loses only the one running
+        rec = {"checkpoint": cand.checkpoint, **replay(cand.build(), task, args.steps, args.seed, args.spike, args.top)}
+        # one optimizer at a time (a kill loses only the one running), merged into the file as it is now (another
+        # process may have added an optimizer meanwhile)
+        records = {**(json.loads(path.read_text()) if path.is_file() else {}), cand.label: rec}
+        path.write_text(json.dumps(records) + "\n")
     plot(records, path.with_suffix(".png"))
     for label, rec in records.items():
         for s in rec["spikes"]:
