@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--optimizers", nargs="+", required=True, metavar="LABEL=CHECKPOINT")
     ap.add_argument("--spike", type=float, default=3.0, help="loss / median of the 50 before it that is a spike")
     ap.add_argument("--top", type=int, default=10, help="largest element updates kept per spike")
+    ap.add_argument("--without-graph", action="store_true",
+                    help="zero each optimizer's embedding projection (the head then reads its own features only: "
+                         "the graph's contribution ablated) and record it as 'LABEL without graph'")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     task = get_task(args.task)
@@ -116,13 +119,20 @@ def main(argv: list[str] | None = None) -> None:
     records = json.loads(path.read_text()) if path.is_file() else {}
     for spec in args.optimizers:
         cand = parse_spec(spec)
-        if cand.label in records and len(records[cand.label]["losses"]) >= args.steps:
-            print(f"{cand.label}: kept from {path}")
+        label = f"{cand.label} without graph" if args.without_graph else cand.label
+        if label in records and len(records[label]["losses"]) >= args.steps:
+            print(f"{label}: kept from {path}")
             continue
-        rec = {"checkpoint": cand.checkpoint, **replay(cand.build(), task, args.steps, args.seed, args.spike, args.top)}
+        optimizer = cand.build()
+        if args.without_graph:
+            if getattr(optimizer.head, "embed_proj", None) is None:
+                ap.error(f"--without-graph: {spec} has no embedding to ablate")
+            with torch.no_grad():
+                optimizer.head.embed_proj.weight.zero_()
+        rec = {"checkpoint": cand.checkpoint, **replay(optimizer, task, args.steps, args.seed, args.spike, args.top)}
         # one optimizer at a time (a kill loses only the one running), merged into the file as it is now (another
         # process may have added an optimizer meanwhile)
-        records = {**(json.loads(path.read_text()) if path.is_file() else {}), cand.label: rec}
+        records = {**(json.loads(path.read_text()) if path.is_file() else {}), label: rec}
         path.write_text(json.dumps(records) + "\n")
     plot(records, path.with_suffix(".png"))
     for label, rec in records.items():
