@@ -8,7 +8,8 @@ step and for every parameter tensor, the update's RMS and largest magnitude rela
 step after which the training loss jumps above ``--spike`` times the median of the 50 losses before it is a
 *spike*: for it the ``--top`` largest element updates are kept with the element's tensor, parameter, gradient and
 Adam direction ``m_hat / (sqrt(v_hat) + eps)``. Writes ``OUT/<task>-seed<seed>.json`` and a figure of the
-per-tensor largest relative update against the step, one panel per optimizer, and of each tensor's RMS against its initial RMS (how far the weights grew).
+per-tensor largest relative update against the step, one panel per optimizer, and of each tensor's RMS against its
+initial RMS (how far the weights grew).
 """
 from __future__ import annotations
 
@@ -33,14 +34,12 @@ def replay(optimizer, task, steps: int, seed: int, spike: float = 3.0, top: int 
 
     Returns ``{"losses": [steps], "tensors": [names], "rel_rms": [steps][tensors], "rel_max": [steps][tensors],
     "param_rms": [steps][tensors] (each tensor's RMS after the step over its initial RMS), "spikes": [{"step",
-    "loss_before", "loss_after", "top": [{"tensor", "index", "update", "param", "grad", "adam_dir"}]}]}``; ``rel_*`` are relative to each tensor's RMS at step 0.
+    "loss_before", "loss_after", "top": [{"tensor", "index", "update", "param", "grad", "adam_dir"}]}]}``;
+    ``rel_*`` are relative to each tensor's RMS at step 0.
     """
     model, ctx, params, state = start_optimizee(optimizer, task, seed, torch.device("cpu"))
     stream = task.batches("train", seed=seed)
     init_rms = [t.pow(2).mean().sqrt().clamp(min=1e-8).item() for t in ctx.split(params)]
-    offsets = [0]
-    for t in ctx.split(params):
-        offsets.append(offsets[-1] + t.numel())
     rec = {"losses": [], "tensors": list(ctx.names), "rel_rms": [], "rel_max": [], "param_rms": [], "spikes": []}
     pending = None  # the last update's top elements, kept until the next loss says whether it was a spike
     for step in range(steps):
@@ -59,7 +58,7 @@ def replay(optimizer, task, steps: int, seed: int, spike: float = 3.0, top: int 
         rec["rel_max"].append([d.abs().max().item() / r for d, r in zip(ctx.split(delta), init_rms)])
         adam_dir = adam_direction(state) if "v" in state else None
         idx = delta.abs().topk(top).indices.tolist()
-        pending = {"step": step, "top": [_element(i, offsets, ctx.names, delta, params, grad, adam_dir) for i in idx]}
+        pending = {"step": step, "top": [_element(i, ctx, delta, params, grad, adam_dir) for i in idx]}
         params = new_params
         rec["param_rms"].append([t.pow(2).mean().sqrt().item() / r for t, r in zip(ctx.split(params), init_rms)])
         if (step + 1) % 50 == 0:
@@ -68,10 +67,11 @@ def replay(optimizer, task, steps: int, seed: int, spike: float = 3.0, top: int 
     return rec
 
 
-def _element(i: int, offsets: list[int], names: list[str], delta, params, grad, adam_dir) -> dict:
-    k = max(j for j in range(len(names)) if offsets[j] <= i)
-    return {"tensor": names[k], "index": i - offsets[k], "update": delta[i].item(), "param": params[i].item(),
-            "grad": grad[i].item(), "adam_dir": None if adam_dir is None else adam_dir[i].item()}
+def _element(i: int, ctx, delta, params, grad, adam_dir) -> dict:
+    k = int(ctx.tensor_id[i])
+    return {"tensor": ctx.names[k], "index": i - int(ctx.offsets[k]), "update": delta[i].item(),
+            "param": params[i].item(), "grad": grad[i].item(),
+            "adam_dir": None if adam_dir is None else adam_dir[i].item()}
 
 
 def plot(records: dict[str, dict], path: Path) -> None:

@@ -130,8 +130,8 @@ def bound_update(ctx: ParamContext, params: torch.Tensor, step: torch.Tensor, ra
     A guard against the rare element whose learned update is orders of magnitude off its usual size (an input far
     outside what meta-training saw): the element still moves, by at most ``ratio`` RMS of its tensor. Usual steps
     are far inside a bound of 1 (the default's largest element step on CIFAR-10 CNNs is at most about a quarter of
-    its tensor's initial RMS, and tensors grow), so there the update is unchanged, bit for bit. The bound is a constant of the step (no gradient
-    through it); where it clamps, the meta-gradient of that element's step is zero.
+    its tensor's initial RMS, and tensors grow), so there the update is unchanged, bit for bit. The bound is a
+    constant of the step (no gradient through it); where it clamps, the meta-gradient of that element's step is zero.
     """
     bound = ratio * ctx.tensor_rms(params.detach()[:, None])[:, 0]
     return torch.minimum(torch.maximum(step, -bound), bound)
