@@ -144,6 +144,14 @@ RUNS = {
         f"meta.init_from='{OUT / 'checkpoints' / f'ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4{tag}.pt'}'",
         f"run.out_dir='runs/reference-ng-gnn-32x2-window-family{tag}'"])
        for s, tag in ((0, ""), (1, "-seed1"), (2, "-seed2"))},
+    # ng-gnn-32x2-relative-from-default: the default (seed 1's continuation) with relative steps (each step x its
+    # tensor's initial RMS; experiments/relative_steps.py writes the start, the absolute rule on fmnist-conv's median
+    # element), meta-trained 100 outer steps more with the same recipe: the graph's steps, blind to width, then
+    # shrink with the initialisation instead of growing the wide layers of cifar10-conv-w128 until the loss spikes.
+    "ng-gnn-32x2-relative-from-default": ("reference.toml", [
+        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
+        "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-start.pt'",
+        "run.out_dir='runs/reference-ng-gnn-32x2-relative-from-default'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),

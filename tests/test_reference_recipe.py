@@ -12,6 +12,7 @@ from l2o import NeuralGraphOptimizer
 from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
 from l2o.optim.features import DECAYS, FeatureConfig, init_moments, logsign, param_features, update_moments
 from meta_train.config import load_config
+from meta_train.inner_train import context_for
 from model_zoo import mixed_kernel_cnn, mlp, permute_sequential
 
 REF = dict(inputs="reference", step_rule="mlp", head_hidden=8, head_layers=3)
@@ -68,6 +69,46 @@ def test_mlp_step_rule_is_lam_d_exp_lam_m():
     d, m = head.out(h).unbind(-1)
     torch.testing.assert_close(head(None, feats, None), 0.01 * d * torch.exp(0.01 * m))
     assert len(head.hidden) == 2  # head_layers=3 hidden layers: feat_in + 2
+
+
+def test_relative_mlp_step_is_the_absolute_step_times_the_initial_tensor_rms():
+    """optimizer.relative with the mlp rule: the same rule, each element's step x its tensor's RMS at the start
+    (kept in the state, so a tensor's later growth does not change it)."""
+    absolute, relative = _opt("ng-gnn", kmax=5), _opt("ng-gnn", kmax=5, relative=True)
+    relative.load_state_dict(absolute.state_dict())
+    model = mixed_kernel_cnn(0)
+    named = list(model.named_parameters())
+    ctx = context_for(model, relative)
+    params = ctx.flatten([p.detach() for _, p in named])
+    grads = torch.randn_like(params)
+    state_a, state_r = absolute.init_state(ctx, params), relative.init_state(ctx, params)
+    rms = torch.cat([t.pow(2).mean().sqrt().expand(t.numel()) for t in ctx.split(params)])
+    torch.testing.assert_close(state_r["scale"], rms)
+    with torch.no_grad():
+        new_a, _ = absolute.update(ctx, params, grads, state_a)
+        new_r, _ = relative.update(ctx, params, grads, state_r)
+    torch.testing.assert_close(new_r - params, (new_a - params) * rms, rtol=1e-4, atol=1e-9)
+
+
+def test_relative_warm_start_keeps_the_absolute_step_on_a_tensor_of_the_reference_rms(tmp_path):
+    from experiments.relative_steps import relative_warm_start
+    from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
+
+    absolute, config = _opt("ff"), OptimizerConfig(family="ff", **REF)
+    src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
+    ref = relative_warm_start(src, tmp_path / "rel.pt", "fmnist-conv")
+    relative, rel_config, payload = load_checkpoint(tmp_path / "rel.pt")
+    assert rel_config.relative and "warm_start_note" in payload["summary"]
+    ctx = ParamContext.build(None, ["w"], [torch.Size([50])])
+    params = torch.randn(50)
+    params *= ref / params.pow(2).mean().sqrt()  # a tensor whose RMS is the reference
+    grads = torch.randn(50)
+    with torch.no_grad():
+        new_a, _ = absolute.update(ctx, params, grads, absolute.init_state(ctx, params))
+        new_r, _ = relative.update(ctx, params, grads, relative.init_state(ctx, params))
+    torch.testing.assert_close(new_r, new_a, rtol=1e-5, atol=1e-8)
+    with pytest.raises(SystemExit, match="expected an absolute 'mlp' rule"):
+        relative_warm_start(tmp_path / "rel.pt", tmp_path / "again.pt", "fmnist-conv")
 
 
 def test_mlp_step_rule_rejects_adam_residual():

@@ -40,9 +40,9 @@ class OptimizerConfig:
       ``adam_scale``, ``additive``, ``relative``. ``relative = True``, ``adam_scale > 0`` and ``additive = False``
       each need ``adam_residual = True``, which needs ``inputs = "adam"`` (the second moment). The shipped
       optimizers: ``adam_residual = True, adam_scale = 1, additive = False, relative = True``.
-    * ``"mlp"`` (:class:`l2o.optim.heads.MLPStepHead`, the published reference rule): ``head_layers``;
-      ``adam_residual`` and ``relative`` must stay False, and ``layer_scale``, ``adam_lr``, ``adam_scale``,
-      ``additive`` are not read.
+    * ``"mlp"`` (:class:`l2o.optim.heads.MLPStepHead`, the published reference rule): ``head_layers``,
+      ``relative`` (each step times its tensor's initial RMS; not in the reference); ``adam_residual`` must stay
+      False, and ``layer_scale``, ``adam_lr``, ``adam_scale``, ``additive`` are not read.
 
     Invalid combinations are refused when the optimizer is built (:func:`build_optimizer`), naming the fields.
     """
@@ -67,7 +67,9 @@ class OptimizerConfig:
     adam_lr: float = 1e-3
     adam_scale: float = 0.0  # > 0: learned per-element Adam lr multiplier in [e^-adam_scale, e^adam_scale]
     additive: bool = True  # False: no free-form additive term (only the modulated Adam step)
-    relative: bool = False  # Adam residual step x RMS of its tensor: adam_lr is then a relative learning rate
+    # "modulated": the Adam residual step x RMS of its tensor (adam_lr is then a relative rate); "mlp": every step
+    # x its tensor's initial RMS
+    relative: bool = False
     lstm_hidden: int = 8  # lstm: per-element state size; tensor-lstm: width of its MLP and its cell
     # every learned family: > 0 clamps each element's update to max_update x the RMS of its tensor (0 = no bound)
     max_update: float = 0.0

@@ -164,26 +164,28 @@ class MLPStepHead(nn.Module):
     ``[features, embedding]`` -> ReLU MLP with ``layers`` hidden layers of width ``hidden`` -> ``(d, m)`` per
     element; the step is ``lam * d * exp(lam * m)``. Nothing else: no Adam term, no per-layer scale, no time
     features, PyTorch's default initialisation everywhere (so the untrained rule already takes steps of order
-    ``lam``).
+    ``lam``). With ``relative`` (not in the reference) the step is also multiplied by the RMS its tensor had at
+    the start (``scale``): a step size in units of the tensor's own scale, which shrinks with fan-in as the
+    initialisation does, so a rule whose output does not see width still moves a wide layer by the same fraction.
 
     Keyword arguments only:
         num_features: per-element input features ``F``. embed_dim: per-element embedding size (0 = none).
         hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
-    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ...) -> step [P]``; ``embed`` comes already
+        relative: multiply each step by ``scale [P]`` (each element's tensor RMS at the start).
+    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ..., scale [P] or None) -> step [P]``; ``embed`` comes already
     projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the per-element gather, which
     equals a first linear layer on the concatenation ``[features, embedding]``) and is consumed (:func:`first_layer`).
     """
 
     needs_adam_direction = False
-    relative = False
 
     def __init__(self, *, num_features: int, embed_dim: int = 0, hidden: int = 64, layers: int = 2,
-                 lam: float = 0.01):
+                 lam: float = 0.01, relative: bool = False):
         super().__init__()
         if layers < 1 or hidden < 1:
             raise ValueError(f"an MLP step head needs layers >= 1 and hidden >= 1, got layers={layers}, "
                              f"hidden={hidden}")
-        self.lam = lam
+        self.lam, self.relative = lam, relative
         self.feat_in = nn.Linear(num_features, hidden)
         self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
@@ -196,12 +198,16 @@ class MLPStepHead(nn.Module):
 
     def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat=None,
                 adam_dir=None, scale=None) -> torch.Tensor:
-        def mlp(f: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+        if self.relative and scale is None:
+            raise ValueError("a relative update head needs the per-element scale kept in the optimizer state")
+
+        def mlp(f: torch.Tensor, e: torch.Tensor | None, sc: torch.Tensor | None) -> torch.Tensor:
             h = activation_(F.relu, first_layer(f, self.feat_in, e))
             for lin in self.hidden:
                 h = activation_(F.relu, lin(h))
 
             out = self.out(h)
-            return self.lam * out[:, 0] * torch.exp(self.lam * out[:, 1])
+            step = self.lam * out[:, 0] * torch.exp(self.lam * out[:, 1])
+            return step * sc if self.relative else step
 
-        return per_row_chunks(mlp, feats, embed)
+        return per_row_chunks(mlp, feats, embed, scale if self.relative else None)

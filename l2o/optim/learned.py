@@ -70,11 +70,11 @@ class LearnedOptimizer(Optimizer):
         self.features = features
         self.max_update = float(max_update)
         if step_rule == "mlp":
-            if adam_residual or relative:
-                raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual / relative "
-                                 "steps (use step_rule='modulated' for those)")
+            if adam_residual:
+                raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual "
+                                 "(use step_rule='modulated' for that)")
             self.head = MLPStepHead(num_features=features.num_features, embed_dim=embed_dim, hidden=head_hidden,
-                                    layers=head_layers, lam=lam)
+                                    layers=head_layers, lam=lam, relative=relative)
         else:
             if features.inputs != "adam" and adam_residual:
                 raise ValueError("an Adam residual needs the second moment: use features inputs='adam'")
