@@ -270,6 +270,9 @@ PARTS = {
     # weights, each with its own score, and seed 0's metrics; seeds 1 and 2's metrics were over the lease's size limit)
     **{f"ng-gnn-32x2-window-family{t}": ([_spec(f"ng-gnn-32x2-window-family{t}")], SEED_LIST)
        for t in ("", "-seed1", "-seed2")},
+    # the default with relative steps, its best validated weights; seeds 0-2 and 3-4 in two processes
+    "ng-gnn-32x2-relative-from-default": ([_spec("ng-gnn-32x2-relative-from-default")], SEED_LIST[:3]),
+    "ng-gnn-32x2-relative-from-default-b": ([_spec("ng-gnn-32x2-relative-from-default")], SEED_LIST[3:]),
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }
