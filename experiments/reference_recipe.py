@@ -152,6 +152,11 @@ RUNS = {
         *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
         "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-start.pt'",
         "run.out_dir='runs/reference-ng-gnn-32x2-relative-from-default'"]),
+    # ...-relative-from-continued-seed0 / -seed2: the same for the continuations of meta-training seeds 0 and 2
+    **{f"ng-gnn-32x2-relative-from-continued-seed{s}": ("reference.toml", [
+        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", f"run.seed={s}", "optimizer.relative=true",
+        f"meta.init_from='results/experiments/relative-steps/checkpoints/continued-seed{s}-relative-start.pt'",
+        f"run.out_dir='runs/reference-ng-gnn-32x2-relative-from-continued-seed{s}'"]) for s in (0, 2)},
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
@@ -273,6 +278,8 @@ PARTS = {
     # the default with relative steps, its best validated weights; seeds 0-2 and 3-4 in two processes
     "ng-gnn-32x2-relative-from-default": ([_spec("ng-gnn-32x2-relative-from-default")], SEED_LIST[:3]),
     "ng-gnn-32x2-relative-from-default-b": ([_spec("ng-gnn-32x2-relative-from-default")], SEED_LIST[3:]),
+    **{f"ng-gnn-32x2-relative-from-continued-seed{s}": (
+        [_spec(f"ng-gnn-32x2-relative-from-continued-seed{s}")], SEED_LIST) for s in (0, 2)},
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }

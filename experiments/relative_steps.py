@@ -2,6 +2,8 @@
 
     python -m experiments.relative_steps warm-start --source results/checkpoints/default.pt \\
         --out results/experiments/relative-steps/checkpoints/default-relative-start.pt
+    python -m experiments.relative_steps probe --checkpoint results/checkpoints/default.pt \\
+        --tasks cifar10-conv cifar10-conv-w128
 
 Why: the graph default takes absolute steps (the reference's ``mlp`` rule) whose size its embedding fixes from
 structure that does not change with width (relative degree scalers, mean aggregation, LayerNorm), so at 4x the
@@ -17,6 +19,7 @@ it scales with the tensor: what meta-training then adapts).
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +62,60 @@ def relative_warm_start(source: Path, out: Path, task_name: str) -> float:
     return ref
 
 
+AGGREGATES = ("mean", "min", "max", "std")
+
+
+@torch.no_grad()
+def probe_width(optimizer, task, steps: int, seed: int = 0) -> dict:
+    """What a graph optimizer's encoder sees and gives on ``task`` over ``steps`` evaluation steps (the run of
+    ``meta_train.evaluate``: same model seed, batches and update).
+
+    Returns ``{"aggregates": [steps][layers][4] (mean |.| of each PNA aggregate, mean/min/max/std, over the nodes
+    that receive messages, identity scaler), "embedding_rms": [steps][tensors] (RMS of the head's projected
+    embedding over each tensor's elements), "tensors": [names]}``.
+    """
+    from l2o.encoders.ng_gnn import NGGNNLayer
+    from meta_train.inner_train import loss_and_grad, start_optimizee
+
+    seen: dict = {"agg": [], "emb": None}
+
+    def grab_aggregates(module, args):  # node_mlp's input: [x, per relation 4 aggregates x (identity, amplified)]
+        z = args[0]
+        d = z.shape[1] // (1 + 2 * len(AGGREGATES) * module.relations)
+        seen["agg"].append([z[:, (1 + k) * d:(2 + k) * d].abs().mean().item() for k in range(len(AGGREGATES))])
+
+    hooks = [m.node_mlp.register_forward_pre_hook(lambda mod, args, layer=m: grab_aggregates(layer, args))
+             for m in optimizer.modules() if isinstance(m, NGGNNLayer)]
+    if not hooks:
+        raise SystemExit("probe: the optimizer has no NG-GNN layers (an ng-gnn checkpoint is needed)")
+    encode = optimizer.encoder.encode_projected
+
+    def grab_embedding(graph, node, edge, weight):
+        out = encode(graph, node, edge, weight)
+        seen["emb"] = (graph, *out)
+        return out
+
+    optimizer.encoder.encode_projected = grab_embedding
+    try:
+        model, ctx, params, state = start_optimizee(optimizer, task, seed, torch.device("cpu"))
+        stream = task.batches("train", seed=seed)
+        rec = {"tensors": list(ctx.names), "aggregates": [], "embedding_rms": []}
+        for step in range(steps):
+            x, y = stream.batch(step)
+            _, grad = loss_and_grad(model, ctx, task.loss, params, x, y)
+            seen["agg"].clear()
+            params, state = optimizer.update(ctx, params, grad, state, 1.0)
+            graph, node_emb, edge_emb = seen["emb"]
+            emb = ctx.from_graph_part(graph.gather_flat(node_emb, edge_emb))
+            rec["aggregates"].append(list(seen["agg"]))
+            rec["embedding_rms"].append([t.pow(2).mean().sqrt().item() for t in ctx.split(emb)])
+    finally:
+        for h in hooks:
+            h.remove()
+        del optimizer.encoder.encode_projected
+    return rec
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.relative_steps", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -66,8 +123,28 @@ def main(argv: list[str] | None = None) -> None:
     ws.add_argument("--source", type=Path, required=True, help="checkpoint of an absolute 'mlp' rule")
     ws.add_argument("--out", type=Path, required=True)
     ws.add_argument("--task", default="fmnist-conv", help="meta-training task whose tensors set the reference RMS")
+    pr = sub.add_parser("probe", help="the encoder's aggregates and embedding sizes on tasks of several widths")
+    pr.add_argument("--checkpoint", type=Path, required=True, help="an ng-gnn optimizer checkpoint")
+    pr.add_argument("--tasks", nargs="+", default=["cifar10-conv", "cifar10-conv-w128"])
+    pr.add_argument("--steps", type=int, default=40)
+    pr.add_argument("--out", type=Path, default=OUT / "probe.json")
     args = ap.parse_args(argv)
-    relative_warm_start(args.source, args.out, args.task)
+    if args.cmd == "warm-start":
+        relative_warm_start(args.source, args.out, args.task)
+        return
+    from tasks import get_task
+
+    optimizer, _, _ = load_checkpoint(args.checkpoint)
+    records = {"checkpoint": str(args.checkpoint), "steps": args.steps}
+    for name in args.tasks:
+        rec = records[name] = probe_width(optimizer, get_task(name), args.steps)
+        for step in (0, args.steps - 1):
+            aggs = " | ".join("/".join(f"{v:.3f}" for v in layer) for layer in rec["aggregates"][step])
+            embs = ", ".join(f"{t} {v:.3f}" for t, v in zip(rec["tensors"], rec["embedding_rms"][step]))
+            print(f"{name} step {step}: aggregates mean/min/max/std by layer {aggs}; embedding RMS {embs}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(records) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
