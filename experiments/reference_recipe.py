@@ -442,7 +442,8 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
              *[(f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed{s}", f"ng-gnn-32x2-from-ff-h1000-window-seed{s}")
                for s in (1, 2)],
              *[(f"ng-gnn-32x2-window-family{t}", f"ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4{t}")
-               for t in ("", "-seed1", "-seed2")]]
+               for t in ("", "-seed1", "-seed2")],
+             ("ng-gnn-32x2-relative-from-default", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1")]
 
 
 # Runs that differ only in the meta-training seed: the spread a single run hides.
