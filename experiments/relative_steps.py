@@ -55,9 +55,10 @@ def relative_warm_start(source: Path, out: Path, task_name: str) -> float:
     with torch.no_grad():
         optimizer.head.out.weight[0].div_(ref)
         optimizer.head.out.bias[0].div_(ref)
-    note = (f"relative warm start of {source}: step output divided by {ref:.5g} (initial tensor RMS of the median element of "
-            f"{task_name})")
-    save_checkpoint(out, optimizer, replace(config, relative=True), {**payload.get("summary", {}), "warm_start_note": note})
+    note = (f"relative warm start of {source}: step output divided by {ref:.5g} (initial tensor RMS of the median "
+            f"element of {task_name})")
+    summary = {**payload.get("summary", {}), "warm_start_note": note}
+    save_checkpoint(out, optimizer, replace(config, relative=True), summary)
     print(note, "->", out)
     return ref
 

@@ -172,9 +172,10 @@ class MLPStepHead(nn.Module):
         num_features: per-element input features ``F``. embed_dim: per-element embedding size (0 = none).
         hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
         relative: multiply each step by ``scale [P]`` (each element's tensor RMS at the start).
-    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ..., scale [P] or None) -> step [P]``; ``embed`` comes already
-    projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the per-element gather, which
-    equals a first linear layer on the concatenation ``[features, embedding]``) and is consumed (:func:`first_layer`).
+    Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ..., scale [P] or None) -> step [P]``;
+    ``embed`` comes already projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the
+    per-element gather, which equals a first linear layer on the concatenation ``[features, embedding]``) and is
+    consumed (:func:`first_layer`).
     """
 
     needs_adam_direction = False
