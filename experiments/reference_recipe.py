@@ -148,15 +148,12 @@ RUNS = {
     # tensor's initial RMS; experiments/relative_steps.py writes the start, the absolute rule on fmnist-conv's median
     # element), meta-trained 100 outer steps more with the same recipe: the graph's steps, blind to width, then
     # shrink with the initialisation instead of growing the wide layers of cifar10-conv-w128 until the loss spikes.
-    "ng-gnn-32x2-relative-from-default": ("reference.toml", [
-        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
-        "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-start.pt'",
-        "run.out_dir='runs/reference-ng-gnn-32x2-relative-from-default'"]),
-    # ...-relative-from-continued-seed0 / -seed2: the same for the continuations of meta-training seeds 0 and 2
-    **{f"ng-gnn-32x2-relative-from-continued-seed{s}": ("reference.toml", [
+    # ...-relative-from-continued-seed0 / -seed2: the same for the continuations of meta-training seeds 0 and 2.
+    **{f"ng-gnn-32x2-relative-from-{start}": ("reference.toml", [
         *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", f"run.seed={s}", "optimizer.relative=true",
-        f"meta.init_from='results/experiments/relative-steps/checkpoints/continued-seed{s}-relative-start.pt'",
-        f"run.out_dir='runs/reference-ng-gnn-32x2-relative-from-continued-seed{s}'"]) for s in (0, 2)},
+        f"meta.init_from='results/experiments/relative-steps/checkpoints/{start}-relative-start.pt'",
+        f"run.out_dir='runs/reference-ng-gnn-32x2-relative-from-{start}'"])
+       for s, start in ((1, "default"), (0, "continued-seed0"), (2, "continued-seed2"))},
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
