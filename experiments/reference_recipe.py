@@ -154,6 +154,15 @@ RUNS = {
         f"meta.init_from='results/experiments/relative-steps/checkpoints/{start}-relative-start.pt'",
         f"run.out_dir='runs/reference-ng-gnn-32x2-relative-from-{start}'"])
        for s, start in ((1, "default"), (0, "continued-seed0"), (2, "continued-seed2"))},
+    # ng-gnn-32x2-relative-category-from-default: the same with learned category rates (optimizer.category_rates),
+    # started at 1 / the initial RMS of each category on fmnist-conv (`relative_steps warm-start --per-category`):
+    # the relative start then equals the default on every layer of the meta-training task (the one-reference start
+    # above took 5.6x the default's step on the first layer and 3x on the last).
+    "ng-gnn-32x2-relative-category-from-default": ("reference.toml", [
+        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
+        "optimizer.category_rates=true",
+        "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-category-start.pt'",
+        "run.out_dir='runs/reference-ng-gnn-32x2-relative-category-from-default'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),
@@ -277,6 +286,8 @@ PARTS = {
     "ng-gnn-32x2-relative-from-default-b": ([_spec("ng-gnn-32x2-relative-from-default")], SEED_LIST[3:]),
     **{f"ng-gnn-32x2-relative-from-continued-seed{s}": (
         [_spec(f"ng-gnn-32x2-relative-from-continued-seed{s}")], SEED_LIST) for s in (0, 2)},
+    "ng-gnn-32x2-relative-category-from-default": ([_spec("ng-gnn-32x2-relative-category-from-default")],
+                                                   SEED_LIST),
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,37 +31,79 @@ from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
 OUT = Path("results/experiments/relative-steps")
 
 
-def reference_rms(task_name: str, seed: int = 0) -> float:
-    """The initial RMS of its tensor for the median element of ``task_name``'s model (seed ``seed``)."""
-    from tasks import get_task
-
-    model = get_task(task_name).make_model(seed)
-    rms = sorted((p.detach().pow(2).mean().sqrt().item(), p.numel()) for p in model.parameters())
+def _median_element(rms: list[tuple[float, int]]) -> float:
+    """The value of the median element of ``(value, numel)`` tensors (weighted by size)."""
+    rms = sorted(rms)
     half, seen = sum(n for _, n in rms) / 2, 0
     for value, n in rms:
         seen += n
         if seen >= half:
             return value
-    raise ValueError(f"{task_name}: the model has no parameters")
+    raise ValueError("no parameters")
 
 
-def relative_warm_start(source: Path, out: Path, task_name: str) -> float:
-    """Write ``source``'s rule with ``relative = True`` and its step output divided by the task's reference RMS;
-    returns that RMS."""
+def reference_rms(task_name: str, seed: int = 0) -> float:
+    """The initial RMS of its tensor for the median element of ``task_name``'s model (seed ``seed``)."""
+    from tasks import get_task
+
+    model = get_task(task_name).make_model(seed)
+    return _median_element([(p.detach().pow(2).mean().sqrt().item(), p.numel()) for p in model.parameters()])
+
+
+def category_rms(task_name: str, seed: int = 0) -> dict[str, float]:
+    """Per tensor category (``l2o.optim.context.CATEGORIES``) present in ``task_name``'s model: the initial RMS of
+    its tensor for the category's median element."""
+    from l2o.graph import NeuralGraph
+    from l2o.optim.context import CATEGORIES, ParamContext
+    from tasks import get_task
+
+    model = get_task(task_name).make_model(seed)
+    ctx = ParamContext.for_graph(NeuralGraph.from_module(model))  # the categories a graph optimizer sees
+    by_cat: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        cat = CATEGORIES[int(ctx.category[ctx.names.index(name)])]
+        by_cat.setdefault(cat, []).append((p.detach().pow(2).mean().sqrt().item(), p.numel()))
+    return {cat: _median_element(v) for cat, v in by_cat.items()}
+
+
+def relative_warm_start(source: Path, out: Path, task_name: str, per_category: bool = False) -> dict[str, float]:
+    """Write ``source``'s rule with ``relative = True`` that starts as ``source`` on ``task_name``; returns the
+    reference RMS used (``{"all": ref}``, or one per category).
+
+    Without ``per_category`` the step output is divided by one reference RMS (the task's median element): exact on
+    tensors of that RMS only. With it the rule gets learned category rates (``category_rates``) set to
+    ``1 / RMS`` of each category's median element, exact on every layer whose category has one tensor."""
+    from l2o.optim.config import build_optimizer
+    from l2o.optim.context import CATEGORIES
+
     optimizer, config, payload = load_checkpoint(source)
-    if config.step_rule != "mlp" or config.relative:
-        raise SystemExit(f"{source}: expected an absolute 'mlp' rule, got step_rule={config.step_rule!r}, "
-                         f"relative={config.relative}")
-    ref = reference_rms(task_name)
-    with torch.no_grad():
-        optimizer.head.out.weight[0].div_(ref)
-        optimizer.head.out.bias[0].div_(ref)
-    note = (f"relative warm start of {source}: step output divided by {ref:.5g} (initial tensor RMS of the median "
-            f"element of {task_name})")
+    if config.step_rule != "mlp" or config.relative or config.category_rates:
+        raise SystemExit(f"{source}: expected an absolute 'mlp' rule without category rates, got "
+                         f"step_rule={config.step_rule!r}, relative={config.relative}, "
+                         f"category_rates={config.category_rates}")
+    config = replace(config, relative=True, category_rates=per_category)
+    if per_category:
+        refs = category_rms(task_name)
+        fallback = reference_rms(task_name)  # for categories the task lacks
+        new = build_optimizer(config)
+        new.load_state_dict(optimizer.state_dict(), strict=False)
+        with torch.no_grad():
+            new.head.log_rate.copy_(torch.tensor([-math.log(refs.get(c, fallback)) for c in CATEGORIES]))
+        optimizer = new
+        note = ("relative warm start of {}: category rates 1 / ({}) (initial tensor RMS of each category's median "
+                "element of {}; {:.5g} for the others)").format(
+                    source, ", ".join(f"{c} {v:.5g}" for c, v in refs.items()), task_name, fallback)
+    else:
+        refs = {"all": reference_rms(task_name)}
+        with torch.no_grad():
+            optimizer.head.out.weight[0].div_(refs["all"])
+            optimizer.head.out.bias[0].div_(refs["all"])
+        note = (f"relative warm start of {source}: step output divided by {refs['all']:.5g} (initial tensor RMS of "
+                f"the median element of {task_name})")
     summary = {**payload.get("summary", {}), "warm_start_note": note}
-    save_checkpoint(out, optimizer, replace(config, relative=True), summary)
+    save_checkpoint(out, optimizer, config, summary)
     print(note, "->", out)
-    return ref
+    return refs
 
 
 AGGREGATES = ("mean", "min", "max", "std")
@@ -124,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     ws.add_argument("--source", type=Path, required=True, help="checkpoint of an absolute 'mlp' rule")
     ws.add_argument("--out", type=Path, required=True)
     ws.add_argument("--task", default="fmnist-conv", help="meta-training task whose tensors set the reference RMS")
+    ws.add_argument("--per-category", action="store_true",
+                    help="one reference RMS per tensor category, as learned category rates (exact on every layer)")
     pr = sub.add_parser("probe", help="the encoder's aggregates and embedding sizes on tasks of several widths")
     pr.add_argument("--checkpoint", type=Path, required=True, help="an ng-gnn optimizer checkpoint")
     pr.add_argument("--tasks", nargs="+", default=["cifar10-conv", "cifar10-conv-w128"])
@@ -131,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--out", type=Path, default=OUT / "probe.json")
     args = ap.parse_args(argv)
     if args.cmd == "warm-start":
-        relative_warm_start(args.source, args.out, args.task)
+        relative_warm_start(args.source, args.out, args.task, args.per_category)
         return
     from tasks import get_task
 

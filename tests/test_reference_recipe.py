@@ -96,7 +96,7 @@ def test_relative_warm_start_keeps_the_absolute_step_on_a_tensor_of_the_referenc
 
     absolute, config = _opt("ff"), OptimizerConfig(family="ff", **REF)
     src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
-    ref = relative_warm_start(src, tmp_path / "rel.pt", "fmnist-conv")
+    ref = relative_warm_start(src, tmp_path / "rel.pt", "fmnist-conv")["all"]
     relative, rel_config, payload = load_checkpoint(tmp_path / "rel.pt")
     assert rel_config.relative and "warm_start_note" in payload["summary"]
     ctx = ParamContext.build(None, ["w"], [torch.Size([50])])
@@ -109,6 +109,63 @@ def test_relative_warm_start_keeps_the_absolute_step_on_a_tensor_of_the_referenc
     torch.testing.assert_close(new_r, new_a, rtol=1e-5, atol=1e-8)
     with pytest.raises(SystemExit, match="expected an absolute 'mlp' rule"):
         relative_warm_start(tmp_path / "rel.pt", tmp_path / "again.pt", "fmnist-conv")
+
+
+def test_category_rates_multiply_each_step_by_its_categorys_learned_rate():
+    """optimizer.category_rates: zero-initialised (the plain rule), then each tensor's step x exp(its rate)."""
+    from l2o.optim.context import NUM_CATEGORIES
+
+    plain, rated = _opt("ng-gnn", kmax=5), _opt("ng-gnn", kmax=5, category_rates=True)
+    assert rated.head.log_rate.shape == (NUM_CATEGORIES,) and not rated.head.log_rate.any()
+    rated.load_state_dict({**plain.state_dict(), "head.log_rate": torch.zeros(NUM_CATEGORIES)})
+    model = mixed_kernel_cnn(0)
+    ctx = context_for(model, rated)
+    params = ctx.flatten([p.detach() for _, p in model.named_parameters()])
+    grads = torch.randn_like(params)
+    with torch.no_grad():
+        step_p = plain.update(ctx, params, grads, plain.init_state(ctx, params))[0] - params
+        torch.testing.assert_close(rated.update(ctx, params, grads, rated.init_state(ctx, params))[0] - params,
+                                   step_p)
+        rated.head.log_rate.copy_(torch.linspace(-1.0, 1.5, NUM_CATEGORIES))
+        step_r = rated.update(ctx, params, grads, rated.init_state(ctx, params))[0] - params
+    factor = torch.exp(rated.head.log_rate.detach())[ctx.category][ctx.tensor_id]
+    assert len(set(ctx.category.tolist())) >= 4  # several categories, so a mix-up would show
+    torch.testing.assert_close(step_r, step_p * factor, rtol=1e-4, atol=1e-9)
+
+
+def test_category_rates_are_an_option_of_the_mlp_rule_only():
+    with pytest.raises(ValueError, match="category_rates=True is an option of step_rule='mlp'"):
+        build_optimizer(OptimizerConfig(family="ff", step_rule="modulated", category_rates=True))
+
+
+def test_per_category_relative_warm_start_is_the_absolute_rule_on_every_layer_of_the_task(tmp_path):
+    """The relative rule with category rates 1 / (each category's initial RMS on fmnist-conv) takes the absolute
+    rule's first step on every tensor that sets its category's RMS (all but the first hidden conv layer, whose
+    category's median element lies in the larger second one)."""
+    from experiments.relative_steps import relative_warm_start
+    from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
+    from tasks import get_task
+
+    absolute, config = _opt("ng-gnn", kmax=3), OptimizerConfig(family="ng-gnn", hidden=8, depth=2, **REF)
+    src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
+    refs = relative_warm_start(src, tmp_path / "rel.pt", "fmnist-conv", per_category=True)
+    relative, rel_config, _ = load_checkpoint(tmp_path / "rel.pt")
+    assert rel_config.relative and rel_config.category_rates and len(refs) == 6
+    model = get_task("fmnist-conv").make_model(0)
+    ctx = context_for(model, relative)
+    named = dict(model.named_parameters())
+    params = ctx.flatten([named[n].detach() for n in ctx.names])
+    grads = torch.randn_like(params)
+    with torch.no_grad():
+        step_a = ctx.split(absolute.update(ctx, params, grads, absolute.init_state(ctx, params))[0] - params)
+        step_r = ctx.split(relative.update(ctx, params, grads, relative.init_state(ctx, params))[0] - params)
+    exact = [i for i, n in enumerate(ctx.names) if not n.startswith("2.")]
+    assert len(exact) == 6 and len(ctx.names) == 8
+    for i in exact:
+        torch.testing.assert_close(step_r[i], step_a[i], rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(step_r[2], step_a[2])  # 2.weight: hidden, RMS 0.049 against the category's 0.034
+    with pytest.raises(SystemExit, match="without category rates"):
+        relative_warm_start(tmp_path / "rel.pt", tmp_path / "again.pt", "fmnist-conv", per_category=True)
 
 
 def test_mlp_step_rule_rejects_adam_residual():

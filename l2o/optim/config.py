@@ -41,8 +41,9 @@ class OptimizerConfig:
       each need ``adam_residual = True``, which needs ``inputs = "adam"`` (the second moment). The shipped
       optimizers: ``adam_residual = True, adam_scale = 1, additive = False, relative = True``.
     * ``"mlp"`` (:class:`l2o.optim.heads.MLPStepHead`, the published reference rule): ``head_layers``,
-      ``relative`` (each step times its tensor's initial RMS; not in the reference); ``adam_residual`` must stay
-      False, and ``layer_scale``, ``adam_lr``, ``adam_scale``, ``additive`` are not read.
+      ``relative`` (each step times its tensor's initial RMS; not in the reference), ``category_rates`` (each step
+      times a learned rate of its tensor's category, first / hidden / last layer x weight / bias; not in the
+      reference); ``adam_residual`` must stay False, and ``layer_scale``, ``adam_lr``, ``adam_scale``, ``additive`` are not read.
 
     Invalid combinations are refused when the optimizer is built (:func:`build_optimizer`), naming the fields.
     """
@@ -70,6 +71,8 @@ class OptimizerConfig:
     # "modulated": the Adam residual step x RMS of its tensor (adam_lr is then a relative rate); "mlp": every step
     # x its tensor's initial RMS
     relative: bool = False
+    # "mlp": every step x exp(a learned log-rate of its tensor's category) (first / hidden / last x weight / bias)
+    category_rates: bool = False
     lstm_hidden: int = 8  # lstm: per-element state size; tensor-lstm: width of its MLP and its cell
     # every learned family: > 0 clamps each element's update to max_update x the RMS of its tensor (0 = no bound)
     max_update: float = 0.0
@@ -98,8 +101,8 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
     """A freshly initialised optimizer module for ``cfg`` (use ``torch.manual_seed`` first for a fixed init)."""
     head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
-                additive=cfg.additive, relative=cfg.relative, step_rule=cfg.step_rule, head_layers=cfg.head_layers,
-                max_update=cfg.max_update)
+                additive=cfg.additive, relative=cfg.relative, category_rates=cfg.category_rates,
+                step_rule=cfg.step_rule, head_layers=cfg.head_layers, max_update=cfg.max_update)
     feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(encoder=cfg.family, hidden=cfg.hidden, depth=cfg.depth, kmax=cfg.kmax,

@@ -167,11 +167,16 @@ class MLPStepHead(nn.Module):
     ``lam``). With ``relative`` (not in the reference) the step is also multiplied by the RMS its tensor had at
     the start (``scale``): a step size in units of the tensor's own scale, which shrinks with fan-in as the
     initialisation does, so a rule whose output does not see width still moves a wide layer by the same fraction.
+    With ``category_rates`` (not in the reference) the step is also multiplied by ``exp(log_rate[c])``, a learned
+    rate per tensor category ``c`` (first / hidden / last layer x weight / bias, zero-initialised): with
+    ``relative``, ``log_rate = -log(RMS of the category on the meta-training task)`` starts the relative rule
+    exactly where an absolute one is on every layer of that task (``experiments/relative_steps.py``).
 
     Keyword arguments only:
         num_features: per-element input features ``F``. embed_dim: per-element embedding size (0 = none).
         hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
         relative: multiply each step by ``scale [P]`` (each element's tensor RMS at the start).
+        category_rates: multiply each step by its category's learned rate.
     Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ..., scale [P] or None) -> step [P]``;
     ``embed`` comes already projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the
     per-element gather, which equals a first linear layer on the concatenation ``[features, embedding]``) and is
@@ -181,7 +186,7 @@ class MLPStepHead(nn.Module):
     needs_adam_direction = False
 
     def __init__(self, *, num_features: int, embed_dim: int = 0, hidden: int = 64, layers: int = 2,
-                 lam: float = 0.01, relative: bool = False):
+                 lam: float = 0.01, relative: bool = False, category_rates: bool = False):
         super().__init__()
         if layers < 1 or hidden < 1:
             raise ValueError(f"an MLP step head needs layers >= 1 and hidden >= 1, got layers={layers}, "
@@ -191,11 +196,14 @@ class MLPStepHead(nn.Module):
         self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
         self.out = nn.Linear(hidden, 2)
+        self.log_rate = nn.Parameter(torch.zeros(NUM_CATEGORIES)) if category_rates else None
 
     def reset_parameters(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
+        if self.log_rate is not None:
+            nn.init.zeros_(self.log_rate)
 
     def forward(self, ctx: ParamContext, feats: torch.Tensor, embed: torch.Tensor | None, tfeat=None,
                 adam_dir=None, scale=None) -> torch.Tensor:
@@ -209,6 +217,11 @@ class MLPStepHead(nn.Module):
 
             out = self.out(h)
             step = self.lam * out[:, 0] * torch.exp(self.lam * out[:, 1])
-            return step * sc if self.relative else step
+            return step * sc if sc is not None else step
 
-        return per_row_chunks(mlp, feats, embed, scale if self.relative else None)
+        # one multiplier [P] per element: its tensor's initial RMS and / or its category's rate
+        mult = scale if self.relative else None
+        if self.log_rate is not None:
+            rate = torch.exp(self.log_rate).index_select(0, ctx.category).index_select(0, ctx.tensor_id)
+            mult = rate if mult is None else mult * rate
+        return per_row_chunks(mlp, feats, embed, mult)

@@ -60,7 +60,7 @@ class LearnedOptimizer(Optimizer):
 
     def __init__(self, *, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
-                 adam_scale: float = 0.0, additive: bool = True, relative: bool = False,
+                 adam_scale: float = 0.0, additive: bool = True, relative: bool = False, category_rates: bool = False,
                  step_rule: str = "modulated", head_layers: int = 2, max_update: float = 0.0):
         super().__init__()
         if step_rule not in STEP_RULES:
@@ -74,8 +74,11 @@ class LearnedOptimizer(Optimizer):
                 raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual "
                                  "(use step_rule='modulated' for that)")
             self.head = MLPStepHead(num_features=features.num_features, embed_dim=embed_dim, hidden=head_hidden,
-                                    layers=head_layers, lam=lam, relative=relative)
+                                    layers=head_layers, lam=lam, relative=relative, category_rates=category_rates)
         else:
+            if category_rates:
+                raise ValueError("category_rates=True is an option of step_rule='mlp' (the 'modulated' rule has its "
+                                 "own per-category scales: layer_scale)")
             if features.inputs != "adam" and adam_residual:
                 raise ValueError("an Adam residual needs the second moment: use features inputs='adam'")
             self.head = UpdateHead(num_features=features.num_features, time_features=features.num_time_features,
