@@ -224,6 +224,7 @@ def _spec(name: str) -> str:
 
 
 SEED_LIST = list(range(SEEDS))
+RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")  # experiments/relative_steps.py warm-start
 ADAM_RESULTS = Path("results/eval/cifar10-conv/results.json")  # tuned Adam, 5 seeds, from `make results`
 PARTS = {
     "baselines": (["relative-adam"], SEED_LIST),
@@ -288,6 +289,10 @@ PARTS = {
         [_spec(f"ng-gnn-32x2-relative-from-continued-seed{s}")], SEED_LIST) for s in (0, 2)},
     "ng-gnn-32x2-relative-category-from-default": ([_spec("ng-gnn-32x2-relative-category-from-default")],
                                                    SEED_LIST),
+    # the relative starts themselves, before any meta-training (the absolute default's rule in relative units, one
+    # reference RMS / one per category): how much of the relative runs' loss at width 32 is the further meta-training
+    **{f"relative-{kind}start": ([f"relative-{kind}start={RELATIVE_STARTS / f'default-relative-{kind}start.pt'}"],
+                                 SEED_LIST) for kind in ("", "category-")},
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }
