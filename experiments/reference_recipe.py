@@ -219,12 +219,23 @@ RUNS = {
 }
 # evaluation part -> (optimizer specs, seeds). The NG-GNN's evaluation (about 0.5 s per CIFAR-10 step on one core)
 # is split over two parts so that two processes share its seeds.
+# Rules evaluated here that no run of RUNS meta-trained: the relative starts themselves, before any meta-training
+# (the absolute default's rule in relative units, one reference RMS / one per category; experiments/relative_steps.py
+# warm-start writes them).
+RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
+UNTRAINED = {f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt" for kind in ("", "category-")}
+
+
+def checkpoint_of(name: str) -> Path:
+    """The shipped checkpoint of run ``name`` of :data:`RUNS` (``ship``), or the file of :data:`UNTRAINED`."""
+    return UNTRAINED[name] if name in UNTRAINED else OUT / "checkpoints" / f"{name}.pt"
+
+
 def _spec(name: str) -> str:
-    return f"reference-{name}={OUT / 'checkpoints' / f'{name}.pt'}"
+    return f"{name}={checkpoint_of(name)}" if name in UNTRAINED else f"reference-{name}={checkpoint_of(name)}"
 
 
 SEED_LIST = list(range(SEEDS))
-RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")  # experiments/relative_steps.py warm-start
 ADAM_RESULTS = Path("results/eval/cifar10-conv/results.json")  # tuned Adam, 5 seeds, from `make results`
 PARTS = {
     "baselines": (["relative-adam"], SEED_LIST),
@@ -289,10 +300,9 @@ PARTS = {
         [_spec(f"ng-gnn-32x2-relative-from-continued-seed{s}")], SEED_LIST) for s in (0, 2)},
     "ng-gnn-32x2-relative-category-from-default": ([_spec("ng-gnn-32x2-relative-category-from-default")],
                                                    SEED_LIST),
-    # the relative starts themselves, before any meta-training (the absolute default's rule in relative units, one
-    # reference RMS / one per category): how much of the relative runs' loss at width 32 is the further meta-training
-    **{f"relative-{kind}start": ([f"relative-{kind}start={RELATIVE_STARTS / f'default-relative-{kind}start.pt'}"],
-                                 SEED_LIST) for kind in ("", "category-")},
+    # the relative starts themselves (UNTRAINED): how much of the relative runs' loss at width 32 is the further
+    # meta-training
+    **{name: ([_spec(name)], SEED_LIST) for name in UNTRAINED},
     # its last weights (outer step 200; validation 86.5 % against 86.6 % at 50, the shipped best), 2 seeds: no drift?
     "ff-h1000-window-200": ([_spec("ff-h1000-window-200")], SEED_LIST[:2]),
 }
@@ -584,8 +594,9 @@ def ship_default(name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.reference_recipe", description=__doc__.split("\n")[0])
     ap.add_argument("stage", choices=("train", "ship", "eval", "sweep", "report", "ship-default"))
-    ap.add_argument("--only", nargs="*", default=None, choices=list(RUNS),
-                    help="runs to train / ship / sweep (default: every run; sweep: SWEEP_RUNS)")
+    ap.add_argument("--only", nargs="*", default=None, choices=[*RUNS, *UNTRAINED],
+                    help="runs to train / ship / sweep (default: every run; sweep: SWEEP_RUNS; sweep also takes the "
+                         "untrained rules " + ", ".join(UNTRAINED) + ")")
     ap.add_argument("--part", choices=list(PARTS), help="evaluation part (eval stage)")
     ap.add_argument("--points", nargs="*", default=None, metavar="TASK",
                     help="sweep: these sweep points, in this order (default: every one, cheapest first)")
@@ -594,6 +605,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="train: stop each run after this many minutes with a checkpoint (resume by rerunning)")
     args = ap.parse_args(argv)
+    untrained = [n for n in args.only or [] if n in UNTRAINED]
+    if untrained and args.stage not in ("sweep",):
+        ap.error(f"--only {untrained}: untrained rules (written by experiments/relative_steps.py) are only swept "
+                 f"(and evaluated with eval --part)")
     if args.device is not None:
         from tasks.devices import device_or_exit
 
@@ -607,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         ship(args.only or list(RUNS))
     elif args.stage == "sweep":
         names = args.only or list(SWEEP_RUNS)
-        missing = [n for n in names if not (OUT / "checkpoints" / f"{n}.pt").is_file()]
+        missing = [n for n in names if not checkpoint_of(n).is_file()]
         if missing:
             ap.error(f"sweep: no shipped checkpoint for {missing} (meta-train and `ship` them first)")
         from meta_train.pipelines.results_plan import SWEEP_RUN_ORDER

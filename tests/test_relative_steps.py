@@ -36,3 +36,15 @@ def test_width_probe_refuses_an_optimizer_without_ng_gnn_layers():
     opt = build_optimizer(OptimizerConfig(family="ff", step_rule="mlp"))
     with pytest.raises(SystemExit, match="no NG-GNN layers"):
         probe_width(opt, task=None, steps=1)
+
+
+def test_reference_recipe_sweeps_untrained_starts_but_refuses_to_train_or_ship_them():
+    import experiments.reference_recipe as rr
+
+    assert rr.checkpoint_of("relative-category-start") == rr.UNTRAINED["relative-category-start"]
+    assert rr._spec("relative-start").startswith("relative-start=")  # its own label, not a run's
+    assert rr.PARTS["relative-start"][0] == [rr._spec("relative-start")]
+    for stage in ("train", "ship", "ship-default"):
+        with pytest.raises(SystemExit) as exc:
+            rr.main([stage, "--only", "relative-start"])
+        assert exc.value.code == 2
