@@ -163,6 +163,15 @@ RUNS = {
         "optimizer.category_rates=true",
         "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-category-start.pt'",
         "run.out_dir='runs/reference-ng-gnn-32x2-relative-category-from-default'"]),
+    # ng-gnn-32x2-relative-category-family (not run yet; for a GPU lease): the per-category start meta-trained on the
+    # conv family (depths 1-5, widths x0.5-x2) with its category rates at 30x the outer lr: which first / last layer
+    # step serves every depth (the one-reference start, first layer 3.3x, wins at depth 1 and loses at width 32; the
+    # per-category one, 0.58x, the reverse), learned instead of picked by hand.
+    "ng-gnn-32x2-relative-category-family": ("reference.toml", [
+        *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
+        "optimizer.category_rates=true", "meta.rate_lr_scale=30", *FAMILY,
+        "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-category-start.pt'",
+        "run.out_dir='runs/reference-ng-gnn-32x2-relative-category-family'"]),
     # ng-gnn-32x2-adam-inputs-seed1: its second meta-training seed
     "ng-gnn-32x2-adam-inputs-seed1": ("reference.toml", [
         *NG_GNN_32X2, "run.seed=1", "run.out_dir='runs/reference-ng-gnn-32x2-adam-inputs-seed1'"]),

@@ -90,7 +90,7 @@ RANGES = {
         "outer_steps": _at_least(1), "tasks_per_process": _at_least(1), "truncation": _at_least(1),
         "horizon": _at_least(1), "horizon_max": _at_least(0), "window": _at_least(1),
         "discount": _in_range(0, 1, low_open=True), "lr": _above(0), "weight_decay": _at_least(0),
-        "warmup": _at_least(0), "min_lr_ratio": _in_range(0, 1), "clip_norm": _at_least(0),
+        "rate_lr_scale": _above(0), "warmup": _at_least(0), "min_lr_ratio": _in_range(0, 1), "clip_norm": _at_least(0),
         "pes_sigma": _above(0), "loss_clip": _above(0), "max_bad_steps": _at_least(1),
         "vectorize": _one_of(("auto", True, False)),
     },
@@ -186,6 +186,10 @@ class MetaConfig:
     outer_optimizer: str = "adamw"  # adamw: decoupled weight decay | adam: L2 added to the gradient (the reference)
     lr: float = 3e-4
     weight_decay: float = 1e-4
+    # != 1: the learned per-category step rates (optimizer.category_rates, `log_rate`) train in their own group at
+    # lr * rate_lr_scale without weight decay: six log-rates that start far from 0 and move ~lr per outer step
+    # otherwise (1 % in 50 steps at lr 3e-4)
+    rate_lr_scale: float = 1.0
     warmup: int = 0  # outer steps of linear warm-up, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.0
     clip_norm: float = 1.0  # global-norm clipping of the meta-gradient (0 = off)

@@ -59,6 +59,18 @@ from .run_files import (DivergedError, ResumeError, RunDirError, TrainingError, 
                         write_pointer, write_text, writing)  # noqa: F401 (RunDirError, WriteError: train()'s errors)
 from .unroll import TaskPool
 
+
+def outer_param_groups(learned: torch.nn.Module, meta) -> list[dict]:
+    """The outer optimizer's parameter groups: one, or with ``meta.rate_lr_scale != 1`` the learned category rates
+    (``*.log_rate``) apart, at ``lr * rate_lr_scale`` and without weight decay (it would pull them toward rate 1)."""
+    named = list(learned.named_parameters())
+    rates = [p for n, p in named if n.split(".")[-1] == "log_rate"]
+    if meta.rate_lr_scale == 1 or not rates:
+        return [{"params": [p for _, p in named]}]
+    return [{"params": [p for n, p in named if n.split(".")[-1] != "log_rate"]},
+            {"params": rates, "lr": meta.lr * meta.rate_lr_scale, "weight_decay": 0.0}]
+
+
 def make_task_sampler(cfg: Config):
     """``generator -> task`` for the configured task family (reads nothing but the generator)."""
     t = cfg.tasks
@@ -132,7 +144,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     if cfg.meta.init_from:
         warm_start(learned, cfg.optimizer, cfg.meta.init_from)
     outer = torch.optim.AdamW if cfg.meta.outer_optimizer == "adamw" else torch.optim.Adam
-    meta_opt = outer(learned.parameters(), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
+    meta_opt = outer(outer_param_groups(learned, cfg.meta), lr=cfg.meta.lr, weight_decay=cfg.meta.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(meta_opt, lr_lambda(cfg))
     learned, meta_opt, sched = acc.prepare(learned, meta_opt, sched)
     core = acc.unwrap_model(learned)  # the estimators call its functional update directly (no DDP forward)

@@ -356,3 +356,22 @@ def test_loss_rise_is_zero_for_a_falling_loss_and_measures_a_climb_after_step_10
     assert loss_rise(entry(jump)) == pytest.approx(1.0)
     early = [2.0 + 0.01 * t for t in range(60)] + falling[60:]  # a climb before step 100 does not count
     assert loss_rise(entry(early)) == 0.0
+
+
+def test_category_rates_train_apart_at_their_own_outer_rate_when_asked():
+    from meta_train.config import ConfigError
+    from meta_train.train import outer_param_groups
+
+    cfg = load_config(None, ["optimizer.step_rule='mlp'", "optimizer.family='ff'", "optimizer.category_rates=true",
+                             "meta.lr=1e-3"])
+    opt = build_optimizer(cfg.optimizer)
+    (one,) = outer_param_groups(opt, cfg.meta)  # rate_lr_scale = 1: everything in one group, as before
+    assert len(one["params"]) == len(list(opt.parameters()))
+    cfg = load_config(None, ["optimizer.step_rule='mlp'", "optimizer.family='ff'", "optimizer.category_rates=true",
+                             "meta.lr=1e-3", "meta.rate_lr_scale=30"])
+    rest, rates = outer_param_groups(opt, cfg.meta)
+    assert rates["params"] == [opt.head.log_rate] and rates["lr"] == pytest.approx(0.03)
+    assert rates["weight_decay"] == 0.0 and "lr" not in rest
+    assert len(rest["params"]) == len(list(opt.parameters())) - 1
+    with pytest.raises(ConfigError, match="rate_lr_scale"):
+        load_config(None, ["meta.rate_lr_scale=0"])
