@@ -393,10 +393,10 @@ def sweep_records(main: dict) -> list[dict]:
     recs = [{**r, "optimizer": EARLIER_DEFAULT} for r in json.loads(SHIPPED_SWEEP.read_text())
             if r["optimizer"] == "default"] if SHIPPED_SWEEP.is_file() else []
     pin = (pinned_default() or {}).get("pinned")
-    swept = [n for n in RUNS if any((OUT / "sweep").glob(f"*/{n}/results.json"))]
+    swept = [n for n in [*RUNS, *UNTRAINED] if any((OUT / "sweep").glob(f"*/{n}/results.json"))]
     for task in SWEEP:
         for name in swept:
-            label = f"reference-{name}"
+            label = _spec(name).split("=", 1)[0]
             if task in SWEEP_ALIASES:
                 res, adam = main, main["runs"]["adam"]
             else:
