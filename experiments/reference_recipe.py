@@ -232,7 +232,8 @@ RUNS = {
 # (the absolute default's rule in relative units, one reference RMS / one per category; experiments/relative_steps.py
 # warm-start writes them).
 RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
-UNTRAINED = {f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt" for kind in ("", "category-")}
+UNTRAINED = {f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
+             for kind in ("", "category-")}
 
 
 def checkpoint_of(name: str) -> Path:

@@ -43,7 +43,8 @@ class OptimizerConfig:
     * ``"mlp"`` (:class:`l2o.optim.heads.MLPStepHead`, the published reference rule): ``head_layers``,
       ``relative`` (each step times its tensor's initial RMS; not in the reference), ``category_rates`` (each step
       times a learned rate of its tensor's category, first / hidden / last layer x weight / bias; not in the
-      reference); ``adam_residual`` must stay False, and ``layer_scale``, ``adam_lr``, ``adam_scale``, ``additive`` are not read.
+      reference); ``adam_residual`` must stay False, and ``layer_scale``, ``adam_lr``, ``adam_scale``, ``additive``
+      are not read.
 
     Invalid combinations are refused when the optimizer is built (:func:`build_optimizer`), naming the fields.
     """
