@@ -226,8 +226,6 @@ RUNS = {
                                                                "optimizer.inputs='adam'",
                                                                "run.out_dir='runs/reference-tensor-lstm-adam-inputs'"]),
 }
-# evaluation part -> (optimizer specs, seeds). The NG-GNN's evaluation (about 0.5 s per CIFAR-10 step on one core)
-# is split over two parts so that two processes share its seeds.
 # Rules evaluated here that no run of RUNS meta-trained: the relative starts themselves, before any meta-training
 # (the absolute default's rule in relative units, one reference RMS / one per category; experiments/relative_steps.py
 # warm-start writes them).
@@ -247,6 +245,8 @@ def _spec(name: str) -> str:
 
 SEED_LIST = list(range(SEEDS))
 ADAM_RESULTS = Path("results/eval/cifar10-conv/results.json")  # tuned Adam, 5 seeds, from `make results`
+# evaluation part -> (optimizer specs, seeds). The NG-GNN's evaluation (about 0.5 s per CIFAR-10 step on one core)
+# is split over two parts so that two processes share its seeds.
 PARTS = {
     "baselines": (["relative-adam"], SEED_LIST),
     "ng-gnn": ([_spec("ng-gnn")], SEED_LIST[:3]),
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="train: stop each run after this many minutes with a checkpoint (resume by rerunning)")
     args = ap.parse_args(argv)
     untrained = [n for n in args.only or [] if n in UNTRAINED]
-    if untrained and args.stage not in ("sweep",):
+    if untrained and args.stage != "sweep":
         ap.error(f"--only {untrained}: untrained rules (written by experiments/relative_steps.py) are only swept "
                  f"(and evaluated with eval --part)")
     if args.device is not None:

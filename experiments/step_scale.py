@@ -46,7 +46,7 @@ def scaled_checkpoint(source: Path, out: Path, factor: float) -> Path:
 def summary_rows(results: dict, factors: dict[str, float]) -> list[dict]:
     """Per evaluated rule: label, factor, final test accuracy mean / std and per seed, the paired difference
     against the same source's factor 1 (when evaluated)."""
-    rows, by_label = [], {label: entry for label, entry in results["runs"].items()}
+    rows, by_label = [], results["runs"]
     for label, entry in by_label.items():
         accs = {r.seed: 100 * r.acc for r in entry.runs}
         base_label = label.rsplit("@", 1)[0] + "@1"
