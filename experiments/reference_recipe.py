@@ -230,6 +230,8 @@ RUNS = {
 # (the absolute default's rule in relative units, one reference RMS / one per category; experiments/relative_steps.py
 # warm-start writes them).
 RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
+# the rule the relative starts were derived from (the pinned default of the time; its shipped file)
+RELATIVE_SOURCE = "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1"
 UNTRAINED = {f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
              for kind in ("", "category-")}
 
@@ -577,7 +579,7 @@ def ship_default(name: str) -> None:
     from meta_train.pipelines import model_cards
 
     runs = read_results(OUT / TASK / "results.json")["runs"]
-    label = f"reference-{name}"
+    label = _spec(name).split("=", 1)[0]
     if label not in runs:
         raise SystemExit(f"ship-default: {label} has no complete CIFAR-10 evaluation in {OUT / TASK} "
                          f"(evaluate it with `eval --part {name}`, then `report`)")
@@ -593,10 +595,16 @@ def ship_default(name: str) -> None:
     if len(means) > 1:
         reason += (f" Over the {len(means)} meta-training seeds of its recipe: {means.mean():.2f} +- "
                    f"{means.std():.2f} % ({' / '.join(f'{m:.2f}' for m in means)}).")
-    model_cards.ship(name, run_dir(name), reproduce=(
-        f"`python -m experiments.reference_recipe train --only {name}` (it starts from the committed rule that its "
-        f"`meta.init_from` names), then `ship --only {name}`, `eval --part {name}`, `report` and "
-        f"`ship-default --only {name}`."))
+    if name in UNTRAINED:  # written by experiments/relative_steps.py from the default of its time, no run folder
+        model_cards.ship(name, checkpoint_of(name), reproduce=(
+            f"`python -m experiments.relative_steps warm-start --source results/checkpoints/{RELATIVE_SOURCE}.pt "
+            f"--out {checkpoint_of(name)}{' --per-category' if 'category' in name else ''}`, then `python -m "
+            f"experiments.reference_recipe eval --part {name}`, `report` and `ship-default --only {name}`."))
+    else:
+        model_cards.ship(name, run_dir(name), reproduce=(
+            f"`python -m experiments.reference_recipe train --only {name}` (it starts from the committed rule that "
+            f"its `meta.init_from` names), then `ship --only {name}`, `eval --part {name}`, `report` and "
+            f"`ship-default --only {name}`."))
     model_cards.pin_default(name, reason)
     print(f"default.pt = {name}.pt: {reason}")
 
@@ -616,9 +624,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="train: stop each run after this many minutes with a checkpoint (resume by rerunning)")
     args = ap.parse_args(argv)
     untrained = [n for n in args.only or [] if n in UNTRAINED]
-    if untrained and args.stage != "sweep":
-        ap.error(f"--only {untrained}: untrained rules (written by experiments/relative_steps.py) are only swept "
-                 f"(and evaluated with eval --part)")
+    if untrained and args.stage not in ("sweep", "ship-default"):
+        ap.error(f"--only {untrained}: untrained rules (written by experiments/relative_steps.py) are only swept, "
+                 f"evaluated (eval --part) and shipped as the default (ship-default)")
     if args.device is not None:
         from tasks.devices import device_or_exit
 

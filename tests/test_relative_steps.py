@@ -38,13 +38,38 @@ def test_width_probe_refuses_an_optimizer_without_ng_gnn_layers():
         probe_width(opt, task=None, steps=1)
 
 
-def test_reference_recipe_sweeps_untrained_starts_but_refuses_to_train_or_ship_them():
+def test_reference_recipe_sweeps_untrained_starts_but_refuses_to_train_or_ship_them_as_runs():
     import experiments.reference_recipe as rr
 
     assert rr.checkpoint_of("relative-category-start") == rr.UNTRAINED["relative-category-start"]
     assert rr._spec("relative-start").startswith("relative-start=")  # its own label, not a run's
     assert rr.PARTS["relative-start"][0] == [rr._spec("relative-start")]
-    for stage in ("train", "ship", "ship-default"):
+    for stage in ("train", "ship"):
         with pytest.raises(SystemExit) as exc:
             rr.main([stage, "--only", "relative-start"])
         assert exc.value.code == 2
+
+
+def test_reference_recipe_ships_an_untrained_start_as_the_default_from_its_file(tmp_path, monkeypatch):
+    import experiments.reference_recipe as rr
+    from meta_train.eval_records import OptimizerRuns, SeedRun, write_results
+    from meta_train.pipelines import model_cards
+
+    def runs(accs, hyper=None, checkpoint=None):
+        return OptimizerRuns(family="x", checkpoint=checkpoint, digest=None, hyper=hyper, runs=[SeedRun(seed=i, losses=[1.0], evals=[], acc=a, step_ms=1.0,
+                                                        diverged=False) for i, a in enumerate(accs)])
+
+    (tmp_path / rr.TASK).mkdir()
+    write_results(tmp_path / rr.TASK / "results.json", {"runs": {
+        "adam": runs([0.5, 0.52], hyper={"lr": 3e-3}), "relative-adam": runs([0.53, 0.55], hyper={"lr": 0.1}),
+        "relative-category-start": runs([0.64, 0.63], checkpoint="x.pt")}})
+    monkeypatch.setattr(rr, "OUT", tmp_path)
+    shipped, pinned = [], []
+    monkeypatch.setattr(model_cards, "ship", lambda name, source, reproduce: shipped.append((name, source, reproduce)))
+    monkeypatch.setattr(model_cards, "pin_default", lambda name, reason: pinned.append((name, reason)))
+    rr.main(["ship-default", "--only", "relative-category-start"])
+    (name, source, reproduce), = shipped
+    assert source == rr.UNTRAINED["relative-category-start"] and "--per-category" in reproduce
+    assert pinned[0][0] == "relative-category-start" and "63.50 +- 0.71 %" in pinned[0][1]
+    with pytest.raises(SystemExit, match="no complete CIFAR-10 evaluation"):
+        rr.main(["ship-default", "--only", "relative-start"])

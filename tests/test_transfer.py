@@ -172,3 +172,19 @@ def test_sweep_records_of_an_earlier_default_are_named_after_their_checkpoint(re
     model_cards.pin_default("study-gnn", "Best on CIFAR-10.")
     recs = sweep_report.sweep_records(results_dir / "eval")
     assert [(r["optimizer"], r["advantage_mean"]) for r in recs] == [("dng", pytest.approx(3.5))]
+
+
+def test_a_derived_checkpoint_file_ships_with_a_card_that_says_so(results_dir):
+    run = _run(results_dir, "src", "ng-gnn", 0.7)
+    payload = read_checkpoint(run / "best.pt")
+    derived = results_dir / "derived.pt"
+    cfg = OptimizerConfig(family="ng-gnn", hidden=8, depth=1, head_hidden=8)
+    torch.manual_seed(0)
+    save_checkpoint(derived, build_optimizer(cfg), cfg,
+                    {**payload["summary"], "warm_start_note": "relative warm start of src.pt"})
+    model_cards.ship("derived", derived, reproduce="`make derived`")
+    assert (results_dir / "checkpoints" / "derived.pt").read_bytes() == derived.read_bytes()
+    card = (results_dir / "checkpoints" / "derived.md").read_text()
+    assert "not meta-trained since:** relative warm start of src.pt" in card and "`make derived`" in card
+    with pytest.raises(FileNotFoundError, match="no .*best.pt"):
+        model_cards.ship("none", results_dir / "runs" / "none", reproduce="`make none`")

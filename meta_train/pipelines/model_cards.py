@@ -19,11 +19,18 @@ from . import results_plan as plan
 
 def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
     """Copy a finished run's ``best.pt`` to ``results/checkpoints/<name>.pt`` and write its model card;
-    ``reproduce``: the card's command line (default: this pipeline's, for a :data:`results_plan.SHIPPED` name)."""
+    ``reproduce``: the card's command line (default: this pipeline's, for a :data:`results_plan.SHIPPED` name).
+
+    ``run`` may also be a checkpoint file (``.pt``) that no run folder holds, such as a rule derived from a shipped
+    one without further meta-training: it is copied as it is, and its card says what it was derived from (the
+    ``warm_start_note`` of its summary)."""
     reproduce = reproduce or _reproduce(name)  # before anything is copied: a name it cannot describe ships nothing
+    source = run if run.suffix == ".pt" else run / "best.pt"
+    if not source.is_file():
+        raise FileNotFoundError(f"ship {name}: no {source} (meta-train the run first, or pass an existing .pt file)")
     plan.CHECKPOINTS.mkdir(parents=True, exist_ok=True)
     dst = plan.CHECKPOINTS / f"{name}.pt"
-    shutil.copyfile(run / "best.pt", dst)
+    shutil.copyfile(source, dst)
     payload = read_checkpoint(dst)
     summary, cfg = payload["summary"], payload["config"]
     meta = json.loads(summary.get("meta", "{}"))
@@ -32,7 +39,7 @@ def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
     own = summary.get("val_score") is not None  # a kept validated file: its own score and step
     score = summary["val_score"] if own else summary.get("best_val_score")
     step = summary.get("outer_step") if own else summary.get("best_step")
-    minutes = _run_minutes(run)
+    minutes = _run_minutes(run) if source != run else float("nan")
     wall = (f"{minutes:.1f} min for the whole run" if minutes == minutes else  # nan: no metrics.jsonl came with it
             f"{summary.get('wall_s', float('nan')) / 60:.1f} min to this checkpoint")
     card = [
@@ -52,6 +59,9 @@ def ship(name: str, run: Path, reproduce: str | None = None) -> Path:
          f"meta-lr {m.get('lr')}, meta-training seed {meta.get('run', {}).get('seed')}."),
         *([f"- **Starts from:** the rule in `{m['init_from']}` (`meta.init_from`; the budget above is what was "
            f"added to it)."] if m.get("init_from") else []),
+        *([f"- **Derived after meta-training, not meta-trained since:** {summary['warm_start_note']}. The budget, "
+           f"selection and wall time on this card are those of the rule it was derived from."]
+          if summary.get("warm_start_note") else []),
         (f"- **Selected:** outer step {step} of {m.get('outer_steps')} by Fashion-MNIST validation accuracy "
          f"{pct(score)}."),
         f"- **Wall time:** {wall} on {summary.get('machine')} (shared with other jobs, so an upper bound).",
