@@ -335,10 +335,14 @@ def trend(rows: list[dict]) -> float:
     return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
 
 
-def summarize(records: list[dict], dataset: str, epochs: int | None = None) -> dict:
+def summarize(records: list[dict], dataset: str, epochs: int | None = None, earlier: list[dict] = ()) -> dict:
     """Records -> the study's table for ``dataset`` at ``epochs`` (default: the task's): one row per encoder label
     and size (encoders in the main table's order, sizes ascending) over the seeds present (one record per seed:
-    a later duplicate is ignored). Accuracies are fractions; the markdown shows percentages."""
+    a later duplicate is ignored). Accuracies are fractions; the markdown shows percentages.
+
+    ``earlier``: rows of a previous table of the same data set and epochs. Each (encoder, size) that no record
+    covers is kept as it was, marked ``"carried": True`` (the runs folder is not committed, so a later session
+    that adds sizes has only its own records)."""
     epochs = default_epochs() if epochs is None else int(epochs)
     groups: dict[tuple[str, int], dict[int, dict]] = {}
     for r in records:
@@ -363,6 +367,9 @@ def summarize(records: list[dict], dataset: str, epochs: int | None = None) -> d
             "epochs_done": max(int(r["epochs"]) for r in recs), "params": recs[0].get("params"),
             "records": [Path(r["_path"]).name for r in recs if "_path" in r],
         })
+    have = {(r["encoder"], r["size"]) for r in rows}
+    rows += [{**r, "carried": True} for r in earlier if (r["encoder"], r["size"]) not in have]
+    rows.sort(key=lambda r: (_encoder_order(r["encoder"]), r["size"]))
     used = [rec for by_seed in groups.values() for rec in by_seed.values()]
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     trends = {}
@@ -429,12 +436,15 @@ def markdown(table: dict, figure: str | None = None) -> str:
         acc, train, epoch, params = row_cells(r)
         size = f"{r['size']:,}" + ("" if r["train_sizes"] == [r["size"]] else
                                    f" (trained on {', '.join(f'{n:,}' for n in r['train_sizes'])})")
-        seeds = f"{r['n_seeds']} ({', '.join(str(s) for s in r['seeds'])})"
+        seeds = f"{r['n_seeds']} ({', '.join(str(s) for s in r['seeds'])})" + (" *" if r.get("carried") else "")
         out.append(f"| {r['name']} | `{r['encoder']}+{size_tag(r['size'], table['epochs'])}` | {size} | {acc} | "
                    f"{seeds} | {train} | {epoch} | {params} |")
     if not table["rows"]:
         out.append("| (no records yet) | | | | | | | |")
     out += [""]
+    if any(r.get("carried") for r in table["rows"]):
+        out += ["\\* kept from the previous table: its records were written by an earlier session and are not in "
+                "the runs folder now (the set-up line below describes this session's records only).", ""]
     if table["published"]:
         out += ["Reference lines in the figure: " + "; ".join(
             f"{p['label']}: {p['value']:.1f} %" for p in table["published"]) + ".", ""]
@@ -519,11 +529,16 @@ def figure(table: dict, path: Path) -> Path:
 
 
 def write_outputs(out: Path = OUT, results: Path = RESULTS_DIR, dataset: str = "mnist",
-                  epochs: int | None = None) -> dict:
-    """Aggregate the records in ``out`` into ``results/inr_scaling_<dataset>.{md,json,png}``; returns the table."""
+                  epochs: int | None = None, carry: bool = True) -> dict:
+    """Aggregate the records in ``out`` into ``results/inr_scaling_<dataset>.{md,json,png}``; returns the table.
+    With ``carry``, the rows of the existing JSON (same epochs) that no record in ``out`` covers are kept."""
     from tasks.weight_space.task_report import collect
 
-    table = summarize(collect(out) if Path(out).is_dir() else [], dataset, epochs)
+    previous = Path(results) / f"inr_scaling_{dataset}.json"
+    earlier = json.loads(previous.read_text()) if carry and previous.is_file() else {}
+    epochs = default_epochs() if epochs is None else int(epochs)
+    rows = earlier.get("rows", []) if earlier.get("epochs") == epochs else []
+    table = summarize(collect(out) if Path(out).is_dir() else [], dataset, epochs, rows)
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     png = figure(table, results / f"inr_scaling_{dataset}.png")
@@ -557,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=_positive, default=None,
                     help="epochs at every size (default: the task's, 5); also selects the records the outputs use")
     add_run_arguments(ap, OUT, "inr_scaling_<dataset>.{md,json,png}")
+    ap.add_argument("--no-carry", action="store_true",
+                    help="outputs from the records in --out only (default: the existing table's rows that no record "
+                         "covers are kept, marked *)")
     for flag in ("--val-size", "--test-size"):
         ap.add_argument(flag, type=_positive, default=None,
                         help="smoke runs only (use another --out: the records are not named by it)")
@@ -594,7 +612,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         run_study(args.dataset, args.encoders, sizes, args.seeds, args.out, device=device, root=args.data_root,
                   budget=budget, progress=not args.quiet, force=args.force)
-    table = write_outputs(args.out, args.results, args.dataset, args.epochs)
+    table = write_outputs(args.out, args.results, args.dataset, args.epochs, carry=not args.no_carry)
     for r in table["rows"]:
         print(f"{r['encoder']:24s} n={r['size']:<6d} {_pts(r['accuracy_mean']):>6s} ± {_pts(r['accuracy_std']):>5s} "
               f"({_n(r['n_seeds'], 'seed')})")

@@ -120,6 +120,27 @@ def test_outputs_written(tmp_path):
     assert "No records yet" in (tmp_path / "res2" / "inr_scaling_fmnist.md").read_text()
 
 
+
+def test_rows_of_an_earlier_table_are_kept_when_their_records_are_gone(tmp_path):
+    runs, res = tmp_path / "runs", tmp_path / "res"
+    runs.mkdir()
+    for r in [rec("dng+probe128", 500, 0, 0.5), rec("dng+probe128", 1000, 0, 0.6)]:
+        (runs / f"classify-mnist-{r['encoder']}-n{r['train_size']}.json").write_text(json.dumps(r))
+    study.write_outputs(runs, res, "mnist")
+    for f in runs.iterdir():  # a later session: the runs folder is gone, one new size and one rerun size
+        f.unlink()
+    for r in [rec("dng+probe128", 1000, 0, 0.65), rec("dng+probe128", 20000, 0, 0.9)]:
+        (runs / f"classify-mnist-{r['encoder']}-n{r['train_size']}.json").write_text(json.dumps(r))
+    table = study.write_outputs(runs, res, "mnist")
+    rows = [(r["size"], r["accuracy_mean"], r.get("carried", False)) for r in table["rows"]]
+    assert rows == [(500, 0.5, True), (1000, 0.65, False), (20000, 0.9, False)]  # a new record replaces its row
+    md = (res / "inr_scaling_mnist.md").read_text()
+    assert "| 1 (0) * |" in md and "kept from the previous table" in md
+    assert table["trends"]["dng+probe128"]["largest_size"] == 20000
+    assert [r["size"] for r in study.write_outputs(runs, res, "mnist", carry=False)["rows"]] == [1000, 20000]
+    assert [r["size"] for r in study.write_outputs(runs, res, "mnist", epochs=10)["rows"]] == []  # other epochs
+
+
 # ------------------------------------------------------------------------------------------------ estimates
 def test_time_estimates():
     spec = study.run_spec("mnist", "dng", 1000, 0)
