@@ -166,7 +166,9 @@ RUNS = {
     # ng-gnn-32x2-relative-category-family (not run yet; for a GPU lease): the per-category start meta-trained on the
     # conv family (depths 1-5, widths x0.5-x2) with its category rates at 30x the outer lr: which first / last layer
     # step serves every depth (the one-reference start, first layer 3.3x, wins at depth 1 and loses at width 32; the
-    # per-category one, 0.58x, the reverse), learned instead of picked by hand.
+    # per-category one, 0.58x, the reverse), learned instead of picked by hand. On the 2-core CPU it runs at about
+    # 0.8 inner steps/s, 120 s per outer step (the depth-5 and double-width tasks; the single-task continuation ran at
+    # 8-19), so 100 outer steps take over 3 hours there: a GPU run (the window family took 4 min on one).
     "ng-gnn-32x2-relative-category-family": ("reference.toml", [
         *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
         "optimizer.category_rates=true", "meta.rate_lr_scale=30", *FAMILY,
