@@ -598,6 +598,8 @@ def ship_default(name: str) -> None:
         reason += (f" Over the {len(means)} meta-training seeds of its recipe: {means.mean():.2f} +- "
                    f"{means.std():.2f} % ({' / '.join(f'{m:.2f}' for m in means)}).")
     if name in UNTRAINED:  # written by experiments/relative_steps.py from the default of its time, no run folder
+        reason += (f" It is `{RELATIVE_SOURCE}.pt` (the default before it) with every step in units of its tensor's "
+                   f"initial RMS, per category, without further meta-training; its sweep is in `sweep.md` there.")
         model_cards.ship(name, checkpoint_of(name), reproduce=(
             f"`python -m experiments.relative_steps warm-start --source results/checkpoints/{RELATIVE_SOURCE}.pt "
             f"--out {checkpoint_of(name)}{' --per-category' if 'category' in name else ''}`, then `python -m "

@@ -125,7 +125,7 @@ def write_index() -> None:
              f"steps, {ref['key']['validation_seeds']} seeds. The untrained optimizer of every family is exactly "
              f"{ref.get('optimizer', 'Adam')}, which scores **{pct(ref['val_score'])}**.", "",
              "| checkpoint | family | FMNIST validation | selected outer step | meta-parameters |", "|---|---|---|---|---|"]
-    for name in shipped_names():
+    for name in dict.fromkeys([*shipped_names(), *plan.PACKAGED]):
         path = plan.CHECKPOINTS / f"{name}.pt"
         if path.exists():
             payload = read_checkpoint(path)
@@ -169,7 +169,7 @@ def choose_default() -> Path | None:
             f"The default of `NeuralGraphOptimizer(model)`, pinned (`default.json`). {pin['reason']} "
             f"See `{pin['pinned']}.md` for its card.\n"))
     scored = []
-    for name in shipped_names():
+    for name in dict.fromkeys([*shipped_names(), *plan.PACKAGED]):
         path = plan.CHECKPOINTS / f"{name}.pt"
         if path.exists():
             payload = read_checkpoint(path)
