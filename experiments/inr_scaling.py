@@ -33,9 +33,9 @@ INR) from this study's own records of the same encoder and device when there are
 one-thread CPU timings (``CPU_MS_PER_INR_EPOCH``). Existing records are skipped (resumable; ``--force`` reruns).
 
 Outputs in ``--results`` (default ``results/weight_space``), rebuilt from every record in ``--out`` (default
-``runs/inr-scaling``) of the data set and epoch setting: ``inr_scaling_<dataset>.md`` / ``.json`` (per encoder and
-size: mean ± sample std of the test accuracy over the seeds present, the seeds, training seconds per run; a
-least-squares trend in points per doubling of the training INRs) and ``inr_scaling_<dataset>.png`` (test accuracy
+``runs/inr-scaling``) of the data set and epoch setting: ``inr_scaling_<dataset>.md`` / ``.json`` (``_e<epochs>``
+after the data set for a non-default ``--epochs``; per encoder and size: mean ± sample std of the test accuracy over
+the seeds present, the seeds, training seconds per run; a least-squares trend in points per doubling of the training INRs) and ``inr_scaling_<dataset>.png`` (test accuracy
 against training INRs on a log axis, one line per encoder, error bars where there is more than one seed, the
 published figures of the same data set as dashed lines and the issue's target as a dotted one). The runs folder is
 not committed, so a later session has only its own records: the rows of the existing JSON that no record covers are
@@ -532,21 +532,23 @@ def figure(table: dict, path: Path) -> Path:
 
 def write_outputs(out: Path = OUT, results: Path = RESULTS_DIR, dataset: str = "mnist",
                   epochs: int | None = None, carry: bool = True) -> dict:
-    """Aggregate the records in ``out`` into ``results/inr_scaling_<dataset>.{md,json,png}``; returns the table.
+    """Aggregate the records in ``out`` into ``results/inr_scaling_<dataset>.{md,json,png}`` (``_e<epochs>`` after
+    the data set when ``epochs`` is not the task's default); returns the table.
     With ``carry``, the rows of the existing JSON (same epochs) that no record in ``out`` covers are kept."""
     from tasks.weight_space.task_report import collect
 
-    previous = Path(results) / f"inr_scaling_{dataset}.json"
-    earlier = json.loads(previous.read_text()) if carry and previous.is_file() else {}
     epochs = default_epochs() if epochs is None else int(epochs)
+    stem = f"inr_scaling_{dataset}" + ("" if epochs == default_epochs() else f"_e{epochs}")
+    previous = Path(results) / f"{stem}.json"
+    earlier = json.loads(previous.read_text()) if carry and previous.is_file() else {}
     rows = earlier.get("rows", []) if earlier.get("epochs") == epochs else []
     table = summarize(collect(out) if Path(out).is_dir() else [], dataset, epochs, rows)
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
-    png = figure(table, results / f"inr_scaling_{dataset}.png")
+    png = figure(table, results / f"{stem}.png")
     table["figure"] = png.name
-    (results / f"inr_scaling_{dataset}.json").write_text(json.dumps(_no_nan(table), indent=1) + "\n")
-    (results / f"inr_scaling_{dataset}.md").write_text(markdown(table, png.name))
+    (results / f"{stem}.json").write_text(json.dumps(_no_nan(table), indent=1) + "\n")
+    (results / f"{stem}.md").write_text(markdown(table, png.name))
     return table
 
 
@@ -618,7 +620,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in table["rows"]:
         print(f"{r['encoder']:24s} n={r['size']:<6d} {_pts(r['accuracy_mean']):>6s} ± {_pts(r['accuracy_std']):>5s} "
               f"({_n(r['n_seeds'], 'seed')})")
-    stem = args.results / f"inr_scaling_{args.dataset}"
+    stem = args.results / (f"inr_scaling_{args.dataset}" + ("" if table["epochs"] == default_epochs() else
+                                                           f"_e{table['epochs']}"))
     print(f"-> {stem}.md, {stem}.json, {stem}.png")
 
 

@@ -139,6 +139,8 @@ def test_rows_of_an_earlier_table_are_kept_when_their_records_are_gone(tmp_path)
     assert table["trends"]["dng+probe128"]["largest_size"] == 20000
     assert [r["size"] for r in study.write_outputs(runs, res, "mnist", carry=False)["rows"]] == [1000, 20000]
     assert [r["size"] for r in study.write_outputs(runs, res, "mnist", epochs=10)["rows"]] == []  # other epochs
+    assert (res / "inr_scaling_mnist_e10.md").is_file()  # in files of their own: the 5-epoch table stays
+    assert "`dng+probe128+n20000`" in (res / "inr_scaling_mnist.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------------ estimates
