@@ -229,13 +229,15 @@ RUNS = {
                                                                "run.out_dir='runs/reference-tensor-lstm-adam-inputs'"]),
 }
 # Rules evaluated here that no run of RUNS meta-trained: the relative starts themselves, before any meta-training
-# (the absolute default's rule in relative units, one reference RMS / one per category; experiments/relative_steps.py
-# warm-start writes them).
+# (the absolute default's rule in relative units, one reference RMS / one per category / one per category with no
+# multiplier above 1, i.e. no step larger than the absolute rule's; experiments/relative_steps.py warm-start writes
+# them).
 RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
 # the rule the relative starts were derived from (the pinned default of the time; its shipped file)
 RELATIVE_SOURCE = "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1"
-UNTRAINED = {f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
-             for kind in ("", "category-")}
+UNTRAINED = {**{f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
+                for kind in ("", "category-")},
+             "relative-category-capped": RELATIVE_STARTS / "default-relative-category-capped.pt"}
 
 
 def checkpoint_of(name: str) -> Path:
@@ -602,7 +604,8 @@ def ship_default(name: str) -> None:
                    f"initial RMS, per category, without further meta-training; its sweep is in `sweep.md` there.")
         model_cards.ship(name, checkpoint_of(name), reproduce=(
             f"`python -m experiments.relative_steps warm-start --source results/checkpoints/{RELATIVE_SOURCE}.pt "
-            f"--out {checkpoint_of(name)}{' --per-category' if 'category' in name else ''}`, then `python -m "
+            f"--out {checkpoint_of(name)}{' --per-category' if 'category' in name else ''}"
+            f"{' --rate-cap 1' if 'capped' in name else ''}`, then `python -m "
             f"experiments.reference_recipe eval --part {name}`, `report` and `ship-default --only {name}`."))
     else:
         model_cards.ship(name, run_dir(name), reproduce=(

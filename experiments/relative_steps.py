@@ -66,7 +66,8 @@ def category_rms(task_name: str, seed: int = 0) -> dict[str, float]:
     return {cat: _median_element(v) for cat, v in by_cat.items()}
 
 
-def relative_warm_start(source: Path, out: Path, task_name: str, per_category: bool = False) -> dict[str, float]:
+def relative_warm_start(source: Path, out: Path, task_name: str, per_category: bool = False,
+                        rate_cap: float = 0.0) -> dict[str, float]:
     """Write ``source``'s rule with ``relative = True`` that starts as ``source`` on ``task_name``; returns the
     reference RMS used (``{"all": ref}``, or one per category).
 
@@ -81,7 +82,7 @@ def relative_warm_start(source: Path, out: Path, task_name: str, per_category: b
         raise SystemExit(f"{source}: expected an absolute 'mlp' rule without category rates, got "
                          f"step_rule={config.step_rule!r}, relative={config.relative}, "
                          f"category_rates={config.category_rates}")
-    config = replace(config, relative=True, category_rates=per_category)
+    config = replace(config, relative=True, category_rates=per_category, rate_cap=rate_cap)
     if per_category:
         refs = category_rms(task_name)
         fallback = reference_rms(task_name)  # for categories the task lacks
@@ -100,6 +101,8 @@ def relative_warm_start(source: Path, out: Path, task_name: str, per_category: b
             optimizer.head.out.bias[0].div_(refs["all"])
         note = (f"relative warm start of {source}: step output divided by {refs['all']:.5g} (initial tensor RMS of "
                 f"the median element of {task_name})")
+    if rate_cap:
+        note += f"; each element's multiplier capped at {rate_cap:g} (rate_cap)"
     summary = {**payload.get("summary", {}), "warm_start_note": note}
     save_checkpoint(out, optimizer, config, summary)
     print(note, "->", out)
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     ws.add_argument("--task", default="fmnist-conv", help="meta-training task whose tensors set the reference RMS")
     ws.add_argument("--per-category", action="store_true",
                     help="one reference RMS per tensor category, as learned category rates (exact on every layer)")
+    ws.add_argument("--rate-cap", type=float, default=0.0,
+                    help="cap each element's multiplier (initial RMS x category rate); 1 = never a larger step than "
+                         "the source rule (default 0: no cap)")
     pr = sub.add_parser("probe", help="the encoder's aggregates and embedding sizes on tasks of several widths")
     pr.add_argument("--checkpoint", type=Path, required=True, help="an ng-gnn optimizer checkpoint")
     pr.add_argument("--tasks", nargs="+", default=["cifar10-conv", "cifar10-conv-w128"])
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--out", type=Path, default=OUT / "probe.json")
     args = ap.parse_args(argv)
     if args.cmd == "warm-start":
-        relative_warm_start(args.source, args.out, args.task, args.per_category)
+        relative_warm_start(args.source, args.out, args.task, args.per_category, args.rate_cap)
         return
     from tasks import get_task
 

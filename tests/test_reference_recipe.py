@@ -168,6 +168,39 @@ def test_per_category_relative_warm_start_is_the_absolute_rule_on_every_layer_of
         relative_warm_start(tmp_path / "rel.pt", tmp_path / "again.pt", "fmnist-conv", per_category=True)
 
 
+def test_a_rate_cap_keeps_every_step_at_most_the_absolute_rules(tmp_path):
+    """rate_cap = 1 on the per-category relative start: no tensor moves further than under the absolute rule (the
+    first hidden conv of fmnist-conv, 1.4x uncapped, takes exactly its step), smaller tensors proportionally less."""
+    from experiments.relative_steps import relative_warm_start
+    from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
+    from tasks import get_task
+
+    absolute, config = _opt("ng-gnn", kmax=3), OptimizerConfig(family="ng-gnn", hidden=8, depth=2, **REF)
+    src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
+    relative_warm_start(src, tmp_path / "capped.pt", "fmnist-conv", per_category=True, rate_cap=1.0)
+    capped, cap_config, _ = load_checkpoint(tmp_path / "capped.pt")
+    assert cap_config.rate_cap == 1.0
+    model = get_task("fmnist-conv").make_model(0)
+    with torch.no_grad():
+        model[2].weight.mul_(0.5)  # a tensor below its category's RMS: half the absolute step
+    ctx = context_for(model, capped)
+    named = dict(model.named_parameters())
+    params = ctx.flatten([named[n].detach() for n in ctx.names])
+    grads = torch.randn_like(params)
+    with torch.no_grad():
+        step_a = ctx.split(absolute.update(ctx, params, grads, absolute.init_state(ctx, params))[0] - params)
+        step_c = ctx.split(capped.update(ctx, params, grads, capped.init_state(ctx, params))[0] - params)
+    for i, name in enumerate(ctx.names):
+        if name != "2.weight":
+            torch.testing.assert_close(step_c[i], step_a[i], rtol=1e-4, atol=1e-9)
+    ratio = (step_c[ctx.names.index("2.weight")] / step_a[ctx.names.index("2.weight")]).median()
+    assert ratio == pytest.approx(0.5 * 1.4, rel=0.05)  # uncapped 1.4x the absolute step, halved with the weights
+    with pytest.raises(ValueError, match="rate_cap is an option of step_rule='mlp'"):
+        build_optimizer(OptimizerConfig(family="ff", step_rule="modulated", rate_cap=1.0))
+    with pytest.raises(ValueError, match="needs relative=True or category_rates=True"):
+        _opt("ff", rate_cap=1.0)
+
+
 def test_mlp_step_rule_rejects_adam_residual():
     with pytest.raises(ValueError, match="step_rule='mlp'"):
         _opt("ff", adam_residual=True)

@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path) -> tuple[Optimizer, OptimizerConfig, dict]
 # The settings that define what the per-element head reads and how it turns its output into a step: a warm start
 # copies the head's weights, which only mean the same rule when these agree.
 HEAD_SETTINGS = ("inputs", "preprocess", "step_rule", "lam", "head_hidden", "head_layers", "layer_scale",
-                 "adam_residual", "adam_lr", "adam_scale", "additive", "relative", "category_rates")
+                 "adam_residual", "adam_lr", "adam_scale", "additive", "relative", "category_rates", "rate_cap")
 
 
 def warm_start(optimizer: Optimizer, config: OptimizerConfig, path: str | Path) -> list[str]:

@@ -74,6 +74,9 @@ class OptimizerConfig:
     relative: bool = False
     # "mlp": every step x exp(a learned log-rate of its tensor's category) (first / hidden / last x weight / bias)
     category_rates: bool = False
+    # "mlp" with relative / category_rates: > 0 caps each element's multiplier (initial tensor RMS x category rate)
+    # at rate_cap; 1 keeps a relative rule derived from an absolute one from ever stepping further than it (0 = none)
+    rate_cap: float = 0.0
     lstm_hidden: int = 8  # lstm: per-element state size; tensor-lstm: width of its MLP and its cell
     # every learned family: > 0 clamps each element's update to max_update x the RMS of its tensor (0 = no bound)
     max_update: float = 0.0
@@ -103,7 +106,7 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
     head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
                 additive=cfg.additive, relative=cfg.relative, category_rates=cfg.category_rates,
-                step_rule=cfg.step_rule, head_layers=cfg.head_layers, max_update=cfg.max_update)
+                rate_cap=cfg.rate_cap, step_rule=cfg.step_rule, head_layers=cfg.head_layers, max_update=cfg.max_update)
     feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(encoder=cfg.family, hidden=cfg.hidden, depth=cfg.depth, kmax=cfg.kmax,

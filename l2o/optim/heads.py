@@ -177,6 +177,10 @@ class MLPStepHead(nn.Module):
         hidden: width of the hidden layers. layers: number of hidden layers (>= 1). lam: the step scale.
         relative: multiply each step by ``scale [P]`` (each element's tensor RMS at the start).
         category_rates: multiply each step by its category's learned rate.
+        rate_cap: > 0 caps that multiplier (RMS x rate) at ``rate_cap``. With the rates of a relative warm start,
+            1 means no tensor steps further than under the absolute rule it came from: tensors whose scale is
+            unlike the meta-training task's, such as normalisation gains initialised at 1, cannot take steps tens of
+            times larger than it; smaller ones still take proportionally smaller steps.
     Shapes: ``forward(ctx, feats [P, F], embed [P, hidden] or None, ..., scale [P] or None) -> step [P]``;
     ``embed`` comes already projected by :attr:`embed_proj` (``[E, embed_dim] -> [E, hidden]``, applied before the
     per-element gather, which equals a first linear layer on the concatenation ``[features, embedding]``) and is
@@ -186,12 +190,17 @@ class MLPStepHead(nn.Module):
     needs_adam_direction = False
 
     def __init__(self, *, num_features: int, embed_dim: int = 0, hidden: int = 64, layers: int = 2,
-                 lam: float = 0.01, relative: bool = False, category_rates: bool = False):
+                 lam: float = 0.01, relative: bool = False, category_rates: bool = False, rate_cap: float = 0.0):
         super().__init__()
+        if not rate_cap >= 0:
+            raise ValueError(f"rate_cap must be >= 0 (0 = no cap), got {rate_cap}")
+        if rate_cap and not (relative or category_rates):
+            raise ValueError("rate_cap caps the relative / category-rate multiplier: it needs relative=True or "
+                             "category_rates=True")
         if layers < 1 or hidden < 1:
             raise ValueError(f"an MLP step head needs layers >= 1 and hidden >= 1, got layers={layers}, "
                              f"hidden={hidden}")
-        self.lam, self.relative = lam, relative
+        self.lam, self.relative, self.rate_cap = lam, relative, float(rate_cap)
         self.feat_in = nn.Linear(num_features, hidden)
         self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
@@ -224,4 +233,6 @@ class MLPStepHead(nn.Module):
         if self.log_rate is not None:
             rate = torch.exp(self.log_rate).index_select(0, ctx.category).index_select(0, ctx.tensor_id)
             mult = rate if mult is None else mult * rate
+        if self.rate_cap:
+            mult = mult.clamp(max=self.rate_cap)
         return per_row_chunks(mlp, feats, embed, mult)

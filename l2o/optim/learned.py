@@ -61,7 +61,7 @@ class LearnedOptimizer(Optimizer):
     def __init__(self, *, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
                  adam_scale: float = 0.0, additive: bool = True, relative: bool = False, category_rates: bool = False,
-                 step_rule: str = "modulated", head_layers: int = 2, max_update: float = 0.0):
+                 rate_cap: float = 0.0, step_rule: str = "modulated", head_layers: int = 2, max_update: float = 0.0):
         super().__init__()
         if step_rule not in STEP_RULES:
             raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
@@ -74,8 +74,11 @@ class LearnedOptimizer(Optimizer):
                 raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual "
                                  "(use step_rule='modulated' for that)")
             self.head = MLPStepHead(num_features=features.num_features, embed_dim=embed_dim, hidden=head_hidden,
-                                    layers=head_layers, lam=lam, relative=relative, category_rates=category_rates)
+                                    layers=head_layers, lam=lam, relative=relative, category_rates=category_rates,
+                                    rate_cap=rate_cap)
         else:
+            if rate_cap:
+                raise ValueError("rate_cap is an option of step_rule='mlp' (with relative or category_rates)")
             if category_rates:
                 raise ValueError("category_rates=True is an option of step_rule='mlp' (the 'modulated' rule has its "
                                  "own per-category scales: layer_scale)")
