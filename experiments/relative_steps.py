@@ -109,6 +109,32 @@ def relative_warm_start(source: Path, out: Path, task_name: str, per_category: b
     return refs
 
 
+def capped_tensors(checkpoint: Path, task_name: str, seeds: list[int]) -> dict[int, list[tuple[str, float]]]:
+    """Per seed of ``task_name``: the tensors whose multiplier (initial RMS x category rate, the head's own floor
+    included) is above the checkpoint's ``rate_cap`` (beyond rounding), with the uncapped value. Where none is, the capped rule takes
+    exactly the steps of the same rule without the cap, so its evaluations there carry over."""
+    from l2o.graph import NeuralGraph
+    from l2o.optim.context import ParamContext
+    from l2o.optim.heads import RELATIVE_FLOOR
+    from tasks import get_task
+
+    optimizer, config, _ = load_checkpoint(checkpoint)
+    if not (config.relative and config.category_rates and config.rate_cap):
+        raise SystemExit(f"{checkpoint}: expected a relative rule with category rates and a rate_cap")
+    rate = optimizer.head.log_rate.detach().exp()
+    out = {}
+    for seed in seeds:
+        model = get_task(task_name).make_model(seed)
+        ctx = ParamContext.for_graph(NeuralGraph.from_module(model))
+        out[seed] = []
+        for name, p in model.named_parameters():
+            mult = max(p.detach().pow(2).mean().sqrt().item(), RELATIVE_FLOOR) * rate[
+                int(ctx.category[ctx.names.index(name)])].item()
+            if mult > config.rate_cap * (1 + 1e-5):  # beyond rounding: on the warm-start task RMS x 1/RMS is 1
+                out[seed].append((name, mult))
+    return out
+
+
 AGGREGATES = ("mean", "min", "max", "std")
 
 
@@ -175,6 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     ws.add_argument("--rate-cap", type=float, default=0.0,
                     help="cap each element's multiplier (initial RMS x category rate); 1 = never a larger step than "
                          "the source rule (default 0: no cap)")
+    cc = sub.add_parser("cap-check", help="the tensors on which a capped rule's cap binds, per task and seed")
+    cc.add_argument("--checkpoint", type=Path, required=True)
+    cc.add_argument("--tasks", nargs="+", required=True)
+    cc.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     pr = sub.add_parser("probe", help="the encoder's aggregates and embedding sizes on tasks of several widths")
     pr.add_argument("--checkpoint", type=Path, required=True, help="an ng-gnn optimizer checkpoint")
     pr.add_argument("--tasks", nargs="+", default=["cifar10-conv", "cifar10-conv-w128"])
@@ -183,6 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.cmd == "warm-start":
         relative_warm_start(args.source, args.out, args.task, args.per_category, args.rate_cap)
+        return
+    if args.cmd == "cap-check":
+        for name in args.tasks:
+            for seed, over in capped_tensors(args.checkpoint, name, args.seeds).items():
+                print(f"{name} seed {seed}: " + (", ".join(f"{t} {m:.3g}" for t, m in over) if over else
+                                                 "the cap never binds (the same steps as without it)"))
         return
     from tasks import get_task
 

@@ -180,6 +180,9 @@ def test_a_rate_cap_keeps_every_step_at_most_the_absolute_rules(tmp_path):
     relative_warm_start(src, tmp_path / "capped.pt", "fmnist-conv", per_category=True, rate_cap=1.0)
     capped, cap_config, _ = load_checkpoint(tmp_path / "capped.pt")
     assert cap_config.rate_cap == 1.0
+    from experiments.relative_steps import capped_tensors
+    binds = capped_tensors(tmp_path / "capped.pt", "fmnist-conv", [0])[0]
+    assert [name for name, _ in binds] == ["2.weight", "2.bias"] and all(m > 1.3 for _, m in binds)
     model = get_task("fmnist-conv").make_model(0)
     with torch.no_grad():
         model[2].weight.mul_(0.5)  # a tensor below its category's RMS: half the absolute step
