@@ -35,11 +35,12 @@ one-thread CPU timings (``CPU_MS_PER_INR_EPOCH``). Existing records are skipped 
 Outputs in ``--results`` (default ``results/weight_space``), rebuilt from every record in ``--out`` (default
 ``runs/inr-scaling``) of the data set and epoch setting: ``inr_scaling_<dataset>.md`` / ``.json`` (``_e<epochs>``
 after the data set for a non-default ``--epochs``; per encoder and size: mean ± sample std of the test accuracy over
-the seeds present, the seeds, training seconds per run; a least-squares trend in points per doubling of the training INRs) and ``inr_scaling_<dataset>.png`` (test accuracy
-against training INRs on a log axis, one line per encoder, error bars where there is more than one seed, the
-published figures of the same data set as dashed lines and the issue's target as a dotted one). The runs folder is
-not committed, so a later session has only its own records: the rows of the existing JSON that no record covers are
-kept as they were, marked ``*`` in the table (``--no-carry`` drops them).
+the seeds present, the seeds, training seconds per run; a least-squares trend in points per doubling of the training
+INRs) and ``inr_scaling_<dataset>.png`` (test accuracy against training INRs on a log axis, one line per encoder,
+error bars where there is more than one seed, the published figures of the same data set as dashed lines and the
+issue's target as a dotted one). The runs folder is not committed, so a later session has only its own records: the
+rows of the existing JSON that no record covers are kept as they were, marked ``*`` in the table (``--no-carry``
+drops them).
 """
 from __future__ import annotations
 

@@ -111,8 +111,8 @@ def relative_warm_start(source: Path, out: Path, task_name: str, per_category: b
 
 def capped_tensors(checkpoint: Path, task_name: str, seeds: list[int]) -> dict[int, list[tuple[str, float]]]:
     """Per seed of ``task_name``: the tensors whose multiplier (initial RMS x category rate, the head's own floor
-    included) is above the checkpoint's ``rate_cap`` (beyond rounding), with the uncapped value. Where none is, the capped rule takes
-    exactly the steps of the same rule without the cap, so its evaluations there carry over."""
+    included) is above the checkpoint's ``rate_cap`` (beyond rounding), with the uncapped value. Where none is, the
+    capped rule takes exactly the steps of the same rule without the cap, so its evaluations there carry over."""
     from l2o.graph import NeuralGraph
     from l2o.optim.context import ParamContext
     from l2o.optim.heads import RELATIVE_FLOOR

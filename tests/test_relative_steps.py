@@ -56,8 +56,8 @@ def test_reference_recipe_ships_an_untrained_start_as_the_default_from_its_file(
     from meta_train.pipelines import model_cards
 
     def runs(accs, hyper=None, checkpoint=None):
-        return OptimizerRuns(family="x", checkpoint=checkpoint, digest=None, hyper=hyper, runs=[SeedRun(seed=i, losses=[1.0], evals=[], acc=a, step_ms=1.0,
-                                                        diverged=False) for i, a in enumerate(accs)])
+        return OptimizerRuns(family="x", checkpoint=checkpoint, digest=None, hyper=hyper, runs=[
+            SeedRun(seed=i, losses=[1.0], evals=[], acc=a, step_ms=1.0, diverged=False) for i, a in enumerate(accs)])
 
     (tmp_path / rr.TASK).mkdir()
     write_results(tmp_path / rr.TASK / "results.json", {"runs": {
