@@ -138,29 +138,42 @@ def test_category_rates_are_an_option_of_the_mlp_rule_only():
         build_optimizer(OptimizerConfig(family="ff", step_rule="modulated", category_rates=True))
 
 
+def _relative_from_absolute(tmp_path, name: str, **kw):
+    """(absolute rule, its per-category relative warm start on fmnist-conv with ``kw``, that start's config)."""
+    from experiments.relative_steps import relative_warm_start
+    from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
+
+    absolute, config = _opt("ng-gnn", kmax=3), OptimizerConfig(family="ng-gnn", hidden=8, depth=2, **REF)
+    src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
+    refs = relative_warm_start(src, tmp_path / name, "fmnist-conv", per_category=True, **kw)
+    relative, rel_config, _ = load_checkpoint(tmp_path / name)
+    assert len(refs) == 6
+    return absolute, relative, rel_config
+
+
+def _first_steps(model, *optimizers) -> tuple[list[str], list[list[torch.Tensor]]]:
+    """Each optimizer's first step on ``model`` (same gradients), split per tensor in the context's order."""
+    ctx = context_for(model, optimizers[-1])
+    named = dict(model.named_parameters())
+    params = ctx.flatten([named[n].detach() for n in ctx.names])
+    grads = torch.randn_like(params)
+    with torch.no_grad():
+        return ctx.names, [ctx.split(o.update(ctx, params, grads, o.init_state(ctx, params))[0] - params)
+                           for o in optimizers]
+
+
 def test_per_category_relative_warm_start_is_the_absolute_rule_on_every_layer_of_the_task(tmp_path):
     """The relative rule with category rates 1 / (each category's initial RMS on fmnist-conv) takes the absolute
     rule's first step on every tensor that sets its category's RMS (all but the first hidden conv layer, whose
     category's median element lies in the larger second one)."""
     from experiments.relative_steps import relative_warm_start
-    from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
     from tasks import get_task
 
-    absolute, config = _opt("ng-gnn", kmax=3), OptimizerConfig(family="ng-gnn", hidden=8, depth=2, **REF)
-    src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
-    refs = relative_warm_start(src, tmp_path / "rel.pt", "fmnist-conv", per_category=True)
-    relative, rel_config, _ = load_checkpoint(tmp_path / "rel.pt")
-    assert rel_config.relative and rel_config.category_rates and len(refs) == 6
-    model = get_task("fmnist-conv").make_model(0)
-    ctx = context_for(model, relative)
-    named = dict(model.named_parameters())
-    params = ctx.flatten([named[n].detach() for n in ctx.names])
-    grads = torch.randn_like(params)
-    with torch.no_grad():
-        step_a = ctx.split(absolute.update(ctx, params, grads, absolute.init_state(ctx, params))[0] - params)
-        step_r = ctx.split(relative.update(ctx, params, grads, relative.init_state(ctx, params))[0] - params)
-    exact = [i for i, n in enumerate(ctx.names) if not n.startswith("2.")]
-    assert len(exact) == 6 and len(ctx.names) == 8
+    absolute, relative, rel_config = _relative_from_absolute(tmp_path, "rel.pt")
+    assert rel_config.relative and rel_config.category_rates
+    names, (step_a, step_r) = _first_steps(get_task("fmnist-conv").make_model(0), absolute, relative)
+    exact = [i for i, n in enumerate(names) if not n.startswith("2.")]
+    assert len(exact) == 6 and len(names) == 8
     for i in exact:
         torch.testing.assert_close(step_r[i], step_a[i], rtol=1e-4, atol=1e-9)
     assert not torch.allclose(step_r[2], step_a[2])  # 2.weight: hidden, RMS 0.049 against the category's 0.034
@@ -171,32 +184,21 @@ def test_per_category_relative_warm_start_is_the_absolute_rule_on_every_layer_of
 def test_a_rate_cap_keeps_every_step_at_most_the_absolute_rules(tmp_path):
     """rate_cap = 1 on the per-category relative start: no tensor moves further than under the absolute rule (the
     first hidden conv of fmnist-conv, 1.4x uncapped, takes exactly its step), smaller tensors proportionally less."""
-    from experiments.relative_steps import relative_warm_start
-    from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
+    from experiments.relative_steps import capped_tensors
     from tasks import get_task
 
-    absolute, config = _opt("ng-gnn", kmax=3), OptimizerConfig(family="ng-gnn", hidden=8, depth=2, **REF)
-    src = save_checkpoint(tmp_path / "abs.pt", absolute, config)
-    relative_warm_start(src, tmp_path / "capped.pt", "fmnist-conv", per_category=True, rate_cap=1.0)
-    capped, cap_config, _ = load_checkpoint(tmp_path / "capped.pt")
+    absolute, capped, cap_config = _relative_from_absolute(tmp_path, "capped.pt", rate_cap=1.0)
     assert cap_config.rate_cap == 1.0
-    from experiments.relative_steps import capped_tensors
     binds = capped_tensors(tmp_path / "capped.pt", "fmnist-conv", [0])[0]
     assert [name for name, _ in binds] == ["2.weight", "2.bias"] and all(m > 1.3 for _, m in binds)
     model = get_task("fmnist-conv").make_model(0)
     with torch.no_grad():
         model[2].weight.mul_(0.5)  # a tensor below its category's RMS: half the absolute step
-    ctx = context_for(model, capped)
-    named = dict(model.named_parameters())
-    params = ctx.flatten([named[n].detach() for n in ctx.names])
-    grads = torch.randn_like(params)
-    with torch.no_grad():
-        step_a = ctx.split(absolute.update(ctx, params, grads, absolute.init_state(ctx, params))[0] - params)
-        step_c = ctx.split(capped.update(ctx, params, grads, capped.init_state(ctx, params))[0] - params)
-    for i, name in enumerate(ctx.names):
+    names, (step_a, step_c) = _first_steps(model, absolute, capped)
+    for i, name in enumerate(names):
         if name != "2.weight":
             torch.testing.assert_close(step_c[i], step_a[i], rtol=1e-4, atol=1e-9)
-    ratio = (step_c[ctx.names.index("2.weight")] / step_a[ctx.names.index("2.weight")]).median()
+    ratio = (step_c[names.index("2.weight")] / step_a[names.index("2.weight")]).median()
     assert ratio == pytest.approx(0.5 * 1.4, rel=0.05)  # uncapped 1.4x the absolute step, halved with the weights
     with pytest.raises(ValueError, match="rate_cap is an option of step_rule='mlp'"):
         build_optimizer(OptimizerConfig(family="ff", step_rule="modulated", rate_cap=1.0))
