@@ -531,6 +531,11 @@ def figure(table: dict, path: Path) -> Path:
     return path
 
 
+def output_stem(dataset: str, epochs: int) -> str:
+    """``inr_scaling_<dataset>``, with ``_e<epochs>`` when ``epochs`` is not the task's default."""
+    return f"inr_scaling_{dataset}" + ("" if epochs == default_epochs() else f"_e{epochs}")
+
+
 def write_outputs(out: Path = OUT, results: Path = RESULTS_DIR, dataset: str = "mnist",
                   epochs: int | None = None, carry: bool = True) -> dict:
     """Aggregate the records in ``out`` into ``results/inr_scaling_<dataset>.{md,json,png}`` (``_e<epochs>`` after
@@ -539,7 +544,7 @@ def write_outputs(out: Path = OUT, results: Path = RESULTS_DIR, dataset: str = "
     from tasks.weight_space.task_report import collect
 
     epochs = default_epochs() if epochs is None else int(epochs)
-    stem = f"inr_scaling_{dataset}" + ("" if epochs == default_epochs() else f"_e{epochs}")
+    stem = output_stem(dataset, epochs)
     previous = Path(results) / f"{stem}.json"
     earlier = json.loads(previous.read_text()) if carry and previous.is_file() else {}
     rows = earlier.get("rows", []) if earlier.get("epochs") == epochs else []
@@ -621,8 +626,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in table["rows"]:
         print(f"{r['encoder']:24s} n={r['size']:<6d} {_pts(r['accuracy_mean']):>6s} ± {_pts(r['accuracy_std']):>5s} "
               f"({_n(r['n_seeds'], 'seed')})")
-    stem = args.results / (f"inr_scaling_{args.dataset}" + ("" if table["epochs"] == default_epochs() else
-                                                           f"_e{table['epochs']}"))
+    stem = args.results / output_stem(args.dataset, table["epochs"])
     print(f"-> {stem}.md, {stem}.json, {stem}.png")
 
 

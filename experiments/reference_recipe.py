@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from l2o.optim import read_checkpoint
 from meta_train.config import load_config
 from meta_train.eval_records import read_results, write_results
 from meta_train.evaluate import evaluate, write_report
@@ -602,11 +603,13 @@ def ship_default(name: str) -> None:
     if name in UNTRAINED:  # written by experiments/relative_steps.py from the default of its time, no run folder
         reason += (f" It is `{RELATIVE_SOURCE}.pt` (the default before it) with every step in units of its tensor's "
                    f"initial RMS, per category, without further meta-training; its sweep is in `sweep.md` there.")
+        cfg = read_checkpoint(checkpoint_of(name))["config"]  # the warm start's flags, from what it wrote
+        flags = (" --per-category" if cfg.get("category_rates") else "") + (
+            f" --rate-cap {cfg['rate_cap']:g}" if cfg.get("rate_cap") else "")
         model_cards.ship(name, checkpoint_of(name), reproduce=(
             f"`python -m experiments.relative_steps warm-start --source results/checkpoints/{RELATIVE_SOURCE}.pt "
-            f"--out {checkpoint_of(name)}{' --per-category' if 'category' in name else ''}"
-            f"{' --rate-cap 1' if 'capped' in name else ''}`, then `python -m "
-            f"experiments.reference_recipe eval --part {name}`, `report` and `ship-default --only {name}`."))
+            f"--out {checkpoint_of(name)}{flags}`, then `python -m experiments.reference_recipe eval --part {name}`, "
+            f"`report` and `ship-default --only {name}`."))
     else:
         model_cards.ship(name, run_dir(name), reproduce=(
             f"`python -m experiments.reference_recipe train --only {name}` (it starts from the committed rule that "

@@ -115,23 +115,23 @@ def capped_tensors(checkpoint: Path, task_name: str, seeds: list[int]) -> dict[i
     capped rule takes exactly the steps of the same rule without the cap, so its evaluations there carry over."""
     from l2o.graph import NeuralGraph
     from l2o.optim.context import ParamContext
-    from l2o.optim.heads import RELATIVE_FLOOR
+    from l2o.optim.heads import relative_scale
     from tasks import get_task
 
     optimizer, config, _ = load_checkpoint(checkpoint)
     if not (config.relative and config.category_rates and config.rate_cap):
         raise SystemExit(f"{checkpoint}: expected a relative rule with category rates and a rate_cap")
-    rate = optimizer.head.log_rate.detach().exp()
     out = {}
     for seed in seeds:
         model = get_task(task_name).make_model(seed)
         ctx = ParamContext.for_graph(NeuralGraph.from_module(model))
-        out[seed] = []
-        for name, p in model.named_parameters():
-            mult = max(p.detach().pow(2).mean().sqrt().item(), RELATIVE_FLOOR) * rate[
-                int(ctx.category[ctx.names.index(name)])].item()
-            if mult > config.rate_cap * (1 + 1e-5):  # beyond rounding: on the warm-start task RMS x 1/RMS is 1
-                out[seed].append((name, mult))
+        named = dict(model.named_parameters())
+        params = ctx.flatten([named[n].detach() for n in ctx.names])
+        with torch.no_grad():
+            mult = optimizer.head.multiplier(ctx, relative_scale(ctx, params))
+        # one value per tensor; beyond rounding only (on the warm-start task RMS x 1/RMS is 1)
+        per_tensor = [(name, m.reshape(-1)[0].item()) for name, m in zip(ctx.names, ctx.split(mult))]
+        out[seed] = [(name, m) for name, m in per_tensor if m > config.rate_cap * (1 + 1e-5)]
     return out
 
 

@@ -120,7 +120,6 @@ def test_outputs_written(tmp_path):
     assert "No records yet" in (tmp_path / "res2" / "inr_scaling_fmnist.md").read_text()
 
 
-
 def test_rows_of_an_earlier_table_are_kept_when_their_records_are_gone(tmp_path):
     runs, res = tmp_path / "runs", tmp_path / "res"
     runs.mkdir()

@@ -228,11 +228,16 @@ class MLPStepHead(nn.Module):
             step = self.lam * out[:, 0] * torch.exp(self.lam * out[:, 1])
             return step * sc if sc is not None else step
 
-        # one multiplier [P] per element: its tensor's initial RMS and / or its category's rate
+        mult = self.multiplier(ctx, scale)
+        if self.rate_cap:
+            mult = mult.clamp(max=self.rate_cap)
+        return per_row_chunks(mlp, feats, embed, mult)
+
+    def multiplier(self, ctx: ParamContext, scale: torch.Tensor | None) -> torch.Tensor | None:
+        """``[P]``: each element's step multiplier before ``rate_cap``, its tensor's initial RMS (``scale``, with
+        ``relative``) times its category's rate (with ``category_rates``); None with neither."""
         mult = scale if self.relative else None
         if self.log_rate is not None:
             rate = torch.exp(self.log_rate).index_select(0, ctx.category).index_select(0, ctx.tensor_id)
             mult = rate if mult is None else mult * rate
-        if self.rate_cap:
-            mult = mult.clamp(max=self.rate_cap)
-        return per_row_chunks(mlp, feats, embed, mult)
+        return mult

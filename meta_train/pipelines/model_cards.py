@@ -169,7 +169,7 @@ def choose_default() -> Path | None:
             f"The default of `NeuralGraphOptimizer(model)`, pinned (`default.json`). {pin['reason']} "
             f"See `{pin['pinned']}.md` for its card.\n"))
     scored = []
-    for name in dict.fromkeys([*shipped_names(), *plan.PACKAGED]):
+    for name in shipped_names():
         path = plan.CHECKPOINTS / f"{name}.pt"
         if path.exists():
             payload = read_checkpoint(path)
