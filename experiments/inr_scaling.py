@@ -7,6 +7,7 @@ trend toward the published numbers is visible even where the full run does not f
     python -m experiments.inr_scaling                                     # MNIST, DNG + NG-GNN, 500 .. 10,000 INRs
     python -m experiments.inr_scaling --dataset fmnist --seeds 0 1 2      # Fashion-MNIST, three seeds
     python -m experiments.inr_scaling --sizes 500 1000 2500 5000 10000 20000 --device cuda
+    python -m experiments.inr_scaling --encoders dng --sizes 50000 --hidden 64 --depth 4   # a larger encoder
     python -m experiments.inr_scaling plan                                # only the runs and their time estimates
     python -m experiments.inr_scaling report                              # only rebuild the table and figure
 
@@ -186,6 +187,8 @@ def estimate_seconds(spec, calib: dict | None = None, device: str = "cpu", n_val
     """(estimated seconds of one run, where the figure comes from); None when nothing is known for ``device``."""
     import torch
 
+    from tasks.weight_space.task_runs import DEFAULT_DEPTH, DEFAULT_HIDDEN
+
     base_label = _strip_tag(spec.label, spec.tag)
     known = (calib or {}).get(base_label)
     if known is not None:
@@ -193,6 +196,8 @@ def estimate_seconds(spec, calib: dict | None = None, device: str = "cpu", n_val
     elif torch.device(device).type == "cpu" and spec.encoder in CPU_MS_PER_INR_EPOCH:
         ms = CPU_MS_PER_INR_EPOCH[spec.encoder]
         ev, source = EVAL_FRACTION * ms, "the main table's one-thread CPU timings"
+        if (spec.hidden, spec.depth) != (DEFAULT_HIDDEN, DEFAULT_DEPTH):
+            source += f" of hidden {DEFAULT_HIDDEN} / depth {DEFAULT_DEPTH} (a larger encoder takes longer)"
     else:
         return None, f"no timing of {base_label} on {device} yet"
     val = min(spec.val_size or n_val, n_val)
@@ -585,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-carry", action="store_true",
                     help="outputs from the records in --out only (default: the existing table's rows that no record "
                          "covers are kept, marked *)")
+    ap.add_argument("--hidden", type=_positive, default=None,
+                    help="encoder width (default: the task's, 32); a non-default size is part of the run label")
+    ap.add_argument("--depth", type=_positive, default=None, help="encoder layers (default: the task's, 2)")
     for flag in ("--val-size", "--test-size"):
         ap.add_argument(flag, type=_positive, default=None,
                         help="smoke runs only (use another --out: the records are not named by it)")
@@ -594,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     ap = build_parser()
     args = ap.parse_args(argv)
-    budget = {"epochs": args.epochs, "val_size": args.val_size, "test_size": args.test_size}
+    budget = {"epochs": args.epochs, "val_size": args.val_size, "test_size": args.test_size,
+              "hidden": args.hidden, "depth": args.depth}
     sizes = sorted(set(args.sizes))
     if args.stage in ("run", "plan"):
         limit = max_train_size(args.dataset)

@@ -234,11 +234,20 @@ RUNS = {
 # multiplier above 1, i.e. no step larger than the absolute rule's; experiments/relative_steps.py warm-start writes
 # them).
 RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
+ADAPTIVE = Path("results/experiments/rate-adaptation/checkpoints")
+ADAPT_BETAS = ("0.01", "0.03", "0.1")
 # the rule the relative starts were derived from (the pinned default of the time; its shipped file)
 RELATIVE_SOURCE = "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1"
 UNTRAINED = {**{f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
                 for kind in ("", "category-")},
-             "relative-category-capped": RELATIVE_STARTS / "default-relative-category-capped.pt"}
+             "relative-category-capped": RELATIVE_STARTS / "default-relative-category-capped.pt",
+             # the same capped rule from the continuation's other two meta-training seeds (0: `...-continued-lr3e-4`,
+             # 2: `...-seed2`): the default's spread over meta-training seeds
+             **{f"relative-category-capped-seed{s}": RELATIVE_STARTS / f"continued-seed{s}-relative-category-capped.pt"
+                for s in (0, 2)},
+             # the capped rule with each tensor's rate adapted online (experiments/rate_adaptation.py write; beta in
+             # the name)
+             **{f"capped-adapt{b}": ADAPTIVE / f"capped-adapt{b}.pt" for b in ADAPT_BETAS}}
 
 
 def checkpoint_of(name: str) -> Path:

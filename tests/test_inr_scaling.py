@@ -41,6 +41,10 @@ def test_labels_and_record_names_differ_per_size():
     # Other epochs get their own records; the task's default epochs give the plain size tag.
     assert study.run_spec("mnist", "dng", 1000, 0, {"epochs": 10}).label == "dng+probe128+n1000-e10"
     assert study.run_spec("mnist", "dng", 1000, 0, {"epochs": 5}).label == "dng+probe128+n1000"
+    # A larger encoder is another model, with its own records and row; the default size is not named.
+    big = study.run_spec("mnist", "dng", 1000, 0, {"hidden": 64, "depth": 4})
+    assert (big.hidden, big.depth, big.label) == (64, 4, "dng+h64d4+probe128+n1000")
+    assert study.run_spec("mnist", "dng", 1000, 0, {"hidden": 32, "depth": 2}).label == "dng+probe128+n1000"
     # The main runs' labels do not change: the tag only exists in the study's specs.
     assert default_spec("classify", "mnist", "dng", 0).label == "dng+probe128"
     with pytest.raises(ValueError):
@@ -217,7 +221,8 @@ def test_command_line(monkeypatch, tmp_path, capsys):
                                             "64", "--epochs", "2", "--device", "cuda"])
     assert (args.stage, args.dataset, args.encoders, args.sizes, args.epochs) == ("report", "fmnist", ["ng-t"],
                                                                                    [32, 64], 2)
-    for bad in (["--sizes", "0"], ["--dataset", "svhn"], ["--encoders", "gcn"], ["--epochs", "-1"]):
+    for bad in (["--sizes", "0"], ["--dataset", "svhn"], ["--encoders", "gcn"], ["--epochs", "-1"],
+                ["--hidden", "0"]):
         with pytest.raises(SystemExit) as info:
             study.build_parser().parse_args(bad)
         assert info.value.code == 2
@@ -233,6 +238,9 @@ def test_command_line(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 runs (2 sizes x 1 seed x 2 encoders), 1 epoch at every size" in out
     assert "[1/4] n=32 seed 0 dng: dng+probe128+n32-e1" in out and "[4/4] n=64 seed 0 ng-gnn" in out
+    study.main(["plan", "--out", str(tmp_path / "r"), "--sizes", "32", "--encoders", "dng", "--hidden", "64",
+                "--depth", "4"])
+    assert "dng+h64d4+probe128+n32" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")

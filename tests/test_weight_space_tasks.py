@@ -282,7 +282,7 @@ def test_generalization_end_to_end_and_report(tmp_path):
     rows = json.loads((tmp_path / "results" / "weight_space.json").read_text())
     assert res["records"] == 4
     tau = [r for r in rows if r["metric"] == "kendall_tau"]
-    assert {r["encoder"] for r in tau} == {"ng-gnn", "statnn"}
+    assert {r["encoder"] for r in tau} == {"ng-gnn+h8d1", "statnn"}  # a graph encoder's size, when not 32 x 2
     for r in tau:
         assert {"task", "dataset", "encoder", "metric", "mean", "std", "seeds", "epochs", "train_size", "params",
                 "sec_per_epoch"} <= set(r)
@@ -333,7 +333,7 @@ def test_cifar10_inr_classification_data_and_training_step(tmp_path, rgb_zoo):
     spec = default_spec("classify", "cifar10", "dng", epochs=1, batch_size=8, probes=3, hidden=8, depth=1,
                         aux_recon=0.5)
     rec = run(spec, data=data, out_dir=tmp_path, progress=False, log=None)
-    assert rec["epochs"] == 1 and record_path(tmp_path, spec).name == "classify-cifar10-dng+probe3+recon-s0.json"
+    assert rec["epochs"] == 1 and record_path(tmp_path, spec).name == "classify-cifar10-dng+h8d1+probe3+recon-s0.json"
     assert math.isfinite(rec["history"][0]["train_loss"]) and 0 <= rec["metrics"]["accuracy"] <= 1
     assert rec["data"]["arch"]["out_features"] == 3
 
@@ -455,8 +455,8 @@ def test_run_with_encoder_options_end_to_end(tmp_path, inr_zoo):
     spec = default_spec("classify", "synthetic", "dng", epochs=1, batch_size=6, probes=2, hidden=8, depth=1,
                         encoder_options={"recurrence": "rnn"})
     rec = run(spec, data=data, out_dir=tmp_path, progress=False, log=None)
-    path = tmp_path / "classify-synthetic-dng[recurrence=rnn]+probe2-s0.json"
-    assert path.exists() and rec["encoder"] == "dng[recurrence=rnn]+probe2" and rec["base_encoder"] == "dng"
+    path = tmp_path / "classify-synthetic-dng[recurrence=rnn]+h8d1+probe2-s0.json"
+    assert path.exists() and rec["encoder"] == "dng[recurrence=rnn]+h8d1+probe2" and rec["base_encoder"] == "dng"
     assert json.loads(path.read_text())["config"]["encoder_options"] == {"recurrence": "rnn"}
 
 

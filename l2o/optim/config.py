@@ -25,7 +25,8 @@ class OptimizerConfig:
     ============================  ===============================================================================
     every learned family          ``inputs``, ``preprocess`` (features); ``step_rule``, ``head_hidden``, ``lam``
     (GRAPH_FAMILIES, ff, lstm,    (the update head), and the step rule's own fields below; ``max_update`` (a
-    tensor-lstm)                  bound on each element's step relative to its tensor's RMS, 0 = none)
+    tensor-lstm)                  bound on each element's step relative to its tensor's RMS, 0 = none);
+                                  ``rate_adapt`` (per-tensor rates adapted online, 0 = none)
     ng-gnn, ng-t, dng, nfn        + ``hidden``, ``depth``, ``kmax``, ``encoder_options``, ``positional`` (encoder)
     lstm, tensor-lstm             + ``lstm_hidden``
     ff                            nothing more
@@ -80,6 +81,9 @@ class OptimizerConfig:
     lstm_hidden: int = 8  # lstm: per-element state size; tensor-lstm: width of its MLP and its cell
     # every learned family: > 0 clamps each element's update to max_update x the RMS of its tensor (0 = no bound)
     max_update: float = 0.0
+    # every learned family: > 0 multiplies each tensor's step by a rate adapted online by hypergradient descent,
+    # rate_adapt = the largest change of its log per step (l2o/optim/rate_adaptation.py; 0 = the rule's own rates)
+    rate_adapt: float = 0.0
     # hand-designed optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -106,7 +110,8 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
     head = dict(head_hidden=cfg.head_hidden, lam=cfg.lam, layer_scale=cfg.layer_scale,
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
                 additive=cfg.additive, relative=cfg.relative, category_rates=cfg.category_rates,
-                rate_cap=cfg.rate_cap, step_rule=cfg.step_rule, head_layers=cfg.head_layers, max_update=cfg.max_update)
+                rate_cap=cfg.rate_cap, step_rule=cfg.step_rule, head_layers=cfg.head_layers, max_update=cfg.max_update,
+                rate_adapt=cfg.rate_adapt)
     feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(encoder=cfg.family, hidden=cfg.hidden, depth=cfg.depth, kmax=cfg.kmax,

@@ -22,6 +22,7 @@ from .context import ParamContext
 from .features import (FeatureConfig, adam_direction_rows, feature_rows, init_moments, time_features,
                        update_moments)
 from .heads import MLPStepHead, UpdateHead, relative_scale
+from .rate_adaptation import adapt_rates, init_rate_state
 
 
 class Optimizer(nn.Module):
@@ -61,14 +62,18 @@ class LearnedOptimizer(Optimizer):
     def __init__(self, *, features: FeatureConfig = FeatureConfig(), head_hidden: int = 32, embed_dim: int = 0,
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
                  adam_scale: float = 0.0, additive: bool = True, relative: bool = False, category_rates: bool = False,
-                 rate_cap: float = 0.0, step_rule: str = "modulated", head_layers: int = 2, max_update: float = 0.0):
+                 rate_cap: float = 0.0, step_rule: str = "modulated", head_layers: int = 2, max_update: float = 0.0,
+                 rate_adapt: float = 0.0):
         super().__init__()
         if step_rule not in STEP_RULES:
             raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
         if not max_update >= 0:
             raise ValueError(f"max_update must be >= 0 (0 = no bound), got {max_update}")
+        if not rate_adapt >= 0:
+            raise ValueError(f"rate_adapt must be >= 0 (0 = the learned rule's own rates), got {rate_adapt}")
         self.features = features
         self.max_update = float(max_update)
+        self.rate_adapt = float(rate_adapt)
         if step_rule == "mlp":
             if adam_residual:
                 raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual "
@@ -93,13 +98,17 @@ class LearnedOptimizer(Optimizer):
 
     @property
     def state_floats_per_param(self) -> int:  # type: ignore[override]
-        """The statistics, + the per-element scale of relative steps, + the subclass's own state."""
-        return self.features.state_floats + int(self.head.relative) + self.extra_state_floats
+        """The statistics, + the per-element scale of relative steps, + the adapted rates' two floats, + the
+        subclass's own state."""
+        return (self.features.state_floats + int(self.head.relative) + 2 * bool(self.rate_adapt)
+                + self.extra_state_floats)
 
     def init_state(self, ctx: ParamContext, params: torch.Tensor) -> dict[str, torch.Tensor]:
         state = init_moments(params.numel(), params.dtype, params.device, self.features)
         if self.head.relative:
             state["scale"] = relative_scale(ctx, params)
+        if self.rate_adapt:
+            state.update(init_rate_state(params.numel(), params.dtype, params.device))
         return state
 
     embed_reads_features = False  # whether embed() reads the features (then a tensor, never a RowSource)
@@ -124,8 +133,13 @@ class LearnedOptimizer(Optimizer):
         emb, extra = self.embed(ctx, feats, state)
         adam_dir = adam_direction_rows(new_state) if self.head.needs_adam_direction else None
         step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_dir, state.get("scale"))
+        if self.rate_adapt:  # each tensor's step x its rate, adapted online (rate_adaptation.py)
+            new_state["log_rate"] = adapt_rates(ctx, grads, state, self.rate_adapt)
+            step = step * torch.exp(new_state["log_rate"])
         if self.max_update > 0:
             step = bound_update(ctx, params, step, self.max_update)
+        if self.rate_adapt:
+            new_state["last_update"] = step.detach()
         new_state.update(extra)
         return params + lr * step, new_state
 

@@ -217,6 +217,9 @@ def load_task_data(spec: "RunSpec", root: str | None = None, device: str | torch
 
 
 # ---------------------------------------------------------------------------------------------------------------- config
+DEFAULT_HIDDEN, DEFAULT_DEPTH = 32, 2  # the encoders' size in every run whose label does not name one
+
+
 @dataclass
 class RunSpec:
     """One run. Defaults are chosen for the 1-CPU-core budget (see ``default_spec`` for per-task values)."""
@@ -229,8 +232,8 @@ class RunSpec:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    hidden: int = 32
-    depth: int = 2
+    hidden: int = DEFAULT_HIDDEN
+    depth: int = DEFAULT_DEPTH
     head_hidden: int = 128
     baseline_hidden: int = 256
     probes: int = 0  # probe points (INR tasks, graph encoders only)
@@ -280,9 +283,12 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """The encoder (with its options) plus the options that make a different model (probes, reconstruction
-        loss) and the tag."""
+        """The encoder (with its options) plus the options that make a different model (a graph encoder's size
+        when it is not the default hidden 32 / depth 2: ``+h64d4``, so that runs of two sizes never share a record;
+        probes, reconstruction loss) and the tag."""
         s = self.encoder_label
+        if self.encoder in GRAPH_ENCODERS and (self.hidden, self.depth) != (DEFAULT_HIDDEN, DEFAULT_DEPTH):
+            s += f"+h{self.hidden}d{self.depth}"
         if self.uses_probes:
             s += f"+probe{self.probes}"
         if self.task == "classify" and self.aux_recon > 0:
