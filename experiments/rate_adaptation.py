@@ -1,8 +1,9 @@
 """A learned rule whose per-tensor rates adapt online (hypergradient descent), and where those rates go.
 
-    python -m experiments.rate_adaptation write --source results/checkpoints/default.pt --beta 0.01 \\
-        --out results/experiments/rate-adaptation/checkpoints/default-adapt0.01.pt
-    python -m experiments.rate_adaptation tune --source results/checkpoints/default.pt --betas 0 0.003 0.01 0.03
+    python -m experiments.rate_adaptation tune --source results/checkpoints/relative-category-capped.pt \\
+        --betas 0 0.003 0.01 0.03 0.1 0.3
+    python -m experiments.rate_adaptation write --source results/checkpoints/relative-category-capped.pt \\
+        --beta 0.03 --out results/experiments/rate-adaptation/checkpoints/capped-adapt0.03.pt
     python -m experiments.rate_adaptation trace --checkpoint results/experiments/rate-adaptation/checkpoints/... \\
         --tasks cifar10-conv-d1 cifar10-conv cifar10-conv-d5 --steps 300
 
@@ -34,18 +35,21 @@ from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
 OUT = Path("results/experiments/rate-adaptation")
 
 
-def write_adaptive(source: Path, out: Path, beta: float) -> None:
-    """Write ``source``'s rule with ``rate_adapt = beta``."""
+def write_adaptive(source: Path, out: Path, beta: float, min_ratio: float = 0.1) -> None:
+    """Write ``source``'s rule with ``rate_adapt = beta`` and ``rate_adapt_min = min_ratio``."""
     if not beta > 0:
         raise SystemExit(f"--beta must be > 0, got {beta}")
+    if not 0 < min_ratio <= 1:
+        raise SystemExit(f"--min-ratio must be in (0, 1], got {min_ratio}")
     optimizer, config, payload = load_checkpoint(source)
     if config.family not in ("ng-gnn", "ng-t", "dng", "nfn", "ff", "lstm", "tensor-lstm"):
         raise SystemExit(f"{source}: rate adaptation is an option of the learned families, got {config.family!r}")
     if config.rate_adapt:
         raise SystemExit(f"{source} already adapts its rates (rate_adapt = {config.rate_adapt:g})")
-    optimizer.rate_adapt = beta
-    config = replace(config, rate_adapt=beta)
-    note = f"{source} with its per-tensor rates adapted online, rate_adapt = {beta:g} (experiments/rate_adaptation.py)"
+    optimizer.rate_adapt, optimizer.rate_adapt_min = beta, min_ratio
+    config = replace(config, rate_adapt=beta, rate_adapt_min=min_ratio)
+    note = (f"{source} with its per-tensor rates adapted online, rate_adapt = {beta:g}, rate_adapt_min = "
+            f"{min_ratio:g} (experiments/rate_adaptation.py)")
     save_checkpoint(out, optimizer, config, {**payload.get("summary", {}), "warm_start_note": note})
     print(note, "->", out)
 
@@ -78,18 +82,22 @@ def trace_rates(checkpoint: Path, task_name: str, steps: int, seed: int = 0, eve
 TUNE_SEED = 1000  # the evaluation's tuning seed (meta_train.evaluate.tune): distinct from the evaluation seeds
 
 
-def tune_beta(source: Path, betas: list[float], tasks: list[str], steps: int, out: Path) -> dict:
-    """Validation accuracy of ``source`` with ``rate_adapt = beta`` for each beta (0: ``source`` itself) on each of
-    ``tasks`` after ``steps`` steps: the evaluation's tuning protocol (one run, seed 1000, the validation split).
-    Written to ``out`` after every run (a rerun skips what it has). Returns ``{task: {beta: val_acc}}``."""
+def tune_beta(source: Path, betas: list[float], tasks: list[str], steps: int, out: Path, min_ratio: float = 0.1
+              ) -> dict:
+    """Validation accuracy of ``source`` with ``rate_adapt = beta`` (and ``rate_adapt_min = min_ratio``) for each
+    beta (0: ``source`` itself) on each of ``tasks`` after ``steps`` steps: the evaluation's tuning protocol (one
+    run, seed 1000, the validation split). Written to ``out`` after every run (a rerun skips what it has). Returns
+    ``{task: {beta: val_acc}}``."""
     from meta_train.inner_train import train_optimizee
     from tasks import get_task
 
     done = json.loads(out.read_text()) if out.exists() else {}
-    if done and (done.get("source") != str(source) or done.get("steps") != steps):
-        raise SystemExit(f"{out} holds another study (source {done.get('source')}, {done.get('steps')} steps): "
-                         "pass another --json")
-    done = {"source": str(source), "steps": steps, "seed": TUNE_SEED, "val_acc": done.get("val_acc", {})}
+    if done and (done.get("source") != str(source) or done.get("steps") != steps
+                 or done.get("min_ratio", 0.1) != min_ratio):
+        raise SystemExit(f"{out} holds another study (source {done.get('source')}, {done.get('steps')} steps, "
+                         f"min_ratio {done.get('min_ratio', 0.1)}): pass another --json")
+    done = {"source": str(source), "steps": steps, "seed": TUNE_SEED, "min_ratio": min_ratio,
+            "val_acc": done.get("val_acc", {})}
     for name in tasks:
         task = get_task(name)
         for beta in betas:
@@ -97,7 +105,7 @@ def tune_beta(source: Path, betas: list[float], tasks: list[str], steps: int, ou
             if key in done["val_acc"].get(name, {}):
                 continue
             optimizer, _, _ = load_checkpoint(source)
-            optimizer.rate_adapt = beta
+            optimizer.rate_adapt, optimizer.rate_adapt_min = beta, min_ratio
             t0 = time.time()
             r = train_optimizee(optimizer, task, steps, seed=TUNE_SEED, eval_split="val")
             acc = r["acc"] if math.isfinite(r["acc"]) else -1.0
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     wr.add_argument("--source", type=Path, required=True)
     wr.add_argument("--out", type=Path, required=True)
     wr.add_argument("--beta", type=float, required=True, help="largest change of a tensor's log-rate per step")
+    wr.add_argument("--min-ratio", type=float, default=0.1, help="lowest rate (1: adapt upward only)")
     tr = sub.add_parser("trace", help="print each tensor's adapted rate along a run")
     tr.add_argument("--checkpoint", type=Path, required=True)
     tr.add_argument("--tasks", nargs="+", required=True)
@@ -127,15 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     tu.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.003, 0.01, 0.03])
     tu.add_argument("--tasks", nargs="+", default=["fmnist-conv"])
     tu.add_argument("--steps", type=int, default=1000)
+    tu.add_argument("--min-ratio", type=float, default=0.1, help="lowest rate (1: adapt upward only)")
     tu.add_argument("--json", type=Path, default=OUT / "tune.json")
     args = ap.parse_args(argv)
     if args.cmd == "write":
-        write_adaptive(args.source, args.out, args.beta)
+        write_adaptive(args.source, args.out, args.beta, args.min_ratio)
         return
     if args.cmd == "tune":
         if any(b < 0 for b in args.betas):
             ap.error("--betas must be >= 0")
-        tune_beta(args.source, args.betas, args.tasks, args.steps, args.json)
+        tune_beta(args.source, args.betas, args.tasks, args.steps, args.json, args.min_ratio)
         return
     traces = []
     for name in args.tasks:

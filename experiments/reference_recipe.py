@@ -235,7 +235,7 @@ RUNS = {
 # them).
 RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
 ADAPTIVE = Path("results/experiments/rate-adaptation/checkpoints")
-ADAPT_BETAS = ("0.01", "0.03", "0.1")
+ADAPT_BETAS = {"adapt": ("0.01", "0.03", "0.1"), "up": ("0.01", "0.03", "0.1", "0.3")}
 # the rule the relative starts were derived from (the pinned default of the time; its shipped file)
 RELATIVE_SOURCE = "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1"
 UNTRAINED = {**{f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
@@ -246,8 +246,9 @@ UNTRAINED = {**{f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{k
              **{f"relative-category-capped-seed{s}": RELATIVE_STARTS / f"continued-seed{s}-relative-category-capped.pt"
                 for s in (0, 2)},
              # the capped rule with each tensor's rate adapted online (experiments/rate_adaptation.py write; beta in
-             # the name)
-             **{f"capped-adapt{b}": ADAPTIVE / f"capped-adapt{b}.pt" for b in ADAPT_BETAS}}
+             # the name): within 0.1x-10x of the rule's step (adapt), or upward only (up: --min-ratio 1)
+             **{f"capped-{kind}{b}": ADAPTIVE / f"capped-{kind}{b}.pt" for kind, betas in ADAPT_BETAS.items()
+                for b in betas}}
 
 
 def checkpoint_of(name: str) -> Path:

@@ -52,8 +52,12 @@ def test_a_gradient_against_the_last_step_raises_the_rate_and_one_along_it_lower
     assert torch.equal(adapt_rates(ctx, -state["last_update"], state, 0.1), state["log_rate"])  # within 10x
     with pytest.raises(ValueError, match="beta > 0"):
         adapt_rates(ctx, params, state, 0.0)
-    with pytest.raises(ValueError, match="max_ratio must be > 1"):
+    with pytest.raises(ValueError, match="0 < min_ratio <= 1 < max_ratio"):
         adapt_rates(ctx, params, state, 0.1, max_ratio=1.0)
+    state["log_rate"] = torch.zeros_like(params)  # upward only: the rule's own step is the floor
+    assert torch.equal(adapt_rates(ctx, 2 * state["last_update"], state, 0.1, min_ratio=1.0), state["log_rate"])
+    torch.testing.assert_close(adapt_rates(ctx, -state["last_update"], state, 0.1, min_ratio=1.0),
+                               torch.full_like(params, 0.1))
 
 
 def test_the_first_step_is_the_rules_own_and_later_steps_carry_each_tensors_rate():
@@ -80,6 +84,8 @@ def test_the_first_step_is_the_rules_own_and_later_steps_carry_each_tensors_rate
 def test_rate_adaptation_is_refused_below_zero_and_round_trips_through_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="rate_adapt must be >= 0"):
         _setup(-0.1)
+    with pytest.raises(ValueError, match=r"rate_adapt_min must be in \(0, 1\]"):
+        build_optimizer(OptimizerConfig(family="ff", step_rule="mlp", rate_adapt=0.1, rate_adapt_min=2.0))
     cfg, opt, _, _, _ = _setup(0.02, family="ff")
     save_checkpoint(tmp_path / "a.pt", opt, cfg)
     loaded, loaded_cfg, _ = load_checkpoint(tmp_path / "a.pt")

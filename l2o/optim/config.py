@@ -26,7 +26,7 @@ class OptimizerConfig:
     every learned family          ``inputs``, ``preprocess`` (features); ``step_rule``, ``head_hidden``, ``lam``
     (GRAPH_FAMILIES, ff, lstm,    (the update head), and the step rule's own fields below; ``max_update`` (a
     tensor-lstm)                  bound on each element's step relative to its tensor's RMS, 0 = none);
-                                  ``rate_adapt`` (per-tensor rates adapted online, 0 = none)
+                                  ``rate_adapt``, ``rate_adapt_min`` (per-tensor rates adapted online, 0 = none)
     ng-gnn, ng-t, dng, nfn        + ``hidden``, ``depth``, ``kmax``, ``encoder_options``, ``positional`` (encoder)
     lstm, tensor-lstm             + ``lstm_hidden``
     ff                            nothing more
@@ -84,6 +84,7 @@ class OptimizerConfig:
     # every learned family: > 0 multiplies each tensor's step by a rate adapted online by hypergradient descent,
     # rate_adapt = the largest change of its log per step (l2o/optim/rate_adaptation.py; 0 = the rule's own rates)
     rate_adapt: float = 0.0
+    rate_adapt_min: float = 0.1  # the lowest adapted rate, x the rule's step (1 = adapt upward only; at most 10x up)
     # hand-designed optimizers
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -111,7 +112,7 @@ def build_optimizer(cfg: OptimizerConfig) -> Optimizer:
                 adam_residual=cfg.adam_residual, adam_lr=cfg.adam_lr, adam_scale=cfg.adam_scale,
                 additive=cfg.additive, relative=cfg.relative, category_rates=cfg.category_rates,
                 rate_cap=cfg.rate_cap, step_rule=cfg.step_rule, head_layers=cfg.head_layers, max_update=cfg.max_update,
-                rate_adapt=cfg.rate_adapt)
+                rate_adapt=cfg.rate_adapt, rate_adapt_min=cfg.rate_adapt_min)
     feats = FeatureConfig(preprocess=cfg.preprocess, inputs=cfg.inputs)
     if cfg.family in GRAPH_FAMILIES:
         return GraphOptimizer(encoder=cfg.family, hidden=cfg.hidden, depth=cfg.depth, kmax=cfg.kmax,

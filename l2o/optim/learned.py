@@ -63,7 +63,7 @@ class LearnedOptimizer(Optimizer):
                  lam: float = 0.01, layer_scale: bool = True, adam_residual: bool = False, adam_lr: float = 1e-3,
                  adam_scale: float = 0.0, additive: bool = True, relative: bool = False, category_rates: bool = False,
                  rate_cap: float = 0.0, step_rule: str = "modulated", head_layers: int = 2, max_update: float = 0.0,
-                 rate_adapt: float = 0.0):
+                 rate_adapt: float = 0.0, rate_adapt_min: float = 0.1):
         super().__init__()
         if step_rule not in STEP_RULES:
             raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
@@ -71,9 +71,11 @@ class LearnedOptimizer(Optimizer):
             raise ValueError(f"max_update must be >= 0 (0 = no bound), got {max_update}")
         if not rate_adapt >= 0:
             raise ValueError(f"rate_adapt must be >= 0 (0 = the learned rule's own rates), got {rate_adapt}")
+        if not 0 < rate_adapt_min <= 1:
+            raise ValueError(f"rate_adapt_min must be in (0, 1] (1 = adapt upward only), got {rate_adapt_min}")
         self.features = features
         self.max_update = float(max_update)
-        self.rate_adapt = float(rate_adapt)
+        self.rate_adapt, self.rate_adapt_min = float(rate_adapt), float(rate_adapt_min)
         if step_rule == "mlp":
             if adam_residual:
                 raise ValueError("step_rule='mlp' is the plain learned rule: it takes no Adam residual "
@@ -134,7 +136,7 @@ class LearnedOptimizer(Optimizer):
         adam_dir = adam_direction_rows(new_state) if self.head.needs_adam_direction else None
         step = self.head(ctx, feats, emb, time_features(new_state["step"]), adam_dir, state.get("scale"))
         if self.rate_adapt:  # each tensor's step x its rate, adapted online (rate_adaptation.py)
-            new_state["log_rate"] = adapt_rates(ctx, grads, state, self.rate_adapt)
+            new_state["log_rate"] = adapt_rates(ctx, grads, state, self.rate_adapt, self.rate_adapt_min)
             step = step * torch.exp(new_state["log_rate"])
         if self.max_update > 0:
             step = bound_update(ctx, params, step, self.max_update)

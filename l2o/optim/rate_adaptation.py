@@ -8,8 +8,13 @@ follow its own training run instead: every step is multiplied by ``exp(log_rate)
 descends the loss's derivative with respect to it. For ``theta_t = theta_{t-1} + a u_{t-1}`` that derivative is
 ``g_t . u_{t-1}``: a gradient that still opposes the last step (the step was too short) raises the rate, one that
 agrees with it (the step overshot) lowers it. The signal is normalised to a cosine per tensor, so ``beta`` is the
-largest change of ``log_rate`` per step whatever the tensor's scale, and ``log_rate`` is kept within
-``[-log(max_ratio), log(max_ratio)]`` of the learned rule's own step.
+largest change of ``log_rate`` per step whatever the tensor's scale, and the rate is kept within ``[min_ratio,
+max_ratio]`` (default 0.1 to 10) of the learned rule's own step.
+
+``min_ratio = 1`` adapts upward only. The signal is greedy (it sees the next step's loss), and greedy rate adaptation
+is biased toward rates smaller than the best ones over a longer horizon (Wu et al., 2018, "Understanding
+short-horizon bias in stochastic meta-optimization"): a signal to go larger is a sign the step is far too short, one
+to go smaller may be that bias.
 
 The adaptation is not meta-trained: the signal is detached (a constant of each step, as in hypergradient descent),
 so a meta-gradient sees the multiplier but not how it came about. State: the last update and the log-rate, each
@@ -41,15 +46,15 @@ def tensor_cosine(ctx: ParamContext, a: torch.Tensor, b: torch.Tensor, eps: floa
 
 
 def adapt_rates(ctx: ParamContext, grads: torch.Tensor, state: dict[str, torch.Tensor], beta: float,
-                max_ratio: float = DEFAULT_MAX_RATIO) -> torch.Tensor:
+                min_ratio: float = 1 / DEFAULT_MAX_RATIO, max_ratio: float = DEFAULT_MAX_RATIO) -> torch.Tensor:
     """``[P]``: each element's new log-rate, from its tensor's old one (``state["log_rate"] [P]``) moved by
     ``-beta`` times the cosine between this step's gradient ``grads [P]`` and the last update
-    (``state["last_update"] [P]``) in that tensor; detached."""
+    (``state["last_update"] [P]``) in that tensor, kept within ``[log(min_ratio), log(max_ratio)]``; detached."""
     if not beta > 0:
         raise ValueError(f"rate adaptation needs beta > 0, got {beta}")
-    if not max_ratio > 1:
-        raise ValueError(f"max_ratio must be > 1, got {max_ratio}")
+    if not 0 < min_ratio <= 1 < max_ratio:
+        raise ValueError(f"need 0 < min_ratio <= 1 < max_ratio, got min_ratio={min_ratio}, max_ratio={max_ratio}")
     with torch.no_grad():
         cos = tensor_cosine(ctx, grads.detach(), state["last_update"])
-        bound = math.log(max_ratio)
-        return (state["log_rate"] - beta * cos.index_select(0, ctx.tensor_id)).clamp(-bound, bound)
+        log_rate = state["log_rate"] - beta * cos.index_select(0, ctx.tensor_id)
+        return log_rate.clamp(math.log(min_ratio), math.log(max_ratio))
