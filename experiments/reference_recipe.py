@@ -235,6 +235,7 @@ RUNS = {
 # them).
 RELATIVE_STARTS = Path("results/experiments/relative-steps/checkpoints")
 ADAPTIVE = Path("results/experiments/rate-adaptation/checkpoints")
+ADAPT_SOURCE = "relative-category-capped"  # the rule the adaptive ones were written from (its shipped file)
 ADAPT_BETAS = {"adapt": ("0.01", "0.03", "0.1"), "up": ("0.01", "0.03", "0.1", "0.3")}
 # the rule the relative starts were derived from (the pinned default of the time; its shipped file)
 RELATIVE_SOURCE = "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1"
@@ -610,10 +611,20 @@ def ship_default(name: str) -> None:
     if len(means) > 1:
         reason += (f" Over the {len(means)} meta-training seeds of its recipe: {means.mean():.2f} +- "
                    f"{means.std():.2f} % ({' / '.join(f'{m:.2f}' for m in means)}).")
-    if name in UNTRAINED:  # written by experiments/relative_steps.py from the default of its time, no run folder
+    # an untrained rule's flags, from what experiments/relative_steps.py or rate_adaptation.py wrote (no run folder)
+    cfg = read_checkpoint(checkpoint_of(name))["config"] if name in UNTRAINED else {}
+    if cfg.get("rate_adapt"):  # written by experiments/rate_adaptation.py from the default of its time
+        flags = f"--beta {cfg['rate_adapt']:g} --min-ratio {cfg.get('rate_adapt_min', 0.1):g}"
+        reason += (f" It is `{ADAPT_SOURCE}.pt` (the default before it) with each tensor's rate adapted online "
+                   f"(`{flags}`; `results/experiments/rate-adaptation/`), without further meta-training; its sweep "
+                   "is in `sweep.md` there.")
+        model_cards.ship(name, checkpoint_of(name), reproduce=(
+            f"`python -m experiments.rate_adaptation write --source results/checkpoints/{ADAPT_SOURCE}.pt {flags} "
+            f"--out {checkpoint_of(name)}`, then `python -m experiments.reference_recipe eval --part {name}`, "
+            f"`report` and `ship-default --only {name}`."))
+    elif name in UNTRAINED:  # written by experiments/relative_steps.py from the default of its time
         reason += (f" It is `{RELATIVE_SOURCE}.pt` (the default before it) with every step in units of its tensor's "
                    f"initial RMS, per category, without further meta-training; its sweep is in `sweep.md` there.")
-        cfg = read_checkpoint(checkpoint_of(name))["config"]  # the warm start's flags, from what it wrote
         flags = (" --per-category" if cfg.get("category_rates") else "") + (
             f" --rate-cap {cfg['rate_cap']:g}" if cfg.get("rate_cap") else "")
         model_cards.ship(name, checkpoint_of(name), reproduce=(

@@ -50,19 +50,23 @@ def test_reference_recipe_sweeps_untrained_starts_but_refuses_to_train_or_ship_t
         assert exc.value.code == 2
 
 
+def _runs(accs, hyper=None, checkpoint=None):
+    """One optimizer's evaluation records with these accuracies (seeds 0, 1, ...)."""
+    from meta_train.eval_records import OptimizerRuns, SeedRun
+
+    return OptimizerRuns(family="x", checkpoint=checkpoint, digest=None, hyper=hyper, runs=[
+        SeedRun(seed=i, losses=[1.0], evals=[], acc=a, step_ms=1.0, diverged=False) for i, a in enumerate(accs)])
+
+
 def test_reference_recipe_ships_an_untrained_start_as_the_default_from_its_file(tmp_path, monkeypatch):
     import experiments.reference_recipe as rr
-    from meta_train.eval_records import OptimizerRuns, SeedRun, write_results
+    from meta_train.eval_records import write_results
     from meta_train.pipelines import model_cards
-
-    def runs(accs, hyper=None, checkpoint=None):
-        return OptimizerRuns(family="x", checkpoint=checkpoint, digest=None, hyper=hyper, runs=[
-            SeedRun(seed=i, losses=[1.0], evals=[], acc=a, step_ms=1.0, diverged=False) for i, a in enumerate(accs)])
 
     (tmp_path / rr.TASK).mkdir()
     write_results(tmp_path / rr.TASK / "results.json", {"runs": {
-        "adam": runs([0.5, 0.52], hyper={"lr": 3e-3}), "relative-adam": runs([0.53, 0.55], hyper={"lr": 0.1}),
-        "relative-category-start": runs([0.64, 0.63], checkpoint="x.pt")}})
+        "adam": _runs([0.5, 0.52], hyper={"lr": 3e-3}), "relative-adam": _runs([0.53, 0.55], hyper={"lr": 0.1}),
+        "relative-category-start": _runs([0.64, 0.63], checkpoint="x.pt")}})
     monkeypatch.setattr(rr, "OUT", tmp_path)
     shipped, pinned = [], []
     monkeypatch.setattr(model_cards, "ship", lambda name, source, reproduce: shipped.append((name, source, reproduce)))
@@ -73,3 +77,23 @@ def test_reference_recipe_ships_an_untrained_start_as_the_default_from_its_file(
     assert pinned[0][0] == "relative-category-start" and "63.50 +- 0.71 %" in pinned[0][1]
     with pytest.raises(SystemExit, match="no complete CIFAR-10 evaluation"):
         rr.main(["ship-default", "--only", "relative-start"])
+
+
+def test_reference_recipe_ships_an_adaptive_rule_with_the_command_that_wrote_it(tmp_path, monkeypatch):
+    import experiments.reference_recipe as rr
+    from meta_train.eval_records import write_results
+    from meta_train.pipelines import model_cards
+
+    (tmp_path / rr.TASK).mkdir()
+    write_results(tmp_path / rr.TASK / "results.json", {"runs": {
+        "adam": _runs([0.5, 0.52], hyper={"lr": 3e-3}), "relative-adam": _runs([0.53, 0.55], hyper={"lr": 0.1}),
+        "capped-up0.03": _runs([0.64, 0.65], checkpoint="x.pt")}})
+    monkeypatch.setattr(rr, "OUT", tmp_path)
+    shipped, pinned = [], []
+    monkeypatch.setattr(model_cards, "ship", lambda name, source, reproduce: shipped.append((name, source, reproduce)))
+    monkeypatch.setattr(model_cards, "pin_default", lambda name, reason: pinned.append((name, reason)))
+    rr.main(["ship-default", "--only", "capped-up0.03"])
+    (name, source, reproduce), = shipped
+    assert source == rr.UNTRAINED["capped-up0.03"]
+    assert "experiments.rate_adaptation write" in reproduce and "--beta 0.03 --min-ratio 1" in reproduce
+    assert f"{rr.ADAPT_SOURCE}.pt" in reproduce and "adapted online" in pinned[0][1]
