@@ -249,7 +249,9 @@ UNTRAINED = {**{f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{k
              # the capped rule with each tensor's rate adapted online (experiments/rate_adaptation.py write; beta in
              # the name): within 0.1x-10x of the rule's step (adapt), or upward only (up: --min-ratio 1)
              **{f"capped-{kind}{b}": ADAPTIVE / f"capped-{kind}{b}.pt" for kind, betas in ADAPT_BETAS.items()
-                for b in betas}}
+                for b in betas},
+             # capped-up0.03 from the capped rules of meta-training seeds 0 and 2
+             **{f"capped-up0.03-seed{s}": ADAPTIVE / f"capped-up0.03-seed{s}.pt" for s in (0, 2)}}
 
 
 def checkpoint_of(name: str) -> Path:

@@ -1,12 +1,11 @@
 """Online per-tensor rate adaptation by hypergradient descent (Baydin et al., 2018), for learned step rules.
 
-A learned rule meta-trained on one task takes about one effective rate everywhere
-(``results/experiments/family-rates``), while the best rate of a network moves with its shape and data by 20x
-(``results/experiments/hand-designed-adam``: CIFAR-10 at depth 1 wants about 1.0, depth 5 0.05 or less; Fashion-MNIST
-does not share that dependence, so meta-training on it cannot teach it). This module lets each tensor's step size
-follow its own training run instead: every step is multiplied by ``exp(log_rate)`` per tensor, and ``log_rate``
-descends the loss's derivative with respect to it. For ``theta_t = theta_{t-1} + a u_{t-1}`` that derivative is
-``g_t . u_{t-1}``: a gradient that still opposes the last step (the step was too short) raises the rate, one that
+A learned rule meta-trained on one task takes about one effective rate everywhere, while the best rate of a network
+moves with its shape and data by 20x (relative Adam on a CIFAR-10 CNN: about 1.0 at depth 1, 0.05 or less at depth 5;
+Fashion-MNIST does not share that dependence, so meta-training on it cannot teach it). This module lets each
+tensor's step size follow its own training run instead: every step is multiplied by ``exp(log_rate)`` per tensor,
+and ``log_rate`` descends the loss's derivative with respect to it. For ``theta_t = theta_{t-1} + a u_{t-1}``
+that derivative is ``g_t . u_{t-1}``: a gradient that still opposes the last step (the step was too short) raises the rate, one that
 agrees with it (the step overshot) lowers it. The signal is normalised to a cosine per tensor, so ``beta`` is the
 largest change of ``log_rate`` per step whatever the tensor's scale, and the rate is kept within ``[min_ratio,
 max_ratio]`` (default 0.1 to 10) of the learned rule's own step.
