@@ -5,10 +5,10 @@ moves with its shape and data by 20x (relative Adam on a CIFAR-10 CNN: about 1.0
 Fashion-MNIST does not share that dependence, so meta-training on it cannot teach it). This module lets each
 tensor's step size follow its own training run instead: every step is multiplied by ``exp(log_rate)`` per tensor,
 and ``log_rate`` descends the loss's derivative with respect to it. For ``theta_t = theta_{t-1} + a u_{t-1}``
-that derivative is ``g_t . u_{t-1}``: a gradient that still opposes the last step (the step was too short) raises the rate, one that
-agrees with it (the step overshot) lowers it. The signal is normalised to a cosine per tensor, so ``beta`` is the
-largest change of ``log_rate`` per step whatever the tensor's scale, and the rate is kept within ``[min_ratio,
-max_ratio]`` (default 0.1 to 10) of the learned rule's own step.
+that derivative is ``g_t . u_{t-1}``: a gradient that still opposes the last step (the step was too short)
+raises the rate, one that agrees with it (the step overshot) lowers it. The signal is normalised to a cosine per
+tensor, so ``beta`` is the largest change of ``log_rate`` per step whatever the tensor's scale, and the rate is kept
+within ``[min_ratio, max_ratio]`` (default 0.1 to 10) of the learned rule's own step.
 
 ``min_ratio = 1`` adapts upward only. The signal is greedy (it sees the next step's loss), and greedy rate adaptation
 is biased toward rates smaller than the best ones over a longer horizon (Wu et al., 2018, "Understanding
