@@ -27,8 +27,9 @@ SHIPPED = {
 }
 # Shipped checkpoints that the package data carries beside default.pt (NeuralGraphOptimizer(model, checkpoint=NAME)):
 # DNG, the default until the reference-recipe NG-GNN was pinned, whose step is much cheaper on large dense layers;
-# that NG-GNN (absolute steps), the default until its per-category relative form was pinned.
-PACKAGED = ("dng", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1")
+# that NG-GNN (absolute steps), the default until its per-category relative form was pinned; that form
+# (relative-category-capped), the default until its rates were made to adapt online.
+PACKAGED = ("dng", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1", "relative-category-capped")
 # One shipped optimizer per family (meta-training seed 0): what the sweep compares across families.
 FAMILY_REPRESENTATIVES = tuple(name for name, (_, seed) in SHIPPED.items() if seed == 0)
 TASKS = ("fmnist-conv", "cifar10-conv")
