@@ -58,42 +58,29 @@ def _runs(accs, hyper=None, checkpoint=None):
         SeedRun(seed=i, losses=[1.0], evals=[], acc=a, step_ms=1.0, diverged=False) for i, a in enumerate(accs)])
 
 
-def test_reference_recipe_ships_an_untrained_start_as_the_default_from_its_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, acc, writes", [
+    ("relative-category-start", "63.50 +- 0.71 %", ["experiments.relative_steps warm-start", "--per-category"]),
+    ("capped-up0.03", "64.50 +- 0.71 %", ["experiments.rate_adaptation write", "--beta 0.03 --min-ratio 1",
+                                          "relative-category-capped.pt"]),
+])
+def test_reference_recipe_ships_an_untrained_rule_as_the_default_with_the_command_that_wrote_it(
+        tmp_path, monkeypatch, name, acc, writes):
     import experiments.reference_recipe as rr
     from meta_train.eval_records import write_results
     from meta_train.pipelines import model_cards
 
     (tmp_path / rr.TASK).mkdir()
+    mean = float(acc.split()[0]) / 100
     write_results(tmp_path / rr.TASK / "results.json", {"runs": {
         "adam": _runs([0.5, 0.52], hyper={"lr": 3e-3}), "relative-adam": _runs([0.53, 0.55], hyper={"lr": 0.1}),
-        "relative-category-start": _runs([0.64, 0.63], checkpoint="x.pt")}})
+        name: _runs([mean + 0.005, mean - 0.005], checkpoint="x.pt")}})
     monkeypatch.setattr(rr, "OUT", tmp_path)
     shipped, pinned = [], []
     monkeypatch.setattr(model_cards, "ship", lambda name, source, reproduce: shipped.append((name, source, reproduce)))
     monkeypatch.setattr(model_cards, "pin_default", lambda name, reason: pinned.append((name, reason)))
-    rr.main(["ship-default", "--only", "relative-category-start"])
-    (name, source, reproduce), = shipped
-    assert source == rr.UNTRAINED["relative-category-start"] and "--per-category" in reproduce
-    assert pinned[0][0] == "relative-category-start" and "63.50 +- 0.71 %" in pinned[0][1]
+    rr.main(["ship-default", "--only", name])
+    (_, source, reproduce), = shipped
+    assert source == rr.UNTRAINED[name] and all(w in reproduce for w in writes)
+    assert pinned[0][0] == name and acc in pinned[0][1]
     with pytest.raises(SystemExit, match="no complete CIFAR-10 evaluation"):
         rr.main(["ship-default", "--only", "relative-start"])
-
-
-def test_reference_recipe_ships_an_adaptive_rule_with_the_command_that_wrote_it(tmp_path, monkeypatch):
-    import experiments.reference_recipe as rr
-    from meta_train.eval_records import write_results
-    from meta_train.pipelines import model_cards
-
-    (tmp_path / rr.TASK).mkdir()
-    write_results(tmp_path / rr.TASK / "results.json", {"runs": {
-        "adam": _runs([0.5, 0.52], hyper={"lr": 3e-3}), "relative-adam": _runs([0.53, 0.55], hyper={"lr": 0.1}),
-        "capped-up0.03": _runs([0.64, 0.65], checkpoint="x.pt")}})
-    monkeypatch.setattr(rr, "OUT", tmp_path)
-    shipped, pinned = [], []
-    monkeypatch.setattr(model_cards, "ship", lambda name, source, reproduce: shipped.append((name, source, reproduce)))
-    monkeypatch.setattr(model_cards, "pin_default", lambda name, reason: pinned.append((name, reason)))
-    rr.main(["ship-default", "--only", "capped-up0.03"])
-    (name, source, reproduce), = shipped
-    assert source == rr.UNTRAINED["capped-up0.03"]
-    assert "experiments.rate_adaptation write" in reproduce and "--beta 0.03 --min-ratio 1" in reproduce
-    assert f"{rr.ADAPT_SOURCE}.pt" in reproduce and "adapted online" in pinned[0][1]
