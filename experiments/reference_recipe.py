@@ -503,13 +503,16 @@ ABLATIONS = [("ff-adam-inputs", "ff"), ("ff-next-batch", "ff"), ("ff-reference-v
 META_SEEDS = {name: [name, f"{name}-seed1", f"{name}-seed2"] for name in (
     "ng-gnn-32x2-from-ff-h1000-window", "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4",
     "ng-gnn-32x2-window-family")}
+# the adaptive default's recipe applied to the continuation's three meta-training seeds (the default is seed 1's)
+META_SEEDS["capped-up0.03"] = ["capped-up0.03-seed0", "capped-up0.03", "capped-up0.03-seed2"]
 
 
 def meta_seed_means(acc: dict[str, list[float]], name: str) -> list[float]:
     """Each finished run of ``name``'s :data:`META_SEEDS` group: its mean test accuracy over the evaluation seeds
     (``acc``: label -> accuracies in %)."""
     group = next((g for g in META_SEEDS.values() if name in g), [])
-    return [sum(acc[f"reference-{g}"]) / len(acc[f"reference-{g}"]) for g in group if f"reference-{g}" in acc]
+    labels = [_spec(g).split("=", 1)[0] for g in group]
+    return [sum(acc[label]) / len(acc[label]) for label in labels if label in acc]
 
 
 def loss_rise(entry, start: int = 100, window: int = 50) -> float:
