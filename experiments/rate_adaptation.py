@@ -11,7 +11,8 @@ Why: the shipped rule takes one effective rate everywhere, but CIFAR-10 wants ab
 and 0.05 at depth 5, a dependence Fashion-MNIST (the meta-training data) does not share
 (``results/experiments/hand-designed-adam``), so the default loses to tuned Adam at depth 1 of the sweep.
 ``optimizer.rate_adapt = beta`` (``l2o/optim/rate_adaptation.py``) multiplies each tensor's learned step by a rate
-that follows its own run: ``log_rate -= beta * cos(g_t, u_{t-1})``, within 10x of the rule's step either way.
+that follows its own run: ``log_rate -= beta * cos(g_t, u_{t-1})``, within ``[min_ratio, 10]`` times the rule's step
+(``--min-ratio 1``: upward only, the shipped default's setting).
 
 ``write`` copies a checkpoint with ``rate_adapt`` set (nothing else changes, so at ``beta -> 0`` it is the source
 rule). ``trace`` runs a checkpoint on tasks and prints each tensor's rate (``exp(log_rate)``) at a few steps, with
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 from l2o.optim.checkpoint import load_checkpoint, save_checkpoint
+from l2o.optim.config import LEARNED_FAMILIES
 
 OUT = Path("results/experiments/rate-adaptation")
 
@@ -42,7 +44,7 @@ def write_adaptive(source: Path, out: Path, beta: float, min_ratio: float = 0.1)
     if not 0 < min_ratio <= 1:
         raise SystemExit(f"--min-ratio must be in (0, 1], got {min_ratio}")
     optimizer, config, payload = load_checkpoint(source)
-    if config.family not in ("ng-gnn", "ng-t", "dng", "nfn", "ff", "lstm", "tensor-lstm"):
+    if config.family not in LEARNED_FAMILIES:
         raise SystemExit(f"{source}: rate adaptation is an option of the learned families, got {config.family!r}")
     if config.rate_adapt:
         raise SystemExit(f"{source} already adapts its rates (rate_adapt = {config.rate_adapt:g})")

@@ -242,15 +242,13 @@ RELATIVE_SOURCE = "ng-gnn-32x2-from-ff-h1000-window-continued-lr3e-4-seed1"
 UNTRAINED = {**{f"relative-{kind}start": RELATIVE_STARTS / f"default-relative-{kind}start.pt"
                 for kind in ("", "category-")},
              "relative-category-capped": RELATIVE_STARTS / "default-relative-category-capped.pt",
-             # the same capped rule from the continuation's other two meta-training seeds (0: `...-continued-lr3e-4`,
-             # 2: `...-seed2`): the default's spread over meta-training seeds
-             **{f"relative-category-capped-seed{s}": RELATIVE_STARTS / f"continued-seed{s}-relative-category-capped.pt"
-                for s in (0, 2)},
              # the capped rule with each tensor's rate adapted online (experiments/rate_adaptation.py write; beta in
              # the name): within 0.1x-10x of the rule's step (adapt), or upward only (up: --min-ratio 1)
              **{f"capped-{kind}{b}": ADAPTIVE / f"capped-{kind}{b}.pt" for kind, betas in ADAPT_BETAS.items()
                 for b in betas},
-             # capped-up0.03 from the capped rules of meta-training seeds 0 and 2
+             # capped-up0.03 from the continuation's other two meta-training seeds (0: `...-continued-lr3e-4`,
+             # 2: `...-seed2`), each first made relative and capped as the default was (relative_steps.py warm-start
+             # -> relative-steps/checkpoints/continued-seed<s>-relative-category-capped.pt)
              **{f"capped-up0.03-seed{s}": ADAPTIVE / f"capped-up0.03-seed{s}.pt" for s in (0, 2)}}
 
 
