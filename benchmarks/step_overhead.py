@@ -14,7 +14,7 @@ second step records the update as a CUDA graph, whose memory pool is then held).
 optimizer with ``cuda_graph=False`` (every step launched from Python), to compare in one run.
 
     python -m benchmarks.step_overhead [--repeats 10] [--families ng-gnn dng ...] [--tasks cifar10-conv ...] [--device cuda]
-        [--checkpoints LABEL=PATH ...] [--chunk-rows N] [--eager-too]
+        [--checkpoints LABEL=PATH ...] [--chunk-rows N] [--eager-too] [--matmul-precision high]
 
 ``--chunk-rows N`` times the step with the per-element MLPs evaluated ``N`` rows at a time on that device
 (``l2o.runtime.CPU_CHUNK_ROWS`` / ``CUDA_CHUNK_ROWS``) instead of the shipped size: on a GPU fewer, larger chunks mean
@@ -112,6 +112,7 @@ def bench_task(name: str, families: list[str], repeats: int, device: torch.devic
         r["params"] = n_params
         r["device"] = str(device)
         r["chunk_rows"] = l2o.runtime.CPU_CHUNK_ROWS if device.type == "cpu" else l2o.runtime.CUDA_CHUNK_ROWS
+        r["matmul_precision"] = torch.get_float32_matmul_precision()
         r.update(machine())
     return records
 
@@ -132,7 +133,12 @@ def main(argv=None) -> None:
                     help="on CUDA, also time every optimizer with cuda_graph=False")
     ap.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                     help="rows per chunk of the per-element MLPs on --device (default: as shipped)")
+    ap.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default=None,
+                    help="torch.set_float32_matmul_precision for the whole run, model included (high: TF32 on "
+                         "CUDA); default: torch's (highest)")
     args = ap.parse_args(argv)
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
     device = device_or_exit(ap, args.device)
     if args.chunk_rows is not None:
         if args.chunk_rows < 1:

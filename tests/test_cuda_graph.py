@@ -16,10 +16,15 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 SMALL = dict(hidden=8, depth=1, head_hidden=8, kmax=5)
 
 
-def _learned(family: str):
+# the shipped default's recipe, small: the reference rule in relative steps per category, capped, rates adapted upward
+DEFAULT_RECIPE = dict(inputs="reference", step_rule="mlp", relative=True, category_rates=True, rate_cap=1.0,
+                      rate_adapt=0.03, rate_adapt_min=1.0)
+
+
+def _learned(family: str, **kw):
     torch.manual_seed(0)
     extra = SMALL if family in ("ng-gnn", "dng") else dict(head_hidden=8)
-    return build_optimizer(OptimizerConfig(family=family, **extra))
+    return build_optimizer(OptimizerConfig(family=family, **{**extra, **kw}))
 
 
 def _batch(device, seed: int):
@@ -39,12 +44,13 @@ def _train(opt, model, steps: int, lrs=None, device="cuda"):
 
 
 @needs_cuda
-@pytest.mark.parametrize("family", ["ng-gnn", "dng", "ff"])
-def test_graphed_steps_match_eager(family):
+@pytest.mark.parametrize("family, kw", [("ng-gnn", {}), ("dng", {}), ("ff", {}), ("ng-gnn", DEFAULT_RECIPE)],
+                         ids=["ng-gnn", "dng", "ff", "default-recipe"])
+def test_graphed_steps_match_eager(family, kw):
     runs = []
     for graphed in (True, False):
         model = mixed_kernel_cnn(0).cuda()
-        opt = NeuralGraphOptimizer(model, optimizer=_learned(family).cuda(), cuda_graph=graphed)
+        opt = NeuralGraphOptimizer(model, optimizer=_learned(family, **kw).cuda(), cuda_graph=graphed)
         _train(opt, model, 6, lrs=[1.0, 1.0, 0.5, 0.5, 2.0, 1.0])  # a scheduler's changes reach the replay
         runs.append((model, opt))
     (m_graph, o_graph), (m_eager, o_eager) = runs
@@ -54,6 +60,25 @@ def test_graphed_steps_match_eager(family):
     for p_graph, p_eager in zip(m_graph.parameters(), m_eager.parameters()):
         for k, v in o_eager.state[p_eager].items():
             torch.testing.assert_close(o_graph.state[p_graph][k], v, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_the_packaged_default_is_recorded_and_matches_eager():
+    """``NeuralGraphOptimizer(model)`` as a user calls it: the packaged default (rates adapted online) is recorded
+    as a CUDA graph and its replays give the eager steps, adapted rates included."""
+    runs = []
+    for graphed in (True, False):
+        model = mixed_kernel_cnn(0).cuda()
+        opt = NeuralGraphOptimizer(model, cuda_graph=graphed)
+        _train(opt, model, 6)
+        runs.append((model, opt))
+    (m_graph, o_graph), (m_eager, o_eager) = runs
+    assert o_graph._captured is not None
+    for p_graph, p_eager in zip(m_graph.parameters(), m_eager.parameters()):
+        torch.testing.assert_close(p_graph, p_eager, rtol=1e-5, atol=1e-6)
+        for k, v in o_eager.state[p_eager].items():
+            torch.testing.assert_close(o_graph.state[p_graph][k], v, rtol=1e-5, atol=1e-6)
+    assert any(bool((o_graph.state[p]["log_rate"] != 0).any()) for p in m_graph.parameters())
 
 
 @needs_cuda

@@ -95,3 +95,26 @@ def test_torch_optim_wrapper_on_device(device):
     opt.step()
     assert all(p.device.type == device.type for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_rate_adapted_steps_on_device_match_cpu(device):
+    """The shipped default's recipe (relative, capped, rates adapted online) takes the same steps on every device:
+    the adapted rates are state, carried from step to step."""
+    recipe = dict(inputs="reference", step_rule="mlp", relative=True, category_rates=True, rate_cap=1.0,
+                  rate_adapt=0.03, rate_adapt_min=1.0)
+    runs = []
+    for dev in ("cpu", device):
+        model = mixed_kernel_cnn(0).to(dev)
+        opt = NeuralGraphOptimizer(model, optimizer=_opt("ng-gnn", **recipe).to(dev))
+        for t in range(5):  # the same gradients on both devices: the optimizer's own arithmetic is compared
+            g = torch.Generator().manual_seed(t)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g).to(dev)
+            opt.step()
+        runs.append((model, opt))
+    (m_cpu, o_cpu), (m_dev, o_dev) = runs
+    for p_cpu, p_dev in zip(m_cpu.parameters(), m_dev.parameters()):
+        torch.testing.assert_close(p_dev.cpu(), p_cpu, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(o_dev.state[p_dev]["log_rate"].cpu(), o_cpu.state[p_cpu]["log_rate"],
+                                   rtol=1e-4, atol=1e-6)
+    assert any(bool((o_cpu.state[p]["log_rate"] > 0).any()) for p in m_cpu.parameters())

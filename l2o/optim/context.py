@@ -153,10 +153,20 @@ class ParamContext:
             return torch.cat([part, part.new_zeros(P - part.shape[0], *part.shape[1:])], 0)
         return part.new_zeros(P, *part.shape[1:]).index_copy(0, self.graph_index, part)
 
+    def tensor_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, F]``: the sum of ``x [P, F]`` over each tensor's elements (0 for an empty tensor).
+
+        One reduction per tensor over its contiguous rows, not ``index_add`` by ``tensor_id``: on a GPU, millions of
+        rows added atomically into a few dozen contend for them (about a fifth of a graph optimizer's step on
+        ResNet-18), and ``torch.segment_reduce``'s CUDA kernel walks each segment in one thread (200 ms there). The
+        per-tensor launches are recorded once in a CUDA graph; on the CPU it is as fast as ``index_add``."""
+        if x.shape[0] != self.num_elements:
+            raise ValueError(f"tensor_sums: expected {self.num_elements} rows (one per element), got {x.shape[0]}")
+        return torch.stack([part.sum(0) for part in torch.split(x, self.sizes, 0)])
+
     def tensor_rms(self, x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
         """Per-tensor RMS of ``x [P, F]`` broadcast back to elements: ``[P, F]`` (eps inside the sqrt)."""
-        sq = torch.zeros(self.num_tensors, x.shape[1], dtype=x.dtype, device=x.device)
-        sq = sq.index_add(0, self.tensor_id, x * x)
+        sq = self.tensor_sums(x * x)
         counts = device_constant(tuple(self.sizes), x.dtype, x.device)[:, None]
         return torch.sqrt(sq / counts + eps).index_select(0, self.tensor_id)
 

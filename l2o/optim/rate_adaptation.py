@@ -39,8 +39,7 @@ def init_rate_state(num_elements: int, dtype: torch.dtype, device: torch.device)
 
 def tensor_cosine(ctx: ParamContext, a: torch.Tensor, b: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
     """``[T]``: the cosine between ``a [P]`` and ``b [P]`` within each tensor (0 where either is all zero)."""
-    sums = torch.zeros(ctx.num_tensors, 3, dtype=a.dtype, device=a.device)
-    sums = sums.index_add(0, ctx.tensor_id, torch.stack((a * b, a * a, b * b), dim=1))
+    sums = ctx.tensor_sums(torch.stack((a * b, a * a, b * b), dim=1))
     return sums[:, 0] / torch.sqrt(sums[:, 1] * sums[:, 2] + eps)
 
 
