@@ -50,3 +50,19 @@ def test_step_overhead_chunk_rows_sets_the_devices_chunk_size_and_rejects_nonsen
                         "--out", str(tmp_path)])
     records = json.loads((tmp_path / "step_overhead.json").read_text())
     assert {r["chunk_rows"] for r in records} == {1000} and l2o.runtime.CPU_CHUNK_ROWS == 1000
+
+
+def test_step_overhead_matmul_precision_is_set_and_recorded(tmp_path, capsys):
+    from benchmarks import step_overhead
+
+    with pytest.raises(SystemExit):
+        step_overhead.main(["--matmul-precision", "fast", "--families", "--tasks", "fmnist-conv"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+    before = torch.get_float32_matmul_precision()
+    try:
+        step_overhead.main(["--matmul-precision", "high", "--families", "--tasks", "fmnist-conv", "--repeats", "1",
+                            "--out", str(tmp_path)])
+    finally:
+        torch.set_float32_matmul_precision(before)
+    records = json.loads((tmp_path / "step_overhead.json").read_text())
+    assert {r["matmul_precision"] for r in records} == {"high"}

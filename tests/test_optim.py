@@ -323,6 +323,20 @@ def test_context_batching_keeps_layouts():
     torch.testing.assert_close(n, torch.cat([na, nb]), rtol=1e-5, atol=1e-7)
 
 
+def test_tensor_sums_sum_each_tensor_of_a_batched_context():
+    ca = ParamContext.for_graph(NeuralGraph.from_module(mlp(0), kmax=5))
+    cb = ParamContext.for_graph(NeuralGraph.from_module(mixed_kernel_cnn(0)))
+    both = ParamContext.batch([ca, cb])
+    x = torch.randn(both.num_elements, 3, dtype=torch.float64)
+    want = torch.zeros(both.num_tensors, 3, dtype=torch.float64).index_add(0, both.tensor_id, x)
+    torch.testing.assert_close(both.tensor_sums(x), want)
+    rms = both.tensor_rms(x)  # [P, 3]: each element's tensor's RMS per column
+    first = x[: both.sizes[0]]
+    torch.testing.assert_close(rms[0], first.square().mean(0).add(1e-12).sqrt())
+    with pytest.raises(ValueError, match=f"expected {both.num_elements} rows"):
+        both.tensor_sums(x[:-1])
+
+
 def test_step_stats_measures_the_adam_multiplier():
     """The diagnostic recovers a known multiplier: a learned optimizer whose head is forced to exp(-adam_scale)
     (tanh saturated negative) takes exactly e^-1 times Adam's step, in Adam's direction."""
