@@ -259,7 +259,7 @@ class TensorLSTMOptimizer(LearnedOptimizer):
     def embed(self, ctx, feats, state):
         T = ctx.num_tensors
         z = self.encode(feats)
-        sums = z.new_zeros(T, z.shape[1]).index_add(0, ctx.tensor_id, z)
+        sums = ctx.tensor_sums(z)
         counts = torch.tensor(ctx.sizes, dtype=z.dtype, device=z.device)[:, None]
         per_tensor = sums / counts  # [T, H]
         task, pos = ctx.tensor_positions()
