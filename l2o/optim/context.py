@@ -159,7 +159,8 @@ class ParamContext:
         One reduction per tensor over its contiguous rows, not ``index_add`` by ``tensor_id``: on a GPU, millions of
         rows added atomically into a few dozen contend for them (about a fifth of a graph optimizer's step on
         ResNet-18), and ``torch.segment_reduce``'s CUDA kernel walks each segment in one thread (200 ms there). The
-        per-tensor launches are recorded once in a CUDA graph; on the CPU it is 5-7x faster than ``index_add`` too."""
+        per-tensor launches are recorded once in a CUDA graph; on the CPU it is 5-7x faster than ``index_add`` too.
+        Meant for the optimizer step (tens of large tensors), not for K tasks' many small tensors under autograd."""
         if x.shape[0] != self.num_elements:
             raise ValueError(f"tensor_sums: expected {self.num_elements} rows (one per element), got {x.shape[0]}")
         return torch.stack([part.sum(0) for part in torch.split(x, self.sizes, 0)])

@@ -259,7 +259,9 @@ class TensorLSTMOptimizer(LearnedOptimizer):
     def embed(self, ctx, feats, state):
         T = ctx.num_tensors
         z = self.encode(feats)
-        sums = ctx.tensor_sums(z)
+        # index_add, not ctx.tensor_sums: in meta-training this runs under autograd over K tasks' tensors at once,
+        # one launch and one backward node here against one per tensor there (not measured in that setting)
+        sums = z.new_zeros(T, z.shape[1]).index_add(0, ctx.tensor_id, z)
         counts = torch.tensor(ctx.sizes, dtype=z.dtype, device=z.device)[:, None]
         per_tensor = sums / counts  # [T, H]
         task, pos = ctx.tensor_positions()
