@@ -51,6 +51,29 @@ def test_labels_and_record_names_differ_per_size():
         study.size_tag(0)
 
 
+def test_regularisation_and_the_full_test_set_are_named():
+    """Head dropout, a non-default weight decay and the full zoo's test split each make another model or test set:
+    another label, record and table row; the defaults are not named."""
+    from tasks.weight_space.task_runs import default_spec
+
+    spec = study.run_spec("mnist", "dng", 1000, 0, {"dropout": 0.2, "weight_decay": 1e-2})
+    assert (spec.dropout, spec.weight_decay, spec.label) == (0.2, 1e-2, "dng+probe128+do0.2+wd0.01+n1000")
+    assert study.run_spec("mnist", "dng", 1000, 0, {"dropout": 0.0, "weight_decay": 1e-4}).label == "dng+probe128+n1000"
+    for bad in ({"dropout": 1.0}, {"dropout": -0.1}, {"weight_decay": -1.0}):
+        with pytest.raises(ValueError, match="dropout|weight_decay"):
+            default_spec("classify", "mnist", "dng", 0, **bad)
+    assert study.full_zoo_sizes("mnist") == {"n_train": 50000, "n_val": 10000, "n_test": 10000}
+    assert study.full_zoo_sizes("cifar10") == {"n_train": 45000, "n_val": 5000, "n_test": 10000}
+    full = [spec for *_, spec in study.plan("mnist", ("dng",), (500, 50000), (0,), {"epochs": 10}, full=True)]
+    assert [s.tag for s in full] == ["n500-e10-t10000", "n50000-e10-t10000"]
+    assert study.zoo_sizes("mnist", (500,), full=True)["n_test"] == 10000
+    assert study.zoo_sizes("mnist", (500, 20000)) == {**study.zoo_defaults(), "n_train": 20000}
+    # The full test set is another row than the first 2,000 test INRs of the same model.
+    r2k, r10k = rec("dng+probe128", 500, 0, 0.9), rec("dng+probe128", 500, 0, 0.9, tag="n500-t10000")
+    assert study._parse(r2k) == ("dng+probe128", 500, 5)
+    assert study._parse(r10k) == ("dng+probe128+test10000", 500, 5)
+
+
 # ------------------------------------------------------------------------------------------------ table / figure
 def test_table_from_hand_made_records():
     records = [rec("ng-gnn+probe128", 2500, 0, 0.80), rec("ng-gnn+probe128", 2500, 1, 0.82),

@@ -218,6 +218,7 @@ def load_task_data(spec: "RunSpec", root: str | None = None, device: str | torch
 
 # ---------------------------------------------------------------------------------------------------------------- config
 DEFAULT_HIDDEN, DEFAULT_DEPTH = 32, 2  # the encoders' size in every run whose label does not name one
+_DEFAULT_WEIGHT_DECAY = 1e-4  # RunSpec.weight_decay's default; a run with another names it in its label
 
 
 @dataclass
@@ -231,7 +232,7 @@ class RunSpec:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = _DEFAULT_WEIGHT_DECAY  # AdamW's
     hidden: int = DEFAULT_HIDDEN
     depth: int = DEFAULT_DEPTH
     head_hidden: int = 128
@@ -262,6 +263,10 @@ class RunSpec:
             raise ValueError(f"unknown task {self.task!r}; choose from {TASKS}")
         if self.encoder not in MODELS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {MODELS}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.task == "edit" and self.encoder == "statnn":
             raise ValueError("StatNN has no per-weight output, so it does not apply to editing")
         if self.task == "edit" and _is_colour_dataset(self.dataset):
@@ -285,7 +290,7 @@ class RunSpec:
     def label(self) -> str:
         """The encoder (with its options) plus the options that make a different model (a graph encoder's size
         when it is not the default hidden 32 / depth 2: ``+h64d4``, so that runs of two sizes never share a record;
-        probes, reconstruction loss) and the tag."""
+        probes, reconstruction loss, head dropout, a weight decay other than 1e-4) and the tag."""
         s = self.encoder_label
         if self.encoder in GRAPH_ENCODERS and (self.hidden, self.depth) != (DEFAULT_HIDDEN, DEFAULT_DEPTH):
             s += f"+h{self.hidden}d{self.depth}"
@@ -293,6 +298,10 @@ class RunSpec:
             s += f"+probe{self.probes}"
         if self.task == "classify" and self.aux_recon > 0:
             s += "+recon"
+        if self.dropout:  # regularisation that is not the default is part of the model's name
+            s += f"+do{self.dropout:g}"
+        if self.weight_decay != _DEFAULT_WEIGHT_DECAY:
+            s += f"+wd{self.weight_decay:g}"
         if self.tag:
             s += f"+{self.tag}"
         return s
