@@ -60,10 +60,15 @@ CPU_CHUNK_ROWS = 8192
 CUDA_CHUNK_ROWS = 1 << 19
 
 
+def chunk_size(device: torch.device) -> int:
+    """Rows per chunk on ``device``: ``CPU_CHUNK_ROWS`` or ``CUDA_CHUNK_ROWS`` (read at call time)."""
+    return CPU_CHUNK_ROWS if torch.device(device).type == "cpu" else CUDA_CHUNK_ROWS
+
+
 def row_chunks(num_rows: int, device: torch.device) -> list[tuple[int, int]]:
     """``[(r0, r1), ...]`` covering ``range(num_rows)`` in order, in chunks sized for ``device`` (see
     ``CPU_CHUNK_ROWS``); one chunk when gradients are recorded (autograd would keep every chunk's activations)."""
-    size = CPU_CHUNK_ROWS if device.type == "cpu" else CUDA_CHUNK_ROWS
+    size = chunk_size(device)
     if torch.is_grad_enabled() or num_rows <= size:
         return [(0, num_rows)]
     return [(r0, min(r0 + size, num_rows)) for r0 in range(0, num_rows, size)]

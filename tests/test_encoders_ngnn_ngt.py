@@ -225,6 +225,39 @@ def test_ng_gnn_in_edge_chunks_equals_one_pass(options, edge_form, monkeypatch):
         torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
 
 
+def _grouped_bn_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("chunk_rows", [5, 12])
+@pytest.mark.parametrize("options", [dict(), dict(shared_reverse=True)], ids=["two-relations", "shared-reverse"])
+@pytest.mark.parametrize("case", ["residual", "bn", "grouped", "batch"])
+def test_ng_gnn_dense_blocks_as_grids_equal_one_pass(case, options, chunk_rows, monkeypatch):
+    """In the chunked path every dense block (``NeuralGraph.edge_blocks``) goes through as grids of whole output
+    rows (one output row per piece at 5 rows, several at 12), its aggregates as reductions along one axis merged with the
+    pieces of generic edges (norm, identity, grouped-conv) into the same nodes: the one-pass layers' states, also
+    for a batch of two architectures."""
+    import l2o.runtime
+
+    models = {"residual": [ResidualCNN(0)], "bn": [bn_cnn(0)], "grouped": [_grouped_bn_cnn()],
+              "batch": [mlp(0), mixed_kernel_cnn(1)]}[case]
+    graphs = [NeuralGraph.from_module(m, kmax=5) for m in models]
+    graph = graphs[0] if len(graphs) == 1 else NeuralGraph.batch(graphs)
+    inputs = [_inputs(m, g) for m, g in zip(models, graphs)]
+    node, edge = torch.cat([i[0] for i in inputs]), torch.cat([i[1] for i in inputs])
+    assert any(d is not None for *_, d in graph.edge_blocks())
+    enc = _encoder("ng-gnn", 5, **options)
+    want = enc(graph, node, edge)
+    monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", chunk_rows)
+    with torch.no_grad():
+        got = enc(graph, node, edge)
+    assert graph.num_edges > chunk_rows
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_registry_builds_both():
     assert isinstance(build_encoder("ng-gnn", 2, 18, hidden=8, depth=1), NGGNN)
     assert isinstance(build_encoder("ng-t", 2, 18, hidden=8, depth=1), NGTransformer)

@@ -333,3 +333,27 @@ def test_skip_mode_leaves_unsupported_parts_off_the_graph():
     assert int((g.node_role == ROLE_INPUT).sum()) == 8
     with pytest.raises(ValueError, match="on_unsupported"):
         NeuralGraph.from_module(model, on_unsupported="ignore")
+
+
+def test_edge_blocks_mark_dense_weight_blocks():
+    """Every Linear / ungrouped conv is one dense block, row-major (edge = start + o * n_in + i from node in_base + i
+    to out_base + o); identity, norm and grouped-conv edges are not; the runs cover the edges in order, also in a
+    batch of two graphs."""
+    grouped = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2),
+                            nn.Flatten(), nn.Linear(4 * 4, 3))
+    for g in (NeuralGraph.from_module(grouped, kmax=3), NeuralGraph.batch([NeuralGraph.from_module(mlp(0), kmax=3),
+                                                                            NeuralGraph.from_module(ResidualMLP(0), kmax=3)])):
+        runs = g.edge_blocks()
+        assert [a for a, _, _ in runs] == [0] + [b for _, b, _ in runs[:-1]] and runs[-1][1] == g.num_edges
+        for a, b, dense in runs:
+            src, dst = g.edge_index[:, a:b]
+            if dense is None:
+                continue
+            out_base, n_out, in_base, n_in = dense
+            assert n_out * n_in == b - a and bool((g.edge_kind[a:b] == 0).all())
+            assert torch.equal(dst.view(n_out, n_in), (out_base + torch.arange(n_out))[:, None].expand(n_out, n_in))
+            assert torch.equal(src.view(n_out, n_in), (in_base + torch.arange(n_in)).expand(n_out, n_in))
+    dense_kinds = [d is not None for _, _, d in NeuralGraph.from_module(grouped, kmax=3).edge_blocks()]
+    assert dense_kinds == [True, False, False, False, True]  # conv, norm, grouped conv, flatten copies, linear
+    batch = NeuralGraph.batch([NeuralGraph.from_module(mlp(0), kmax=3), NeuralGraph.from_module(mlp(1), kmax=3)])
+    assert sum(d is not None for _, _, d in batch.edge_blocks()) == 2 * 3  # each graph's three Linears

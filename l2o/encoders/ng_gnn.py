@@ -33,6 +33,7 @@ edge (``Linear([x_i, x_j]) = x_i A + x_j B``), which saves an ``[E, 2d] x [2d, d
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -42,7 +43,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
 from ..graph import NeuralGraph, SlotFeatures
-from ..runtime import row_chunks
+from ..runtime import chunk_size, row_chunks
 from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 
@@ -59,6 +60,46 @@ def relation_edge_indices(graph: NeuralGraph, bidirectional: bool) -> list[Tenso
     if bidirectional:
         rels.append(graph.reverse_edge_index())
     return rels
+
+
+@dataclass(frozen=True)
+class EdgePiece:
+    """Rows ``[start, stop)`` of a relation's edges, processed together in the optimizer step.
+
+    ``grid = (out_lo, out_hi, in_lo, in_hi)``: the rows are outputs ``out_lo .. out_hi - 1`` of a dense block
+    (``NeuralGraph.edge_blocks``) against all its inputs ``in_lo .. in_hi - 1``, row-major, so the per-edge node
+    terms are broadcasts over a ``[out_hi - out_lo, in_hi - in_lo]`` grid and each target's aggregate a reduction
+    along one axis; None: any edges (gathers and scatters). ``reversed[r]``: whether relation ``r``'s targets in
+    these rows are the block's inputs (reversed edges) rather than its outputs.
+    """
+
+    start: int
+    stop: int
+    grid: tuple[int, int, int, int] | None
+    reversed: tuple[bool, ...]
+
+
+def edge_pieces(graph: NeuralGraph, relations: int, shared_reverse: bool, chunk_rows: int) -> list[EdgePiece]:
+    """The pieces of about ``chunk_rows`` rows that cover the edge states ``[E, d]`` (``[2E, d]``, forward edges
+    then their twins, with ``shared_reverse``); a dense block's pieces are whole output rows. Cached per graph."""
+    def build():
+        E = graph.num_edges
+        halves = [(0, (False,)), (E, (True,))] if shared_reverse else [(0, tuple(r == 1 for r in range(relations)))]
+        pieces = []
+        for offset, rev in halves:
+            for a, b, dense in graph.edge_blocks():
+                if dense is None:
+                    pieces += [EdgePiece(offset + c0, offset + min(c0 + chunk_rows, b), None, rev)
+                               for c0 in range(a, b, chunk_rows)]
+                    continue
+                out_base, n_out, in_base, n_in = dense
+                k = max(1, chunk_rows // n_in)  # whole output rows per piece
+                pieces += [EdgePiece(offset + a + o0 * n_in, offset + a + min(o0 + k, n_out) * n_in,
+                                     (out_base + o0, out_base + min(o0 + k, n_out), in_base, in_base + n_in), rev)
+                           for o0 in range(0, n_out, k)]
+        return pieces
+
+    return graph.cached(("ng-gnn pieces", relations, shared_reverse, chunk_rows), build)
 
 
 def degree_scalers(graph: NeuralGraph, edge_index: Tensor, dtype: torch.dtype,
@@ -94,8 +135,10 @@ class NGGNNLayer(MessagePassing):
         relations: number of relations, each with its own message MLP and FiLM map.
         eps: added to the variance inside the square root of the std aggregator.
     Shapes:
-        ``forward(x [N, d], e [E, d], edge_indices: list of relations x [2, E], deg, amp: lists of [N, 1])
-        -> (x [N, d], e [E, d])``. ``edge_indices[0]`` must be the graph's own edges (used by the edge update).
+        ``forward(x [N, d], e [E, d], edge_indices: list of relations x [2, E], deg, amp: lists of [N, 1],
+        edge_rows=None) -> (x [N, d], e [E', d])``. ``edge_indices[0]`` must be the graph's own edges (used by the
+        edge update). ``edge_rows``: update and return only the first ``edge_rows`` edges' states (``E' =
+        edge_rows``; default all): the last layer of a symmetrised graph needs only the forward edges'.
 
     Without autograd (the optimizer step) on a graph of more edges than one row chunk (``l2o.runtime.row_chunks``)
     the edges go through in chunks: the FiLM maps, messages and edge update never exist at ``[E, *]`` at once, the
@@ -129,8 +172,10 @@ class NGGNNLayer(MessagePassing):
         super().reset_parameters()
         reset_children(self)
 
-    def forward(self, x: Tensor, e: Tensor, edge_indices: list[Tensor], deg: list[Tensor], amp: list[Tensor]
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, e: Tensor, edge_indices: list[Tensor], deg: list[Tensor], amp: list[Tensor],
+                edge_rows: int | None = None, pieces: list[EdgePiece] | None = None) -> tuple[Tensor, Tensor]:
+        """``pieces``: how the chunked path (no autograd, more edges than one chunk) covers the edges
+        (:func:`edge_pieces`; default: plain row chunks)."""
         if len(edge_indices) != self.relations:
             raise ValueError(f"expected {self.relations} relations, got {len(edge_indices)} edge indices")
         h = self.msg_node(x).chunk(2 * self.relations, dim=-1)
@@ -142,38 +187,70 @@ class NGGNNLayer(MessagePassing):
                                          shift=film[2 * r + 1], rel=r, deg=deg[r], amp=amp[r])
                           for r, edge_index in enumerate(edge_indices)]
         else:
-            aggregated = self._aggregate_in_chunks(e, h, edge_indices, deg, amp, chunks)
+            if pieces is None:
+                pieces = [EdgePiece(c0, c1, None, (False,) * self.relations) for c0, c1 in chunks]
+            aggregated = self._aggregate_in_pieces(e, h, edge_indices, deg, amp, pieces)
         x = self.node_norm(x + self.node_mlp(torch.cat([x, *aggregated], dim=-1)))
-        src, dst = edge_indices[0]
+        n = e.shape[0] if edge_rows is None else edge_rows
+        src, dst = edge_indices[0][:, :n]
         x_dst, x_src = self.edge_node(x).chunk(2, dim=-1)
         # (index_select rather than tensor[index] for every per-edge gather: several times faster on the CPU)
         if one_pass:
-            return x, self.edge_update(e, x_dst.index_select(0, dst), x_src.index_select(0, src))
-        for c0, c1 in chunks:  # in place: e is the encoder's own state
-            e[c0:c1] = self.edge_update(e[c0:c1], x_dst.index_select(0, dst[c0:c1]),
-                                        x_src.index_select(0, src[c0:c1]))
-        return x, e
+            return x, self.edge_update(e[:n], x_dst.index_select(0, dst), x_src.index_select(0, src))
+        for piece in pieces:  # in place: e is the encoder's own state
+            c0, c1 = piece.start, min(piece.stop, n)
+            if c0 >= c1:
+                continue
+            if piece.grid is None:
+                x_d, x_s = x_dst.index_select(0, dst[c0:c1]), x_src.index_select(0, src[c0:c1])
+            else:  # a dense block's rows never straddle n (the forward edges end there)
+                x_d, x_s = _grid_terms(piece.grid, piece.reversed[0], x_dst, x_src)
+            e[c0:c1] = self.edge_update(e[c0:c1], x_d, x_s)
+        return x, e[:n]
 
     def edge_update(self, e: Tensor, x_dst: Tensor, x_src: Tensor) -> Tensor:
         """``[n, d]``: ``LayerNorm(e_ij + MLP([e_ij, x_i (target), x_j (source)]))`` from the new node states
-        (``x_dst``, ``x_src``: their halves of the MLP's first layer, gathered per edge)."""
-        return self.edge_norm(e + self.edge_out(F.silu(self.edge_in(e) + x_dst + x_src)))
+        (``x_dst``, ``x_src``: their halves of the MLP's first layer, gathered per edge ``[n, d]``, or, without
+        autograd, broadcast terms ``[k, 1, d]`` / ``[1, m, d]`` over a ``[k, m]`` grid of the ``n = k m`` edges)."""
+        pre = self.edge_in(e)
+        if x_dst.dim() == 3:  # the same sums, added in place on the grid
+            k, m = max(x_dst.shape[0], x_src.shape[0]), max(x_dst.shape[1], x_src.shape[1])
+            pre.view(k, m, -1).add_(x_dst).add_(x_src)
+        else:
+            pre = pre + x_dst + x_src
+        return self.edge_norm(e + self.edge_out(F.silu(pre)))
 
-    def _aggregate_in_chunks(self, e: Tensor, h: tuple[Tensor, ...], edge_indices: list[Tensor], deg: list[Tensor],
-                             amp: list[Tensor], chunks: list[tuple[int, int]]) -> list[Tensor]:
-        """``propagate`` of every relation with the edges in ``chunks`` (no autograd); returns each relation's
-        ``[N, 8d]``. Min and max accumulate chunk by chunk; mean and variance too, each chunk's own (two-pass, over
+    def _aggregate_in_pieces(self, e: Tensor, h: tuple[Tensor, ...], edge_indices: list[Tensor], deg: list[Tensor],
+                             amp: list[Tensor], pieces: list[EdgePiece]) -> list[Tensor]:
+        """``propagate`` of every relation with the edges in ``pieces`` (no autograd); returns each relation's
+        ``[N, 8d]``. Min and max accumulate piece by piece; mean and variance too, each piece's own (two-pass, over
         its edges) merged into the running ones (Chan et al.'s pairwise update), so no ``[E, d]`` message tensor is
-        kept and no sum of squares cancels."""
+        kept and no sum of squares cancels. A dense block's piece needs no gather or scatter: its messages are a
+        ``[k, m, d]`` grid, reduced along the axis of the targets' sources."""
         N, d, R = h[0].shape[0], self.hidden, self.relations
         count = [e.new_zeros(N, 1) for _ in range(R)]
         mean = [e.new_zeros(N, d) for _ in range(R)]
         m2 = [e.new_zeros(N, d) for _ in range(R)]  # sum of squared deviations from the running mean
         lo = [e.new_full((N, d), math.inf) for _ in range(R)]
         hi = [e.new_full((N, d), -math.inf) for _ in range(R)]
-        for c0, c1 in chunks:
+        for piece in pieces:
+            c0, c1 = piece.start, piece.stop
             film = self.film(e[c0:c1]).chunk(2 * R, dim=-1)
             for r, (src, dst) in enumerate(edge_indices):
+                if piece.grid is not None:
+                    ol, oh, il, ih = piece.grid
+                    k, w = oh - ol, ih - il
+                    h_d, h_s = _grid_terms(piece.grid, piece.reversed[r], h[2 * r], h[2 * r + 1])
+                    m = self.message(h_d, h_s, film[2 * r].view(k, w, d), film[2 * r + 1].view(k, w, d), r)
+                    # targets along axis 0 (the block's outputs) or 1 (its inputs, for reversed edges)
+                    axis, t = (0, slice(il, ih)) if piece.reversed[r] else (1, slice(ol, oh))
+                    lo_t, hi_t = lo[r][t], hi[r][t]
+                    torch.minimum(lo_t, m.amin(axis), out=lo_t)
+                    torch.maximum(hi_t, m.amax(axis), out=hi_t)
+                    mean_c = m.mean(axis)
+                    m2_c = (m - mean_c.unsqueeze(axis)).square_().sum(axis)
+                    _merge_moments(count[r][t], mean[r][t], m2[r][t], m.shape[axis], mean_c, m2_c)
+                    continue
                 src, dst = src[c0:c1], dst[c0:c1]
                 m = self.message(h[2 * r].index_select(0, dst), h[2 * r + 1].index_select(0, src), film[2 * r],
                                  film[2 * r + 1], r)
@@ -183,12 +260,7 @@ class NGGNNLayer(MessagePassing):
                 n_c = e.new_zeros(N, 1).index_add_(0, dst, e.new_ones(dst.shape[0], 1))
                 mean_c = e.new_zeros(N, d).index_add_(0, dst, m).div_(n_c.clamp(min=1))
                 m2_c = e.new_zeros(N, d).index_add_(0, dst, (m - mean_c.index_select(0, dst)).square_())
-                n_new = count[r] + n_c
-                delta = mean_c.sub_(mean[r])
-                w = n_c / n_new.clamp(min=1)
-                mean[r].addcmul_(delta, w)
-                m2[r].add_(m2_c).addcmul_(delta.square_(), w * count[r])
-                count[r] = n_new
+                _merge_moments(count[r], mean[r], m2[r], n_c, mean_c, m2_c)
         out = []
         for r in range(R):
             has = deg[r] > 0
@@ -219,6 +291,28 @@ class NGGNNLayer(MessagePassing):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.hidden}, relations={self.relations})"
+
+
+def _grid_terms(grid: tuple[int, int, int, int], reversed_: bool, at_target: Tensor, at_source: Tensor
+                ) -> tuple[Tensor, Tensor]:
+    """Per-node terms ``[N, d]`` of an edge's target and source as broadcast views over a dense piece's ``[k, m]``
+    grid (outputs ``out_lo .. out_hi - 1`` x inputs ``in_lo .. in_hi - 1``): ``[k, 1, d]`` and ``[1, m, d]``."""
+    ol, oh, il, ih = grid
+    outputs, inputs = slice(ol, oh), slice(il, ih)
+    if reversed_:  # targets are the block's inputs, sources its outputs
+        return at_target[inputs].unsqueeze(0), at_source[outputs].unsqueeze(1)
+    return at_target[outputs].unsqueeze(1), at_source[inputs].unsqueeze(0)
+
+
+def _merge_moments(count: Tensor, mean: Tensor, m2: Tensor, n_c: Tensor | int, mean_c: Tensor, m2_c: Tensor) -> None:
+    """Merge a piece's message count ``n_c``, mean and sum of squared deviations into the running ones (views
+    ``[n, 1]``, ``[n, d]``, ``[n, d]``, updated in place): Chan et al.'s pairwise update. ``mean_c`` is consumed."""
+    n_new = count + n_c
+    delta = mean_c.sub_(mean)
+    w = n_c / n_new.clamp(min=1)
+    mean.addcmul_(delta, w)
+    m2.add_(m2_c).addcmul_(delta.square_(), w * count)
+    count.copy_(n_new)
 
 
 class NGGNN(GraphEncoder):
@@ -274,8 +368,14 @@ class NGGNN(GraphEncoder):
             rels = relation_edge_indices(graph, self.bidirectional)
         scalers = [degree_scalers(graph, ei, x.dtype, self.avg_log_deg) for ei in rels]
         deg, amp = [s[0] for s in scalers], [s[1] for s in scalers]
-        for layer in self.layers:
-            x, e = layer(x, e, rels, deg, amp)
+        pieces = None  # the optimizer step on a large graph: dense blocks as grids (see edge_pieces)
+        if len(row_chunks(e.shape[0], e.device)) > 1:
+            pieces = edge_pieces(graph, len(rels), self.shared_reverse, chunk_size(e.device))
+        for i, layer in enumerate(self.layers):
+            # The twins' states after the last layer are never read: only the forward edges' are updated there.
+            last = i == len(self.layers) - 1
+            x, e = layer(x, e, rels, deg, amp, edge_rows=graph.num_edges if last and self.shared_reverse else None,
+                         pieces=pieces)
         return x, e[: graph.num_edges]
 
     def _twin_edge_states(self, graph: NeuralGraph, edge_feats: Tensor | SlotFeatures) -> Tensor:

@@ -417,6 +417,36 @@ class NeuralGraph:
             raise ValueError("the permutation maps an edge onto a non-edge: it is not a symmetry of this network")
         return node_map, order[pos]
 
+    def edge_blocks(self) -> list[tuple[int, int, tuple[int, int, int, int] | None]]:
+        """``[(start, stop, dense)]``: the edges in order, one run per (target layer, graph). ``dense = (out_base,
+        n_out, in_base, n_in)`` when the run is a complete bipartite block in row-major order, edge ``start + o *
+        n_in + i`` going from node ``in_base + i`` to node ``out_base + o`` (the weights of a Linear, or of a conv
+        with ``groups=1``), else None (identity edges, grouped convs, a layer fed by several blocks).
+
+        Encoders use it to treat a dense block as a ``[n_out, n_in]`` grid: per-edge gathers become broadcasts and
+        scatters over its targets become reductions along one axis. Structure only; computed once per graph."""
+        def build():
+            E = self.num_edges
+            if E == 0:
+                return []
+            layer, graph = self.edge_layer.cpu(), self.edge_graph.cpu()
+            key = layer * (int(graph.max()) + 1) + graph
+            cuts = [0] + ((key[1:] != key[:-1]).nonzero().squeeze(1) + 1).tolist() + [E]
+            src, dst = self.edge_index.cpu()
+            runs = []
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                out_base, in_base = int(dst[a]), int(src[a])
+                n_out, dense = int(dst[b - 1]) - out_base + 1, None
+                if n_out > 0 and (b - a) % n_out == 0:
+                    n_in = (b - a) // n_out
+                    if (torch.equal(dst[a:b], out_base + torch.arange(n_out).repeat_interleave(n_in))
+                            and torch.equal(src[a:b], in_base + torch.arange(n_in).repeat(n_out))):
+                        dense = (out_base, n_out, in_base, n_in)
+                runs.append((a, b, dense))
+            return runs
+
+        return self.cached("edge_blocks", build)
+
     def reverse_edge_index(self) -> torch.Tensor:
         """``[2, E]`` with source and target swapped (for messages from later to earlier layers)."""
         return self.edge_index.flip(0)
