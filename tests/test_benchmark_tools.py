@@ -66,3 +66,22 @@ def test_step_overhead_matmul_precision_is_set_and_recorded(tmp_path, capsys):
         torch.set_float32_matmul_precision(before)
     records = json.loads((tmp_path / "step_overhead.json").read_text())
     assert {r["matmul_precision"] for r in records} == {"high"}
+
+
+def test_step_grids_times_both_settings_and_restores_the_shipped_one(tmp_path, monkeypatch):
+    """Both optimizers really step (each setting's time is of a full step, not of a skipped one), and the switch
+    is back as shipped afterwards."""
+    import json
+
+    import l2o.encoders.ng_gnn as ng_gnn
+    from benchmarks import step_grids
+
+    called = []
+    real = ng_gnn.edge_pieces
+    monkeypatch.setattr(ng_gnn, "edge_pieces", lambda *a: called.append(a) or real(*a))
+    step_grids.main(["--tasks", "cifar10-conv", "--rounds", "1", "--steps", "1", "--out", str(tmp_path)])
+    (r,) = json.loads((tmp_path / "step_grids.json").read_text())
+    assert r["task"] == "cifar10-conv" and r["device"] == "cpu" and called
+    assert r["grids_ms"] > 1 and r["row_chunks_ms"] > 1  # a real step each (a skipped one takes ~0.1 ms)
+    assert r["grids_over_row_chunks"] == r["grids_ms"] / r["row_chunks_ms"]
+    assert ng_gnn.DENSE_GRIDS is True and (tmp_path / "step_grids.md").read_text().count("cifar10-conv") == 1

@@ -48,6 +48,10 @@ from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 
 AGGREGATORS = ("mean", "min", "max", "std")
+# The chunked path (the optimizer step on a large graph) takes each dense weight block as [out, in] grids
+# (edge_pieces). False: plain row chunks with per-edge gathers and scatters, the same values up to rounding
+# (benchmarks/step_grids.py times both).
+DENSE_GRIDS = True
 SCALERS = ("identity", "amplification")
 
 
@@ -369,7 +373,7 @@ class NGGNN(GraphEncoder):
         scalers = [degree_scalers(graph, ei, x.dtype, self.avg_log_deg) for ei in rels]
         deg, amp = [s[0] for s in scalers], [s[1] for s in scalers]
         pieces = None  # the optimizer step on a large graph: dense blocks as grids (see edge_pieces)
-        if len(row_chunks(e.shape[0], e.device)) > 1:
+        if DENSE_GRIDS and len(row_chunks(e.shape[0], e.device)) > 1:
             pieces = edge_pieces(graph, len(rels), self.shared_reverse, chunk_size(e.device))
         for i, layer in enumerate(self.layers):
             # The twins' states after the last layer are never read: only the forward edges' are updated there.
