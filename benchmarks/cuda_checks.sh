@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every CUDA check of the project in one script, sized for a short GPU lease (about 8 minutes on one H100/H200):
 #   1. the device-parametrised tests (`pytest -k cuda`) and a few CLI commands with --device cuda;
-#   2. benchmarks/step_overhead.py --device cuda (ResNet-18 and the memory column included);
+#   2. benchmarks/step_overhead.py --device cuda (ResNet-18 and the memory column included), and
+#      benchmarks/step_grids.py --device cuda (the NG-GNN step with dense blocks as grids against row chunks);
 #   3. benchmarks/meta_train_throughput.py --tasks 1 4 16 64 --device cuda (inner steps/s against K).
 # Everything it prints goes to $OUT/checks.log; the benchmark tables and every log are packed into
 # $OUT/cuda_results.tar.gz (results/benchmarks/*_cuda.* inside). Each stage has its own time limit, so one that
@@ -11,7 +12,7 @@
 #
 # Options (environment): FAMILIES / CHECKPOINTS (LABEL=PATH ...) narrow or extend the step-overhead stage and
 # STEP_EXTRA passes it more arguments (e.g. "--eager-too --tasks cifar10-resnet18"); CLI=0 skips the CLI checks of
-# stage 1 and THROUGHPUT=0 skips stage 3 (for a lease too short for all of them).
+# stage 1, GRIDS=0 the grid comparison and THROUGHPUT=0 stage 3 (for a lease too short for all of them).
 #
 # Needs only Fashion-MNIST under $L2O_DATA (the benchmarks use random batches; tests that need CIFAR-10 skip).
 set -u
@@ -56,6 +57,10 @@ step_args=(--device cuda --repeats 10)
 [ -n "${CHECKPOINTS:-}" ] && step_args+=(--checkpoints $CHECKPOINTS)
 [ -n "${STEP_EXTRA:-}" ] && step_args+=($STEP_EXTRA)
 stage step_overhead 180 python3 -m benchmarks.step_overhead "${step_args[@]}"
+pack
+# 2b. the NG-GNN step's dense blocks as grids against plain row chunks (GRIDS=0 skips it)
+[ "${GRIDS:-1}" != 0 ] && stage step_grids 120 python3 -m benchmarks.step_grids --device cuda \
+  --tasks cifar10-conv cifar10-conv-1M cifar10-resnet18
 pack
 [ "${THROUGHPUT:-1}" = 0 ] && { log done; exit 0; }
 
