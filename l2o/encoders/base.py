@@ -63,3 +63,15 @@ class GraphEncoder(nn.Module):
         ``W`` into it (one ``[E, hidden] x [hidden, D]`` product less); this default applies it afterwards."""
         node_emb, edge_emb = self(graph, node_feats, edge_feats)
         return F.linear(node_emb, weight), F.linear(edge_emb, weight)
+
+    def encode_projected_table(self, graph: NeuralGraph, node_feats: torch.Tensor,
+                               edge_feats: torch.Tensor | SlotFeatures, weight: torch.Tensor) -> torch.Tensor:
+        """``cat(encode_projected(...))``: one ``[N + E, D]`` table, nodes first (what every parameter element's
+        embedding is gathered from by ``graph.elem_owner``). This default projects straight into the table's two
+        parts (no ``[E, D]`` product copied into it afterwards); an encoder that overrides ``encode_projected``
+        overrides this too."""
+        node_emb, edge_emb = self(graph, node_feats, edge_feats)
+        table = node_emb.new_empty(graph.num_nodes + graph.num_edges, weight.shape[0])
+        torch.mm(node_emb, weight.t(), out=table[: graph.num_nodes])
+        torch.mm(edge_emb, weight.t(), out=table[graph.num_nodes:])
+        return table

@@ -649,6 +649,11 @@ class DynamicGraphEncoder(GraphEncoder):
         """``forward`` mapped by ``weight [D, d]``, folded into the edge decoder's last linear layer."""
         return self._encode(graph, node_feats, edge_feats, weight)
 
+    def encode_projected_table(self, graph: NeuralGraph, node_feats: torch.Tensor,
+                               edge_feats: torch.Tensor | SlotFeatures, weight: torch.Tensor) -> torch.Tensor:
+        """``encode_projected``'s two outputs as one ``[N + E, D]`` table, nodes first."""
+        return torch.cat(self._encode(graph, node_feats, edge_feats, weight))
+
     def _encode(self, graph, node_feats, edge_feats, weight):
         self.check_inputs(graph, node_feats, edge_feats)
         fwd, bwd = self._memories(graph, node_feats, edge_feats)

@@ -384,7 +384,6 @@ class NGGNN(GraphEncoder):
 
     def _twin_edge_states(self, graph: NeuralGraph, edge_feats: Tensor | SlotFeatures) -> Tensor:
         """``[2E, d]``: the embeddings of ``[e_ij, 0, e_ij]`` (forward edges), then of ``[0, e_ij, e_ij]`` (twins)."""
-        kind = self.embed.edge_kind(graph.edge_kind)
         proj = self.embed.edge_proj
         if isinstance(edge_feats, SlotFeatures) and not proj.fourier:
             # Linear in the features: [f, 0, f] W^T = f (W_1 + W_3)^T, so both directions come from one product
@@ -393,18 +392,22 @@ class NGGNN(GraphEncoder):
             bias = proj.linear.bias
             if not torch.is_grad_enabled():
                 # The optimizer step: each direction accumulated straight into its half of the [2E, d] states (no
-                # [E, 2d] product, no concatenation: a third of the peak on a large dense layer).
+                # [E, 2d] product, no concatenation: a third of the peak on a large dense layer), each half started
+                # from the kind table shifted by the bias (no [E, d] kind embedding made first).
                 E = graph.num_edges
-                e = kind.new_empty(2 * E, kind.shape[1])
+                e = bias.new_empty(2 * E, bias.shape[0])
+                shifted = self.embed.edge_kind.weight + bias
                 for half, w in ((e[:E], w1 + w3), (e[E:], w2 + w3)):
-                    torch.add(kind, bias, out=half)
+                    torch.index_select(shifted, 0, graph.edge_kind, out=half)
                     edge_feats.project(w, into=half)
                 return e
+            kind = self.embed.edge_kind(graph.edge_kind)
             both = edge_feats.project(torch.cat([w1 + w3, w2 + w3], 0), torch.cat([bias, bias]))
             fwd, twin = both.chunk(2, dim=1)
             return torch.cat([fwd + kind, twin + kind], 0)
         if isinstance(edge_feats, SlotFeatures):
             edge_feats = edge_feats.dense()
+        kind = self.embed.edge_kind(graph.edge_kind)
         zero = torch.zeros_like(edge_feats)
         e = proj(torch.cat([edge_feats, zero, edge_feats], 1)) + kind
         e_twin = proj(torch.cat([zero, edge_feats, edge_feats], 1)) + kind

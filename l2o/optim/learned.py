@@ -194,12 +194,12 @@ class GraphOptimizer(LearnedOptimizer):
         node, edge = g.scatter_slots(ctx.graph_part(feats))
         # The head's projection is applied to nodes and edges before the per-element gather (E rows, not P); the
         # encoder may fold it into its own last linear layer.
-        node_emb, edge_emb = self.encoder.encode_projected(g, node, edge, self.head.embed_proj.weight)
-        if (not torch.is_grad_enabled() and ctx.graph_index is None and g.num_param_elements == ctx.num_elements
-                and g.num_param_elements > 2 * (g.num_nodes + g.num_edges)):
-            # The optimizer step on a network of kernels: the head gathers each chunk's rows itself (the same
-            # values) instead of a [P, hidden] copy of every edge's embedding per kernel entry.
-            return GatheredRows(torch.cat([node_emb, edge_emb]), g.elem_owner), {}
+        weight = self.head.embed_proj.weight
+        if not torch.is_grad_enabled() and ctx.graph_index is None and g.num_param_elements == ctx.num_elements:
+            # The optimizer step: the head gathers each chunk's rows itself (the same values) instead of a [P, hidden]
+            # copy of every edge's embedding per element, made once at full size.
+            return GatheredRows(self.encoder.encode_projected_table(g, node, edge, weight), g.elem_owner), {}
+        node_emb, edge_emb = self.encoder.encode_projected(g, node, edge, weight)
         return ctx.from_graph_part(g.gather_flat(node_emb, edge_emb)), {}
 
 
