@@ -161,14 +161,20 @@ def probe_width(optimizer, task, steps: int, seed: int = 0) -> dict:
              for m in optimizer.modules() if isinstance(m, NGGNNLayer)]
     if not hooks:
         raise SystemExit("probe: the optimizer has no NG-GNN layers (an ng-gnn checkpoint is needed)")
-    encode = optimizer.encoder.encode_projected
+    encode, encode_table = optimizer.encoder.encode_projected, optimizer.encoder.encode_projected_table
 
-    def grab_embedding(graph, node, edge, weight):
+    def grab_embedding(graph, node, edge, weight):  # the autograd path
         out = encode(graph, node, edge, weight)
-        seen["emb"] = (graph, *out)
+        seen["emb"] = graph.gather_flat(*out)
         return out
 
+    def grab_table(graph, node, edge, weight):  # the optimizer step's path (no autograd)
+        table = encode_table(graph, node, edge, weight)
+        seen["emb"] = table.index_select(0, graph.elem_owner)
+        return table
+
     optimizer.encoder.encode_projected = grab_embedding
+    optimizer.encoder.encode_projected_table = grab_table
     try:
         model, ctx, params, state = start_optimizee(optimizer, task, seed, torch.device("cpu"))
         stream = task.batches("train", seed=seed)
@@ -178,14 +184,13 @@ def probe_width(optimizer, task, steps: int, seed: int = 0) -> dict:
             _, grad = loss_and_grad(model, ctx, task.loss, params, x, y)
             seen["agg"].clear()
             params, state = optimizer.update(ctx, params, grad, state, 1.0)
-            graph, node_emb, edge_emb = seen["emb"]
-            emb = ctx.from_graph_part(graph.gather_flat(node_emb, edge_emb))
+            emb = ctx.from_graph_part(seen["emb"])
             rec["aggregates"].append(list(seen["agg"]))
             rec["embedding_rms"].append([t.pow(2).mean().sqrt().item() for t in ctx.split(emb)])
     finally:
         for h in hooks:
             h.remove()
-        del optimizer.encoder.encode_projected
+        del optimizer.encoder.encode_projected, optimizer.encoder.encode_projected_table
     return rec
 
 
