@@ -303,6 +303,7 @@ def run_study(dataset: str = "mnist", encoders=ENCODERS, sizes=SIZES, seeds=SEED
     runs = plan(dataset, encoders, sizes, seeds, budget, full)  # bad settings fail here, before any data is loaded
     zoo = zoo_sizes(dataset, sizes, full)
     default_n, big_n = (0 if full else zoo_defaults()["n_train"]), zoo["n_train"]
+    full_test = zoo["n_test"] if full else None  # named in the tag: run_many makes its spec (and record name) again
     cache: dict = {}  # the task data of the current size, loaded once for its runs
     big_zoo, current, noted = None, None, set()
     paths = []
@@ -338,7 +339,8 @@ def run_study(dataset: str = "mnist", encoders=ENCODERS, sizes=SIZES, seeds=SEED
               f"{math.ceil(size / spec.batch_size)} steps/epoch ({state})", flush=True)
         t0 = time.time()
         paths += run_many([(TASK, dataset)], [enc], [seed], out, {}, force, root, progress,
-                          item_overrides=_settings(size, budget), device=device, data_cache=cache)
+                          item_overrides=_settings(size, budget, full_test), device=device,
+                          data_cache=cache)
         if todo and path.exists():
             rec = json.loads(path.read_text())
             warn = "" if rec["train_size"] == size else f"; WARNING: trained on {rec['train_size']} INRs, not {size}"

@@ -232,6 +232,14 @@ def test_sizes_beyond_the_cached_zoo_get_their_own_data(tmp_path, monkeypatch):
     # Resumable: nothing runs again, nothing is fitted.
     study.run_study("mnist", ("dng",), (3, 8, 12), (0,), tmp_path / "out", progress=False, budget={"val_size": 5})
     assert len(seen) == 3 and built == [12]
+    # The full zoo: every size from it, and the runs named by its test split, so the records of the default zoo's
+    # test INRs above are not taken for them (run_many makes each spec again from the overrides it is given).
+    monkeypatch.setattr(study, "full_zoo_sizes", lambda dataset: {"n_train": 12, "n_val": 6, "n_test": 6})
+    built.clear()
+    paths = study.run_study("mnist", ("dng",), (3, 12), (0,), tmp_path / "out", progress=False,
+                            budget={"val_size": 5}, full=True)
+    assert built == [12] and seen[3:] == [(3, 3, 5, "big"), (12, 12, 5, "big")]
+    assert [p.name for p in paths] == [f"classify-mnist-dng+probe128+n{n}-t6-s0.json" for n in (3, 12)]
 
 
 # ------------------------------------------------------------------------------------------------ command line
