@@ -61,7 +61,20 @@ class LiveStorageCounter(TorchDispatchMode):
         self._shape.pop(key, None)
 
 
-def measure(task_name: str, optimizer: str, where: bool = False) -> dict:
+def measure(task_name: str, optimizer: str, where: bool = False, features: str = "held") -> dict:
+    """``features``: "held" (the CPU step below ``l2o.runtime.CPU_STREAM_ROWS``) or "streamed" (a graph
+    optimizer's per-element features made chunk by chunk, as on a GPU)."""
+    import l2o.runtime
+
+    shipped = l2o.runtime.CPU_STREAM_ROWS
+    l2o.runtime.CPU_STREAM_ROWS = 0 if features == "streamed" else 1 << 62
+    try:
+        return _measure(task_name, optimizer, where, features)
+    finally:
+        l2o.runtime.CPU_STREAM_ROWS = shipped
+
+
+def _measure(task_name: str, optimizer: str, where: bool, features: str) -> dict:
     task = TASKS[task_name]()
     torch.manual_seed(0)
     model = task.make_model(0)
@@ -76,10 +89,12 @@ def measure(task_name: str, optimizer: str, where: bool = False) -> dict:
         opt.step()
     if where:
         op, live = counter.at_peak
-        print(f"{task_name} / {optimizer}: peak {counter.peak / n:.0f} bytes/param at {op}; live storages:")
+        print(f"{task_name} / {optimizer} / features {features}: peak {counter.peak / n:.0f} bytes/param at {op}; "
+              "live storages:")
         for size, shape, dtype in sorted(live, reverse=True)[:12]:
             print(f"  {size / n:7.1f} bytes/param  {dtype} {list(shape)}")
-    return {"task": task_name, "params": n, "optimizer": optimizer, "peak_bytes_per_param": counter.peak / n,
+    return {"task": task_name, "params": n, "optimizer": optimizer, "features": features,
+            "peak_bytes_per_param": counter.peak / n,
             "state_floats_per_param": state_floats(opt, model), **machine()}
 
 
@@ -89,17 +104,24 @@ def main(argv=None) -> None:
     ap.add_argument("--optimizers", nargs="*", default=["default", "ff"],
                     help="default (the shipped one) and/or learned families as shipped")
     ap.add_argument("--where", action="store_true", help="print the operator and the live tensors at each peak")
+    ap.add_argument("--features", nargs="*", default=["held", "streamed"], choices=["held", "streamed"],
+                    help="a graph optimizer's per-element features held as one [P, F] block (the CPU step) and/or "
+                         "streamed chunk by chunk (the GPU step; l2o.runtime.stream_features)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    records = [measure(t, o, args.where) for t in args.tasks for o in args.optimizers]
-    table = markdown_table(records, ["task", "params", "optimizer", "peak_bytes_per_param", "state_floats_per_param"])
+    records = [measure(t, o, args.where, f) for t in args.tasks for o in args.optimizers for f in args.features
+               if f == "held" or o != "ff"]  # FF has no graph encoder: nothing to stream
+    table = markdown_table(records, ["task", "params", "optimizer", "features", "peak_bytes_per_param",
+                                     "state_floats_per_param"])
     print(table)
     write_json("step_memory.json", records, args.out)
     (args.out or RESULTS).joinpath("step_memory.md").write_text(
         "# Peak memory of one optimizer step on the CPU (bytes of live tensor storage per parameter)\n\n"
         "Produced by `python -m benchmarks.step_memory` (see its docstring for what is counted). The optimizer state "
         "itself (`state_floats_per_param`, 4 bytes each) persists between steps and is not counted; the new state a "
-        "step builds is.\n\n" + table + "\n")
+        "step builds is. `features`: a graph optimizer's per-element features `[P, F]` held as one block (the CPU "
+        "step below `l2o.runtime.CPU_STREAM_ROWS` elements) or made chunk by chunk twice (the step on a GPU and on "
+        "very large CPU models).\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

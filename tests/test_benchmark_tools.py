@@ -85,3 +85,20 @@ def test_step_grids_times_both_settings_and_restores_the_shipped_one(tmp_path, m
     assert r["grids_ms"] > 1 and r["row_chunks_ms"] > 1  # a real step each (a skipped one takes ~0.1 ms)
     assert r["grids_over_row_chunks"] == r["grids_ms"] / r["row_chunks_ms"]
     assert ng_gnn.DENSE_GRIDS is True and (tmp_path / "step_grids.md").read_text().count("cifar10-conv") == 1
+
+
+def test_step_memory_counts_less_with_streamed_features(tmp_path):
+    """The default's step peak with its features streamed is below the held one by about the [P, F] block, and
+    the switch is back as shipped afterwards."""
+    import json
+
+    import l2o.runtime
+    from benchmarks import step_memory
+
+    shipped = l2o.runtime.CPU_STREAM_ROWS
+    step_memory.main(["--tasks", "cifar10-conv", "--optimizers", "default", "ff", "--out", str(tmp_path)])
+    rows = {(r["optimizer"], r["features"]): r["peak_bytes_per_param"]
+            for r in json.loads((tmp_path / "step_memory.json").read_text())}
+    assert set(rows) == {("default", "held"), ("default", "streamed"), ("ff", "held")}
+    assert rows[("default", "held")] - rows[("default", "streamed")] > 40  # 72 bytes/param of features, at most
+    assert l2o.runtime.CPU_STREAM_ROWS == shipped

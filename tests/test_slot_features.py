@@ -284,3 +284,34 @@ def test_step_gathers_embeddings_per_chunk(model, family):
     assert rows.shape == want.shape
     torch.testing.assert_close(rows, want.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got.rows(5, 12), want.detach()[5:12], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["ng-gnn", "dng"])
+@pytest.mark.parametrize("model", [ResidualCNN, mlp], ids=["cnn", "mlp"])
+def test_streamed_features_give_the_held_features_update(model, family, device, monkeypatch):
+    """With the features streamed (on a GPU always; on the CPU with ``l2o.runtime.CPU_STREAM_ROWS`` lowered) the
+    encoder's input projection makes them chunk by chunk (small chunks here, cut at whole edges of 9-slot kernels)
+    and the head makes them again: the same update as the CPU step with the [P, F] block held. DNG reads every row
+    at once and keeps the tensor either way."""
+    import l2o.runtime
+    from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
+    from l2o.optim.features import update_moments
+
+    graph = NeuralGraph.from_module(model(0), kmax=3)
+    ctx = ParamContext.for_graph(graph)
+    torch.manual_seed(0)
+    opt = build_optimizer(OptimizerConfig(family=family, hidden=8, head_hidden=8, relative=True,
+                                          step_rule="mlp")).double()
+    p = _flat(graph)[:, 0].clone()
+    g = _flat(graph, seed=1)[:, 0] * 1e-2
+    state = update_moments(g, opt.init_state(ctx, p), opt.features)
+    monkeypatch.setattr(l2o.runtime, "CPU_CHUNK_ROWS", 20)
+    with torch.no_grad():
+        held, _ = opt.update(ctx, p, g, state)
+        monkeypatch.setattr(l2o.runtime, "CPU_STREAM_ROWS", 0)
+        monkeypatch.setattr(l2o.runtime, "CUDA_CHUNK_ROWS", 20)
+        assert opt.embed_takes_tensor(ctx.num_elements, device) == (family == "dng")
+        on = {k: v.to(device) for k, v in state.items()}
+        streamed, _ = opt.to(device).update(ctx.to(device), p.to(device), g.to(device), on)
+    tol = 1e-12 if device.type == "cpu" else 1e-9
+    torch.testing.assert_close(streamed.cpu(), held, rtol=tol, atol=tol)

@@ -30,6 +30,10 @@ def reset_children(module: nn.Module) -> None:
 class GraphEncoder(nn.Module):
     """Base class: stores the common configuration and checks inputs."""
 
+    # Whether the encoder reads every row of slot-sparse edge features at once (``SlotFeatures.values``) rather
+    # than through linear maps of them (``SlotFeatures.project``, which makes lazy rows chunk by chunk).
+    reads_all_rows = False
+
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3):
         super().__init__()
         if edge_in % (kmax * kmax):

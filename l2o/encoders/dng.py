@@ -563,6 +563,8 @@ class DynamicGraphEncoder(GraphEncoder):
     ``forward_traversal`` / ``backward_traversal`` (:class:`LayerTraversal`), ``node_out``, ``edge_decoder``.
     """
 
+    reads_all_rows = True  # the traversal reads each layer's block of element rows at once
+
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
                  fourier: int = 0, positional: str = "index", bidirectional: bool = True, aggregation: str = "sum", recurrence: str = "gru",
                  dense_density: float | None = None):

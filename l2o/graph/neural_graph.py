@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 
-from ..runtime import device_constant
+from ..runtime import RowSource, as_tensor, chunk_size, device_constant
 
 EDGE_WEIGHT, EDGE_NORM, EDGE_IDENTITY = 0, 1, 2
 EDGE_KINDS = ("weight", "norm", "identity")
@@ -337,16 +337,23 @@ class NeuralGraph:
         buf = torch.cat([node_feats, edge_feats.reshape(E * K, -1)], 0)
         return buf.index_select(0, self.slot)
 
-    def scatter_slots(self, flat: torch.Tensor) -> tuple[torch.Tensor, "SlotFeatures"]:
+    def scatter_slots(self, flat: torch.Tensor | RowSource) -> tuple[torch.Tensor, "SlotFeatures"]:
         """``[P, F]`` -> ``(node_feats [N, F], SlotFeatures)``: :meth:`scatter_flat` without the dense edge buffer.
 
         ``SlotFeatures(...).dense()`` equals ``scatter_flat(flat)[1].reshape(E, K * F)``. Differentiable.
+        ``flat`` may be a :class:`~l2o.runtime.RowSource` (the optimizer step): the node rows are made run by run
+        and the edge rows stay lazy in the ``SlotFeatures`` (see there), so ``[P, F]`` is never held at once.
         """
-        if flat.dim() != 2 or flat.shape[0] != self.num_param_elements:
+        if len(flat.shape) != 2 or flat.shape[0] != self.num_param_elements:
             raise ValueError(f"scatter_slots expects [P={self.num_param_elements}, F], got {list(flat.shape)}")
         index = self.slot_index()
-        node = flat.new_zeros(self.num_nodes, flat.shape[1]).index_copy(
-            0, index.node_of, flat.index_select(0, index.node_rows))
+        if isinstance(flat, RowSource):
+            # node rows (biases) lie in a few contiguous runs, one per bias tensor
+            picked = [flat.rows(r0, r1) for r0, r1 in index.node_row_runs()]
+            held = torch.cat(picked) if picked else torch.zeros(0, flat.shape[1], device=flat.device)
+        else:
+            held = flat.index_select(0, index.node_rows)
+        node = held.new_zeros(self.num_nodes, flat.shape[1]).index_copy(0, index.node_of, held)
         return node, SlotFeatures(flat, index)
 
     def slot_index(self) -> "SlotIndex":
@@ -475,6 +482,19 @@ class SlotIndex:
     segments: tuple
     groups: tuple
 
+    def node_row_runs(self) -> list[tuple[int, int]]:
+        """``node_rows`` as ``[(r0, r1), ...]`` runs of consecutive rows (it is ascending; one run per bias tensor)."""
+        if "_runs" not in self.__dict__:
+            rows = self.node_rows.tolist()
+            runs = []
+            for r in rows:
+                if runs and runs[-1][1] == r:
+                    runs[-1][1] = r + 1
+                else:
+                    runs.append([r, r + 1])
+            object.__setattr__(self, "_runs", [tuple(run) for run in runs])
+        return self.__dict__["_runs"]
+
     @staticmethod
     def for_elements(graph: NeuralGraph) -> "SlotIndex":
         N, E, K = graph.num_nodes, graph.num_edges, graph.kernel_slots
@@ -525,10 +545,23 @@ class SlotFeatures:
     ``dense() @ weight.T + bias`` at the cost of one ``[n_k, F] x [F, d]`` product per occupied kernel slot.
     """
 
-    def __init__(self, values: torch.Tensor, index: SlotIndex):
-        if values.dim() != 2 or values.shape[0] != index.num_rows:
+    def __init__(self, values: torch.Tensor | RowSource, index: SlotIndex):
+        if len(values.shape) != 2 or values.shape[0] != index.num_rows:
             raise ValueError(f"SlotFeatures expects values [{index.num_rows}, F], got {list(values.shape)}")
-        self.values, self.index = values, index
+        self._values, self.index = values, index
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The rows ``[P, F]`` as one tensor (a lazy :class:`~l2o.runtime.RowSource` is made once, in chunks, on
+        first access: consumers that read every row at once, such as DNG's traversal, get the tensor)."""
+        if isinstance(self._values, RowSource):
+            self._values = as_tensor(self._values)
+        return self._values
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the rows are still a :class:`~l2o.runtime.RowSource` (made chunk by chunk by :meth:`project`)."""
+        return isinstance(self._values, RowSource)
 
     @property
     def num_edges(self) -> int:
@@ -541,7 +574,7 @@ class SlotFeatures:
     @property
     def feature_dim(self) -> int:
         """Features per kernel slot ``F``."""
-        return self.values.shape[1]
+        return self._values.shape[1]
 
     @property
     def edge_dim(self) -> int:
@@ -550,7 +583,7 @@ class SlotFeatures:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.values.dtype
+        return self.values.dtype if not self.lazy else self._values.rows(0, 0).dtype
 
     def dense(self) -> torch.Tensor:
         """The dense edge features ``[E, K * F]`` (zeros in empty slots)."""
@@ -586,12 +619,21 @@ class SlotFeatures:
         # In-place accumulation into `out`, a fresh tensor whose producers (embedding, clone) do not need it for
         # their backward: autograd-safe, and it saves an [E, d] copy per product.
         out = self._fresh(bias, d) if into is None else into
+        lazy = self.lazy and not self.index.groups  # irregular rows (groups) are gathered: make the tensor then
+        step = chunk_size(w.device)
         for r0, r1, e0, e1, slots in self.index.segments:  # one product per weight tensor, on a view of its rows
             m = len(slots)
             # (a cached device index: indexing with a list would copy one from the host on every step)
             w_seg = (weight if slots == tuple(range(K)) else
                      w.index_select(1, device_constant(slots, torch.long, w.device)).reshape(d, m * F))
-            out[e0:e1].addmm_(self.values[r0:r1].reshape(e1 - e0, m * F), w_seg.t())
+            if not lazy:
+                out[e0:e1].addmm_(self.values[r0:r1].reshape(e1 - e0, m * F), w_seg.t())
+                continue
+            per = max(1, step // m)  # whole edges per chunk: the rows are made a chunk at a time
+            for a in range(e0, e1, per):
+                b = min(a + per, e1)
+                rows = self._values.rows(r0 + (a - e0) * m, r0 + (b - e0) * m)
+                out[a:b].addmm_(rows.reshape(b - a, m * F), w_seg.t())
         for k, rows, edges in self.index.groups:
             out.index_add_(0, edges, self.values.index_select(0, rows) @ w[:, k].t())
         return out
@@ -599,5 +641,6 @@ class SlotFeatures:
     def _fresh(self, bias: torch.Tensor | None, d: int) -> torch.Tensor:
         """A new ``[E, d]`` tensor holding ``bias`` (zeros without one), safe to accumulate into."""
         if bias is None:
-            return self.values.new_zeros(self.num_edges, d)
+            like = self._values if not self.lazy else self._values.rows(0, 0)
+            return like.new_zeros(self.num_edges, d)
         return bias.expand(self.num_edges, d).clone(memory_format=torch.contiguous_format)

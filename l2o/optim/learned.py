@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..encoders import build_encoder
-from ..runtime import GatheredRows, RowSource, as_tensor
+from ..runtime import GatheredRows, RowSource, as_tensor, stream_features
 from .context import ParamContext
 from .features import (FeatureConfig, adam_direction_rows, feature_rows, init_moments, time_features,
                        update_moments)
@@ -115,11 +115,16 @@ class LearnedOptimizer(Optimizer):
 
     embed_reads_features = False  # whether embed() reads the features (then a tensor, never a RowSource)
 
+    def embed_takes_tensor(self, num_rows: int, device: torch.device) -> bool:
+        """Whether ``embed`` gets the features as one tensor in the optimizer step (default:
+        ``embed_reads_features``)."""
+        return self.embed_reads_features
+
     def embed(self, ctx: ParamContext, feats: torch.Tensor | RowSource, state: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor | RowSource | None, dict[str, torch.Tensor]]:
         """Per-element embedding ``[P, head_hidden]`` already projected to the head's width (or None; or, in the
         optimizer step, a :class:`~l2o.runtime.RowSource` that the head reads chunk by chunk). ``feats [P, F]``
-        is a tensor where ``embed_reads_features``."""
+        is a tensor where ``embed_takes_tensor``."""
         return None, {}
 
     def update(self, ctx, params, grads, state, lr=1.0):
@@ -130,7 +135,7 @@ class LearnedOptimizer(Optimizer):
         # feature_rows). A family whose embedding reads every row at once gets the tensor, which the head then
         # reuses (making the rows twice cost a third more step time on an MLP's graph than the memory is worth).
         feats = feature_rows(ctx, params, grads, new_state, self.features)
-        if self.embed_reads_features:
+        if self.embed_takes_tensor(params.shape[0], params.device):
             feats = as_tensor(feats)
         emb, extra = self.embed(ctx, feats, state)
         adam_dir = adam_direction_rows(new_state) if self.head.needs_adam_direction else None
@@ -168,7 +173,6 @@ class GraphOptimizer(LearnedOptimizer):
     """
 
     needs_graph = True
-    embed_reads_features = True
 
     def __init__(self, *, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
                  encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(),
@@ -185,13 +189,25 @@ class GraphOptimizer(LearnedOptimizer):
     def family(self) -> str:  # type: ignore[override]
         return self.encoder_name
 
+    embed_reads_features = True
+
+    def embed_takes_tensor(self, num_rows: int, device: torch.device) -> bool:
+        """On a GPU and on very large CPU models (``l2o.runtime.stream_features``) the encoder's input projection
+        makes the feature rows chunk by chunk in the optimizer step (and the head makes them again), so the
+        ``[P, F]`` features never exist at once: 72 bytes per parameter, the largest part of the step's peak on a
+        conv net. Otherwise, and for an encoder that reads all rows at once (DNG's traversal), one tensor, which
+        the head then reuses."""
+        return self.encoder.reads_all_rows or not stream_features(num_rows, device)
+
     def embed(self, ctx, feats, state):
         g = ctx.graph
         if g is None:  # a model that cannot be traced, under fallback='per-parameter': own features only
             return None, {}
+        if isinstance(feats, RowSource) and (ctx.graph_index is not None or g.num_param_elements != ctx.num_elements):
+            feats = as_tensor(feats)  # elements off the graph: pick the graph's rows from the tensor
         # Slot-sparse edge features: a linear weight fills 1 of the kmax**2 slots of its edge, so the dense
         # [E, kmax**2, F] form would be mostly zeros that every encoder then multiplies.
-        node, edge = g.scatter_slots(ctx.graph_part(feats))
+        node, edge = g.scatter_slots(feats if isinstance(feats, RowSource) else ctx.graph_part(feats))
         # The head's projection is applied to nodes and edges before the per-element gather (E rows, not P); the
         # encoder may fold it into its own last linear layer.
         weight = self.head.embed_proj.weight
