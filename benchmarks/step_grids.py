@@ -8,7 +8,7 @@ piece gathers its edges' node terms and scatters its messages (the same values u
 stepping in alternation inside one process, so a busy machine shifts both alike; the ratio is the result. CPU: process
 CPU time; CUDA: wall time after synchronising (the second step of each records its CUDA graph in its own setting).
 
-    python -m benchmarks.step_grids [--tasks mnist-mlp-256-128 cifar10-conv cifar10-conv-1M] [--rounds 5] [--device cuda]
+    python -m benchmarks.step_grids [--tasks mnist-mlp-256-128 cifar10-conv ...] [--rounds 5] [--device cuda]
 """
 from __future__ import annotations
 

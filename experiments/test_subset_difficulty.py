@@ -57,7 +57,8 @@ def run(dataset: str, seed: int, epochs: int, root: str | None = None) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m experiments.test_subset_difficulty", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.test_subset_difficulty",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["mnist", "fmnist"], choices=["mnist", "fmnist"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
