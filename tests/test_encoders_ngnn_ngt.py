@@ -237,8 +237,8 @@ def _grouped_bn_cnn() -> torch.nn.Module:
 def test_ng_gnn_dense_blocks_as_grids_equal_one_pass(case, options, chunk_rows, monkeypatch):
     """In the chunked path every dense block (``NeuralGraph.edge_blocks``) goes through as grids of whole output
     rows (one output row per piece at 5 rows, several at 12), its aggregates as reductions along one axis merged
-    with the pieces of generic edges (norm, identity, grouped-conv) into the same nodes: the one-pass layers' states, also
-    for a batch of two architectures."""
+    with the pieces of generic edges (norm, identity, grouped-conv) into the same nodes: the one-pass layers'
+    states, also for a batch of two architectures."""
     import l2o.runtime
 
     models = {"residual": [ResidualCNN(0)], "bn": [bn_cnn(0)], "grouped": [_grouped_bn_cnn()],

@@ -341,7 +341,7 @@ def test_edge_blocks_mark_dense_weight_blocks():
     batch of two graphs."""
     grouped = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2),
                             nn.Flatten(), nn.Linear(4 * 4, 3))
-    pair = NeuralGraph.batch([NeuralGraph.from_module(mlp(0), kmax=3), NeuralGraph.from_module(ResidualMLP(0), kmax=3)])
+    pair = NeuralGraph.batch([NeuralGraph.from_module(m, kmax=3) for m in (mlp(0), ResidualMLP(0))])
     for g in (NeuralGraph.from_module(grouped, kmax=3), pair):
         runs = g.edge_blocks()
         assert [a for a, _, _ in runs] == [0] + [b for _, b, _ in runs[:-1]] and runs[-1][1] == g.num_edges
