@@ -286,7 +286,7 @@ def test_step_gathers_embeddings_per_chunk(model, family):
     torch.testing.assert_close(got.rows(5, 12), want.detach()[5:12], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["ng-gnn", "dng"])
+@pytest.mark.parametrize("family", ["ng-gnn", "ng-t", "nfn", "dng"])
 @pytest.mark.parametrize("model", [ResidualCNN, mlp], ids=["cnn", "mlp"])
 def test_streamed_features_give_the_held_features_update(model, family, device, monkeypatch):
     """With the features streamed (on a GPU always; on the CPU with ``l2o.runtime.CPU_STREAM_ROWS`` lowered) the
