@@ -338,6 +338,8 @@ PARTS = {
         [_spec(f"ng-gnn-32x2-relative-from-continued-seed{s}")], SEED_LIST) for s in (0, 2)},
     "ng-gnn-32x2-relative-category-from-default": ([_spec("ng-gnn-32x2-relative-category-from-default")],
                                                    SEED_LIST),
+    # the default meta-trained with its rate adaptation on (RUNS; after `train` and `ship` on a GPU lease)
+    "ng-gnn-32x2-adapt-from-default": ([_spec("ng-gnn-32x2-adapt-from-default")], SEED_LIST),
     # the relative starts themselves (UNTRAINED): how much of the relative runs' loss at width 32 is the further
     # meta-training
     **{name: ([_spec(name)], SEED_LIST) for name in UNTRAINED},
