@@ -161,20 +161,20 @@ def probe_width(optimizer, task, steps: int, seed: int = 0) -> dict:
              for m in optimizer.modules() if isinstance(m, NGGNNLayer)]
     if not hooks:
         raise SystemExit("probe: the optimizer has no NG-GNN layers (an ng-gnn checkpoint is needed)")
-    encode, encode_table = optimizer.encoder.encode_projected, optimizer.encoder.encode_projected_table
+    encode, encode_rows = optimizer.encoder.encode_projected, optimizer.encoder.encode_projected_rows
 
     def grab_embedding(graph, node, edge, weight):  # the autograd path
         out = encode(graph, node, edge, weight)
         seen["emb"] = graph.gather_flat(*out)
         return out
 
-    def grab_table(graph, node, edge, weight):  # the optimizer step's path (no autograd)
-        table = encode_table(graph, node, edge, weight)
-        seen["emb"] = table.index_select(0, graph.elem_owner)
-        return table
+    def grab_rows(graph, node, edge, weight):  # the optimizer step's path (no autograd)
+        rows = encode_rows(graph, node, edge, weight)
+        seen["emb"] = rows.materialize()
+        return rows
 
     optimizer.encoder.encode_projected = grab_embedding
-    optimizer.encoder.encode_projected_table = grab_table
+    optimizer.encoder.encode_projected_rows = grab_rows
     try:
         model, ctx, params, state = start_optimizee(optimizer, task, seed, torch.device("cpu"))
         stream = task.batches("train", seed=seed)
@@ -190,7 +190,7 @@ def probe_width(optimizer, task, steps: int, seed: int = 0) -> dict:
     finally:
         for h in hooks:
             h.remove()
-        del optimizer.encoder.encode_projected, optimizer.encoder.encode_projected_table
+        del optimizer.encoder.encode_projected, optimizer.encoder.encode_projected_rows
     return rec
 
 

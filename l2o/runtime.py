@@ -114,6 +114,52 @@ class GatheredRows(RowSource):
         return self.table.index_select(0, self.index[r0:r1])
 
 
+class ProjectedRows(RowSource):
+    """``cat(tables)[index] @ weight.T`` (``tables``: ``[R_k, d]`` tensors indexed as if concatenated, ``index
+    [P]``, ``weight [D, d]``) made one row range at a time, without the concatenation or the projected ``[R, D]``
+    table: a range whose indices run consecutively through one table is projected from a view of it (the rows of a
+    linear weight are its edges in order); other ranges are gathered first. The projection costs ``P d D``
+    multiply-adds instead of ``R d D``: the form for networks with about one element per table row (MLPs), where the
+    projected table would be one more ``[R, D]`` block and pass; kernel networks repeat each edge's row once per
+    kernel entry and project the table instead.
+
+    ``plans``: a dict kept with the (static) index, e.g. ``NeuralGraph.cached``; each range's layout is worked out
+    once on the host, on the first step, and reused (no host copy in later steps, which may be CUDA graphs)."""
+
+    def __init__(self, tables: list[torch.Tensor], index: torch.Tensor, weight: torch.Tensor, plans: dict):
+        super().__init__(index.shape[0], (weight.shape[0],), weight.device)
+        self.tables, self.index, self.weight, self._plans = list(tables), index, weight, plans
+
+    def _plan(self, r0: int, r1: int) -> tuple:
+        """``("view", k, start)`` when rows ``r0:r1`` are rows ``start ..`` of table ``k`` in order, else
+        ``("gather", [(k, positions [n_k], local rows [n_k]), ...])``."""
+        if (r0, r1) not in self._plans:
+            idx = self.index[r0:r1].cpu()
+            bounds = torch.tensor([t.shape[0] for t in self.tables]).cumsum(0)
+            table = torch.searchsorted(bounds, idx, right=True)
+            local = idx - torch.cat([bounds.new_zeros(1), bounds])[table]
+            k0 = int(table[0]) if len(idx) else 0
+            if len(idx) and bool((table == k0).all()) and bool((local == local[0] + torch.arange(len(idx))).all()):
+                self._plans[(r0, r1)] = ("view", k0, int(local[0]))
+            else:
+                dev = self.index.device
+                parts = [(k, (table == k).nonzero().squeeze(1).to(dev), local[table == k].to(dev))
+                         for k in range(len(self.tables)) if bool((table == k).any())]
+                self._plans[(r0, r1)] = ("gather", parts)
+        return self._plans[(r0, r1)]
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        plan = self._plan(r0, r1)
+        if plan[0] == "view":
+            _, k, start = plan
+            x = self.tables[k][start:start + r1 - r0]
+        else:
+            x = self.tables[0].new_empty(r1 - r0, self.tables[0].shape[1])
+            for k, positions, local in plan[1]:
+                x.index_copy_(0, positions, self.tables[k].index_select(0, local))
+        return torch.nn.functional.linear(x, self.weight)
+
+
 class ComputedRows(RowSource):
     """Rows computed on demand by ``fn(r0, r1) -> [r1 - r0, *trailing]`` (for example features from the rows of the
     optimizer state: the ``[P, F]`` block of a whole step never exists)."""

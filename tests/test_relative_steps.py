@@ -25,7 +25,7 @@ def test_width_probe_records_every_layer_and_tensor_and_leaves_the_run_unchanged
     assert len(rec["aggregates"]) == 3 and all(len(step) == 2 and len(step[0]) == 4 for step in rec["aggregates"])
     assert all(len(step) == len(rec["tensors"]) for step in rec["embedding_rms"])
     assert all(v > 0 for step in rec["aggregates"] for layer in step for v in layer)
-    assert not {"encode_projected", "encode_projected_table"} & set(vars(opt.encoder))  # the hooks are gone
+    assert not {"encode_projected", "encode_projected_rows"} & set(vars(opt.encoder))  # the hooks are gone
     # the probed optimizer is unchanged: the same run as a twin that was never probed
     assert (train_optimizee(opt, task, 3, seed=1, eval_split=None)["losses"]
             == train_optimizee(untouched, task, 3, seed=1, eval_split=None)["losses"])

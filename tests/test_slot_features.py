@@ -261,13 +261,14 @@ def test_no_grad_features_are_the_autograd_features_exactly(inputs, steps, monke
 @pytest.mark.parametrize("family", ["dng", "ng-gnn"])
 @pytest.mark.parametrize("model", [ResidualCNN, mlp], ids=["cnn", "mlp"])
 def test_step_gathers_embeddings_per_chunk(model, family):
-    """Without autograd the head gets the nodes' and edges' projected embeddings as one table with a per-element
-    index (GatheredRows: no [P, hidden] copy, for a network of kernels nor for an MLP, whose first layer's copy
-    alone was about a tenth of its step); the rows it yields are the autograd path's gathered embedding, for an
-    encoder that folds the projection into its last layer (DNG) and for one that projects after it (NG-GNN)."""
+    """Without autograd the head gets the per-element embedding as a row source (no [P, hidden] copy): a kernel
+    network's as GatheredRows of the projected [N + E, hidden] table, an MLP's (about one element per edge) as
+    ProjectedRows, each chunk's node / edge states projected on demand (DNG folds the projection into its decoder:
+    the table always). The rows it yields are the autograd path's gathered embedding, for any row range: within
+    one tensor (a view of the states) or across tensors (gathered)."""
     from l2o.optim import OptimizerConfig, ParamContext, build_optimizer
     from l2o.optim.features import param_features, update_moments
-    from l2o.runtime import GatheredRows
+    from l2o.runtime import GatheredRows, ProjectedRows
 
     graph = NeuralGraph.from_module(model(0), kmax=3)
     ctx = ParamContext.for_graph(graph)
@@ -279,11 +280,13 @@ def test_step_gathers_embeddings_per_chunk(model, family):
     want, _ = opt.embed(ctx, feats, state)
     with torch.no_grad():
         got, _ = opt.embed(ctx, feats, state)
-    assert isinstance(got, GatheredRows)
+    assert isinstance(got, ProjectedRows if (model is mlp and family == "ng-gnn") else GatheredRows)
     rows = got.rows(0, ctx.num_elements)
     assert rows.shape == want.shape
     torch.testing.assert_close(rows, want.detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(got.rows(5, 12), want.detach()[5:12], rtol=1e-12, atol=1e-12)
+    for r0, r1 in ((5, 12), (0, 3), (30, 31), (ctx.num_elements - 4, ctx.num_elements)):
+        torch.testing.assert_close(got.rows(r0, r1), want.detach()[r0:r1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.rows(r0, r1), want.detach()[r0:r1], rtol=1e-12, atol=1e-12)  # cached plan
 
 
 @pytest.mark.parametrize("family", ["ng-gnn", "ng-t", "nfn", "dng"])

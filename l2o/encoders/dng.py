@@ -66,7 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..graph import EDGE_KINDS, ROLE_INPUT, NeuralGraph, SlotFeatures
-from ..runtime import per_row_chunks
+from ..runtime import GatheredRows, per_row_chunks
 from .base import GraphEncoder
 from .embeddings import GraphInputEmbedding
 
@@ -651,10 +651,10 @@ class DynamicGraphEncoder(GraphEncoder):
         """``forward`` mapped by ``weight [D, d]``, folded into the edge decoder's last linear layer."""
         return self._encode(graph, node_feats, edge_feats, weight)
 
-    def encode_projected_table(self, graph: NeuralGraph, node_feats: torch.Tensor,
-                               edge_feats: torch.Tensor | SlotFeatures, weight: torch.Tensor) -> torch.Tensor:
-        """``encode_projected``'s two outputs as one ``[N + E, D]`` table, nodes first."""
-        return torch.cat(self._encode(graph, node_feats, edge_feats, weight))
+    def encode_projected_rows(self, graph: NeuralGraph, node_feats: torch.Tensor,
+                              edge_feats: torch.Tensor | SlotFeatures, weight: torch.Tensor) -> GatheredRows:
+        """``encode_projected``'s two outputs as one ``[N + E, D]`` table, gathered per element chunk."""
+        return GatheredRows(torch.cat(self._encode(graph, node_feats, edge_feats, weight)), graph.elem_owner)
 
     def _encode(self, graph, node_feats, edge_feats, weight):
         self.check_inputs(graph, node_feats, edge_feats)

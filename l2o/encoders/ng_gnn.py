@@ -380,10 +380,6 @@ class NGGNN(GraphEncoder):
             last = i == len(self.layers) - 1
             x, e = layer(x, e, rels, deg, amp, edge_rows=graph.num_edges if last and self.shared_reverse else None,
                          pieces=pieces)
-        if self.shared_reverse and not torch.is_grad_enabled():
-            # The optimizer step: a copy of the forward edges' states frees the twins' half (a view would keep the
-            # [2E, d] block alive while the caller projects the states: a sixth of a ResNet-18 step's peak).
-            return x, e[: graph.num_edges].clone()
         return x, e[: graph.num_edges]
 
     def _twin_edge_states(self, graph: NeuralGraph, edge_feats: Tensor | SlotFeatures) -> Tensor:

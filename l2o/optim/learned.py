@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..encoders import build_encoder
-from ..runtime import GatheredRows, RowSource, as_tensor, stream_features
+from ..runtime import RowSource, as_tensor, stream_features
 from .context import ParamContext
 from .features import (FeatureConfig, adam_direction_rows, feature_rows, init_moments, time_features,
                        update_moments)
@@ -214,7 +214,7 @@ class GraphOptimizer(LearnedOptimizer):
         if not torch.is_grad_enabled() and ctx.graph_index is None and g.num_param_elements == ctx.num_elements:
             # The optimizer step: the head gathers each chunk's rows itself (the same values) instead of a [P, hidden]
             # copy of every edge's embedding per element, made once at full size.
-            return GatheredRows(self.encoder.encode_projected_table(g, node, edge, weight), g.elem_owner), {}
+            return self.encoder.encode_projected_rows(g, node, edge, weight), {}
         node_emb, edge_emb = self.encoder.encode_projected(g, node, edge, weight)
         return ctx.from_graph_part(g.gather_flat(node_emb, edge_emb)), {}
 
