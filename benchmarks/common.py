@@ -42,6 +42,22 @@ def time_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, budget
     return statistics.median(times)
 
 
+def block_ms(fn: Callable[[], object], steps: int, device: torch.device | str = "cpu") -> float:
+    """Milliseconds per call of ``steps`` calls of ``fn()`` in a row: process CPU time on the CPU (a busy machine
+    shifts alternating settings alike), wall time between synchronisations on CUDA."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) / steps * 1e3
+    t0 = time.process_time()
+    for _ in range(steps):
+        fn()
+    return (time.process_time() - t0) / steps * 1e3
+
+
 def model_fwd_bwd(task, model: torch.nn.Module, batch: int = 128, device="cpu") -> Callable[[], None]:
     """A closure running forward+backward of ``model`` on one random batch of ``task``'s input shape."""
     x = torch.randn(batch, *task.input_shape, device=device)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import l2o.runtime
-from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, write_json
+from benchmarks.common import RESULTS, block_ms, machine, markdown_table, model_fwd_bwd, write_json
 from benchmarks.step_overhead import CONFIG_FILES, CONFIGS, TASKS
 from l2o import NeuralGraphOptimizer
 from l2o.optim import build_optimizer
@@ -37,13 +36,6 @@ def _optimizer(label: str, model: torch.nn.Module) -> NeuralGraphOptimizer:
     return NeuralGraphOptimizer(model, optimizer=build_optimizer(cfg))
 
 
-def _cpu_ms(fn, steps: int) -> float:
-    t0 = time.process_time()
-    for _ in range(steps):
-        fn()
-    return (time.process_time() - t0) / steps * 1e3
-
-
 def bench(task_name: str, label: str, rounds: int, steps: int) -> dict:
     """Step CPU ms with the shipped chunk size and with one chunk, alternating, median over ``rounds``."""
     task = TASKS[task_name]()
@@ -59,7 +51,7 @@ def bench(task_name: str, label: str, rounds: int, steps: int) -> dict:
         for _ in range(rounds):
             for size in (shipped, WHOLE):
                 l2o.runtime.CPU_CHUNK_ROWS = size
-                times[size].append(_cpu_ms(opt.step, steps))
+                times[size].append(block_ms(opt.step, steps))
     finally:
         l2o.runtime.CPU_CHUNK_ROWS = shipped
     chunked, whole = statistics.median(times[shipped]), statistics.median(times[WHOLE])

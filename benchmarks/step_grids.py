@@ -15,34 +15,14 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import l2o.encoders.ng_gnn as ng_gnn
-from benchmarks.common import RESULTS, machine, markdown_table, model_fwd_bwd, write_json
+from benchmarks.common import RESULTS, block_ms, machine, markdown_table, model_fwd_bwd, write_json
 from benchmarks.step_overhead import TASKS
 from l2o import NeuralGraphOptimizer
-
-
-def _timer(device: torch.device):
-    if device.type == "cuda":
-        def ms(fn, steps):
-            torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            torch.cuda.synchronize(device)
-            return (time.perf_counter() - t0) / steps * 1e3
-        return ms
-
-    def cpu_ms(fn, steps):
-        t0 = time.process_time()
-        for _ in range(steps):
-            fn()
-        return (time.process_time() - t0) / steps * 1e3
-    return cpu_ms
 
 
 def bench(task_name: str, rounds: int, steps: int, device: torch.device) -> dict:
@@ -54,7 +34,7 @@ def bench(task_name: str, rounds: int, steps: int, device: torch.device) -> dict
     for a, b in zip(model.parameters(), twin.parameters()):
         b.grad = a.grad.clone()
     opts = {True: NeuralGraphOptimizer(model), False: NeuralGraphOptimizer(twin)}
-    ms, shipped = _timer(device), ng_gnn.DENSE_GRIDS
+    shipped = ng_gnn.DENSE_GRIDS
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
         for grids in (True, False):  # warm-up: graph, state, allocator (and the CUDA graph, recorded here)
@@ -64,7 +44,7 @@ def bench(task_name: str, rounds: int, steps: int, device: torch.device) -> dict
         for _ in range(rounds):
             for grids in (True, False):
                 ng_gnn.DENSE_GRIDS = grids
-                times[grids].append(ms(opts[grids].step, steps))
+                times[grids].append(block_ms(opts[grids].step, steps, device))
     finally:
         ng_gnn.DENSE_GRIDS = shipped
     grid, plain = statistics.median(times[True]), statistics.median(times[False])

@@ -48,11 +48,11 @@ from .base import GraphEncoder, reset_children
 from .embeddings import GraphInputEmbedding
 
 AGGREGATORS = ("mean", "min", "max", "std")
+SCALERS = ("identity", "amplification")
 # The chunked path (the optimizer step on a large graph) takes each dense weight block as [out, in] grids
 # (edge_pieces). False: plain row chunks with per-edge gathers and scatters, the same values up to rounding
 # (benchmarks/step_grids.py times both).
 DENSE_GRIDS = True
-SCALERS = ("identity", "amplification")
 
 
 def relation_edge_indices(graph: NeuralGraph, bidirectional: bool) -> list[Tensor]:

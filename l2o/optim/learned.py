@@ -173,6 +173,7 @@ class GraphOptimizer(LearnedOptimizer):
     """
 
     needs_graph = True
+    embed_reads_features = True
 
     def __init__(self, *, encoder: str = "ng-gnn", hidden: int = 32, depth: int = 2, kmax: int = 3,
                  encoder_options: dict | None = None, features: FeatureConfig = FeatureConfig(),
@@ -188,8 +189,6 @@ class GraphOptimizer(LearnedOptimizer):
     @property
     def family(self) -> str:  # type: ignore[override]
         return self.encoder_name
-
-    embed_reads_features = True
 
     def embed_takes_tensor(self, num_rows: int, device: torch.device) -> bool:
         """On a GPU and on very large CPU models (``l2o.runtime.stream_features``) the encoder's input projection
