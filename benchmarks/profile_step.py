@@ -76,6 +76,7 @@ def main(argv=None) -> None:
     print(head + table)
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     out = (args.out or RESULTS) / f"profile_step_{args.task}{suffix}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(head + "```\n" + table + "\n```\n")
     print(f"wrote {out}", file=sys.stderr)
 

@@ -16,13 +16,15 @@ recurrence=none               ``encoder_options={"recurrence": "none"}`` (memory
 bidirectional=False           ``encoder_options={"bidirectional": False}`` (forward traversal only)
 probes=0                      ``probes=0`` (no probe features)
 aggregation=mean              ``encoder_options={"aggregation": "mean"}`` (mean of the messages)
+rounds=2                      ``encoder_options={"rounds": 2}`` (the traversals twice: every node updated
+                              twice per direction, as NG-GNN's two layers update it twice)
 ============================  ==============================================================
 
 The paper's multi-head convolution message has no switch in ``l2o.encoders.dng`` (``KernelMessage`` always has one
 head per kernel slot), and on INRs (MLPs, kmax 1: one kernel slot) the message is single-headed anyway, so it is not
 ablated here.
 
-    python -m experiments.dng_ablation                                   # 3 seeds x 7 variants (resumable)
+    python -m experiments.dng_ablation                                   # 3 seeds x 8 variants (resumable)
     python -m experiments.dng_ablation --seeds 0 1 2 --device cuda       # the runs on a GPU
     python -m experiments.dng_ablation report                            # only rebuild the table from the records
 
@@ -84,6 +86,9 @@ VARIANTS = (
     Variant("probes=0", "dng", {"probes": 0}, "no probe features"),
     Variant("aggregation=mean", "dng", {"encoder_options": {"aggregation": "mean"}},
             "mean of the incoming messages instead of their sum"),
+    # Not a piece of the paper's: DNG updates each node once per direction, NG-GNN once per layer (two here).
+    Variant("rounds=2", "dng", {"encoder_options": {"rounds": 2}},
+            "both traversals twice, the second round from the first's memories (not in the paper)"),
 )
 
 
@@ -134,13 +139,18 @@ def _train_sec(rec: dict) -> float:
     return float(rec["sec_per_epoch"]) * int(rec["epochs"])
 
 
-def summarize(records: list[dict], labels: dict[str, str], variants=VARIANTS) -> dict:
+def summarize(records: list[dict], labels: dict[str, str], variants=VARIANTS, earlier: dict | None = None) -> dict:
     """Records -> the study's table: one row per variant (in ``variants`` order) over the seeds present.
+
+    ``earlier``: a previous table (its JSON). A variant that no record covers keeps that table's row of the same
+    run label, marked ``"carried": True`` (the runs folder is not committed, so a later session that adds a
+    variant has only its own records); the note then quotes the earlier table's set-up.
 
     ``labels``: variant name -> run label (:func:`variant_labels`); a record belongs to a variant when its task,
     data set and ``encoder`` (the label) match (one record per seed: a later duplicate is ignored). Accuracies and
     gaps are fractions (the markdown shows percentage points); ``gap_to_reference`` = variant - NG-GNN,
     ``gap_to_shipped`` = variant - DNG as shipped (NaN where either has no record)."""
+    carried = {r["label"]: r for r in (earlier or {}).get("rows", [])}
     by_label: dict[str, dict[int, dict]] = {}
     for r in records:
         if r.get("task") == TASK and r.get("dataset") == DATASET:
@@ -159,13 +169,35 @@ def summarize(records: list[dict], labels: dict[str, str], variants=VARIANTS) ->
             "sec_per_epoch": mean_std([r.get("sec_per_epoch", float("nan")) for r in recs])[0],
             "params": recs[0]["params"] if recs else None,
         })
+        old = carried.get(labels[v.name])
+        if not recs and old is not None and old.get("n_seeds"):
+            rows[-1] = {**rows[-1], **{k: _nan(old.get(k)) for k in _CARRIED}, "carried": True}
     ref = {r["variant"]: r["accuracy_mean"] for r in rows}
     for r in rows:
         r["gap_to_reference"] = r["accuracy_mean"] - ref.get(REFERENCE, float("nan"))
         r["gap_to_shipped"] = r["accuracy_mean"] - ref.get(SHIPPED, float("nan"))
     used = [rec for lab in labels.values() for rec in by_label.get(lab, {}).values()]
+    note = setup_note(used)
+    if any(r.get("carried") for r in rows):
+        note += (" Rows marked * are carried from the previous table (their records are not in the runs folder); "
+                 f"its set-up: {_carried_note(earlier)}")
     return {"task": TASK, "dataset": DATASET, "reference": REFERENCE, "shipped": SHIPPED, "rows": rows,
-            "note": setup_note(used), "not_ablated": MULTI_HEAD_NOTE, "verdict": verdict(rows)}
+            "note": note, "not_ablated": MULTI_HEAD_NOTE, "verdict": verdict(rows)}
+
+
+# What a carried row keeps of the earlier table's (the gaps are recomputed against this table's rows).
+_CARRIED = ("seeds", "n_seeds", "accuracy_mean", "accuracy_std", "accuracies", "train_sec_per_run",
+            "total_sec_per_run", "sec_per_epoch", "params")
+
+
+def _nan(x):
+    """``None`` (a NaN in the strict JSON written by :func:`write_table`) back to NaN."""
+    return float("nan") if x is None else x
+
+
+def _carried_note(earlier: dict) -> str:
+    """The earlier table's own set-up line, without what it said about rows carried into it."""
+    return earlier.get("note", "not recorded").split(" Rows marked * ")[0]
 
 
 def setup_note(records: list[dict]) -> str:
@@ -236,7 +268,8 @@ def markdown(table: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         acc, train, epoch, params = row_cells(r)
-        out.append(f"| {r['variant']} | `{r['label']}` | {acc} | {r['n_seeds']} | {_pts(r['gap_to_reference'], True)} "
+        seeds = f"{r['n_seeds']}" + (" *" if r.get("carried") else "")
+        out.append(f"| {r['variant']} | `{r['label']}` | {acc} | {seeds} | {_pts(r['gap_to_reference'], True)} "
                    f"| {_pts(r['gap_to_shipped'], True)} | {train} | {epoch} | {params} | {r['change']} |")
     out += ["", table["verdict"], "", f"Set-up: {table['note']}", "", table["not_ablated"], ""]
     return "\n".join(out)
@@ -253,12 +286,16 @@ def _no_nan(x):
     return x
 
 
-def write_table(out: Path = OUT, results: Path = RESULTS_DIR, labels: dict[str, str] | None = None) -> dict:
-    """Aggregate the records in ``out`` into ``results/dng_ablation.{md,json}``; returns the table."""
+def write_table(out: Path = OUT, results: Path = RESULTS_DIR, labels: dict[str, str] | None = None,
+                carry: bool = True) -> dict:
+    """Aggregate the records in ``out`` into ``results/dng_ablation.{md,json}``; returns the table. With ``carry``,
+    the existing JSON's rows of variants that no record covers are kept (see :func:`summarize`)."""
     from tasks.weight_space.task_report import collect
 
-    table = summarize(collect(out), labels or variant_labels())
     results = Path(results)
+    previous = results / "dng_ablation.json"
+    earlier = json.loads(previous.read_text()) if carry and previous.is_file() else None
+    table = summarize(collect(out), labels or variant_labels(), earlier=earlier)
     results.mkdir(parents=True, exist_ok=True)
     (results / "dng_ablation.json").write_text(json.dumps(_no_nan(table), indent=1) + "\n")
     (results / "dng_ablation.md").write_text(markdown(table))
@@ -287,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     add_run_arguments(ap, OUT, "dng_ablation.{md,json}")
     for flag in ("--train-size", "--val-size", "--test-size", "--epochs"):
         ap.add_argument(flag, type=int, default=None, help="smoke runs only (use another --out): override the budget")
+    ap.add_argument("--no-carry", action="store_true",
+                    help="the table from the records in --out only (default: the existing table's rows of variants "
+                         "that no record covers are kept, marked *)")
     args = ap.parse_args(argv)
     budget = {k: getattr(args, k) for k in ("train_size", "val_size", "test_size", "epochs")}
     if args.stage == "run":
@@ -299,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen = [v for v in VARIANTS if v.name in args.variants]
         run_study(args.seeds, args.out, root=args.data_root, variants=chosen, budget=budget, progress=not args.quiet,
                   force=args.force, device=str(device))
-    table = write_table(args.out, args.results, variant_labels(VARIANTS, budget))
+    table = write_table(args.out, args.results, variant_labels(VARIANTS, budget), carry=not args.no_carry)
     for r in table["rows"]:
         print(f"{r['variant']:20s} {r['label']:42s} {_pts(r['accuracy_mean']):>6s} ± {_pts(r['accuracy_std']):>5s} "
               f"({r['n_seeds']} seeds)  gap to NG-GNN {_pts(r['gap_to_reference'], True)}")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from l2o.encoders import graph_readout
-from l2o.encoders.dng import DynamicGraphEncoder, slot_features
+from l2o.encoders.dng import DynamicGraphEncoder, _LayerInputs, _Plan, slot_features
 from l2o.graph import EDGE_IDENTITY, EDGE_NORM, EDGE_WEIGHT, ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT, NeuralGraph
 from model_zoo import ResidualCNN, mixed_kernel_cnn, mlp
 
@@ -115,8 +115,10 @@ OPTIONS = [
     {"bidirectional": False},
     {"bidirectional": True, "aggregation": "mean", "recurrence": "rnn"},
     {"bidirectional": True, "recurrence": "none", "dense_density": 2.0},
+    {"bidirectional": True, "rounds": 2},
+    {"bidirectional": False, "rounds": 3},
 ]
-OPT_IDS = ["bi", "uni", "bi-mean-rnn", "bi-none-per-edge"]
+OPT_IDS = ["bi", "uni", "bi-mean-rnn", "bi-none-per-edge", "bi-2-rounds", "uni-3-rounds"]
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=OPT_IDS)
@@ -276,6 +278,32 @@ def test_shapes_and_bad_inputs():
         enc(NeuralGraph.from_module(model, kmax=1), node, edge)
     with pytest.raises(ValueError, match="multiple"):
         DynamicGraphEncoder(F, 7, kmax=3)
-    for bad in ({"aggregation": "max"}, {"recurrence": "lstm"}, {"depth": 0}, {"dense_density": -1.0}):
+    for bad in ({"aggregation": "max"}, {"recurrence": "lstm"}, {"depth": 0}, {"dense_density": -1.0},
+                {"rounds": 0}, {"rounds": 1.5}, {"rounds": True}):
         with pytest.raises(ValueError):
             DynamicGraphEncoder(F, 9 * F, kmax=3, **bad)
+
+
+def test_more_rounds_add_traversals_and_read_the_first_rounds_memories():
+    """``rounds=2`` keeps round 1's modules under their names (a 1-round checkpoint loads into its first round),
+    adds a forward and backward pair, and the second round starts from the first one's final memories."""
+    model = mlp(0)
+    g = NeuralGraph.from_module(model, kmax=3)
+    node, edge = _features(model, g)
+    torch.manual_seed(0)
+    one = _encoder(3, bidirectional=True)
+    torch.manual_seed(0)
+    two = _encoder(3, bidirectional=True, rounds=2)
+    assert set(one.state_dict()) < set(two.state_dict())
+    assert {k.split(".")[0] for k in set(two.state_dict()) - set(one.state_dict())} == {"later_rounds"}
+    assert len(two.later_rounds) == 1 and [t.reverse for t in two.later_rounds[0]] == [False, True]
+    assert "rounds=2" in two.extra_repr() and "rounds" not in one.extra_repr()
+    two.load_state_dict(one.state_dict(), strict=False)
+    fwd1, bwd1 = one._memories(g, node, edge)
+    fwd2, bwd2 = two._memories(g, node, edge)
+    plan = _Plan(g, "dense", two.dense_density)
+    inputs = _LayerInputs(plan, edge.reshape(g.num_edges * g.kernel_slots, -1))
+    again = two.later_rounds[0][0](g, plan, bwd1, inputs)  # round 2's forward from round 1's final memories
+    torch.testing.assert_close(fwd2, again)
+    torch.testing.assert_close(bwd2, two.later_rounds[0][1](g, plan, again, inputs))
+    assert not torch.allclose(fwd2, fwd1)

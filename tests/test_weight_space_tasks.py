@@ -532,3 +532,20 @@ def test_dng_ablation_table_from_hand_made_records(tmp_path):
                        parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert saved["rows"][1]["accuracy_mean"] == pytest.approx(0.72)
     assert (tmp_path / "res" / "dng_ablation.md").read_text() == md
+    # A later session with one new variant's records only: the earlier rows are carried, marked, and the gaps
+    # recomputed; --no-carry (carry=False) leaves them empty.
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "r.json").write_text(json.dumps(rec("dng[rounds=2]+probe128", 0, 0.79)))
+    labels2 = {**labels, "rounds=2": "dng[rounds=2]+probe128"}
+    table2 = study.write_table(later, tmp_path / "res", labels2)
+    rows2 = {r["variant"]: r for r in table2["rows"]}
+    assert rows2["rounds=2"]["n_seeds"] == 1 and not rows2["rounds=2"].get("carried")
+    assert rows2["ng-gnn"]["carried"] and rows2["ng-gnn"]["accuracy_mean"] == pytest.approx(0.81)
+    assert rows2["rounds=2"]["gap_to_reference"] == pytest.approx(-0.02)
+    assert not rows2["probes=0"].get("carried") and rows2["probes=0"]["n_seeds"] == 0  # nothing to carry
+    assert "Rows marked * are carried" in table2["note"] and "2500 train / 500 val" in table2["note"]
+    assert "| ng-gnn | `ng-gnn+probe128` | 81.00 ± 1.41 | 2 * |" in study.markdown(table2)
+    again = study.write_table(later, tmp_path / "res", labels2)  # carrying twice keeps one set-up line
+    assert again["note"].count("Rows marked *") == 1 and again["rows"][0]["carried"]
+    assert study.write_table(later, tmp_path / "res", labels2, carry=False)["rows"][0]["n_seeds"] == 0

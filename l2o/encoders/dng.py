@@ -44,6 +44,9 @@ Edge embeddings: an MLP (:class:`EdgeDecoder`) over ``[node_emb(src), node_emb(d
 
 ``depth`` is the number of linear layers of that edge decoder. DNG is one traversal per direction by design (the
 paper's cost argument), so ``depth`` does not stack traversals; a deeper decoder is the cheap place for capacity.
+``rounds > 1`` (an ablation, not the paper's design) repeats the traversals, each round with its own maps and cells
+and starting from the previous round's final memories, so every node is updated ``rounds`` times per direction, as
+NG-GNN's nodes are updated once per layer.
 
 Cost choices: the ``[E, K, F + 4]`` per-slot features are never built. Each layer's block (or, for a per-edge
 layer, its ``[E_t, k, F + 4]`` slot features) is assembled from the feature rows on first use and shared by both
@@ -552,6 +555,8 @@ class DynamicGraphEncoder(GraphEncoder):
         bidirectional: add the backward (output -> input) traversal.
         aggregation: ``"sum"`` (default) or ``"mean"`` of the messages a node receives.
         recurrence: ``"gru"`` (default), ``"rnn"`` (tanh RNN cell) or ``"none"`` (memory + message sum; the ablation).
+        rounds: traversals per direction (default 1, the paper's); round ``r > 1`` starts from round ``r - 1``'s
+            final memories (backward if bidirectional, else forward) with its own message maps and cells.
         dense_density: a layer whose edges fill at least this fraction of its (receivers x senders) block sums its
             messages with one block matrix product instead of per-edge messages (same result; faster unless the
             block is mostly empty, e.g. a large batch of graphs). ``0`` always uses the block product, anything
@@ -560,17 +565,20 @@ class DynamicGraphEncoder(GraphEncoder):
             parameter, 0.375 for 14).
     Shapes: ``forward(graph, node_feats [N, node_in], edge_feats [E, edge_in]) -> ([N, d], [E, d])``.
     Submodules: ``embed`` (input embedding), ``input_memory`` ``[d]`` (added to input nodes' initial memory),
-    ``forward_traversal`` / ``backward_traversal`` (:class:`LayerTraversal`), ``node_out``, ``edge_decoder``.
+    ``forward_traversal`` / ``backward_traversal`` (:class:`LayerTraversal`), ``later_rounds`` (a ``ModuleList`` of
+    ``[forward, backward]`` pairs for rounds 2 .., empty by default), ``node_out``, ``edge_decoder``.
     """
 
     reads_all_rows = True  # the traversal reads each layer's block of element rows at once
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
-                 fourier: int = 0, positional: str = "index", bidirectional: bool = True, aggregation: str = "sum", recurrence: str = "gru",
-                 dense_density: float | None = None):
+                 fourier: int = 0, positional: str = "index", bidirectional: bool = True, aggregation: str = "sum",
+                 recurrence: str = "gru", dense_density: float | None = None, rounds: int = 1):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if hidden < 1 or depth < 1:
             raise ValueError(f"hidden and depth must be >= 1, got hidden={hidden}, depth={depth}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be an integer >= 1 (traversals per direction), got {rounds!r}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if recurrence not in RECURRENCES:
@@ -587,6 +595,11 @@ class DynamicGraphEncoder(GraphEncoder):
         self.forward_traversal = LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=False)
         self.backward_traversal = (LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=True)
                                    if bidirectional else None)
+        self.rounds = rounds
+        self.later_rounds = nn.ModuleList(
+            nn.ModuleList(LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=reverse)
+                          for reverse in ((False, True) if bidirectional else (False,)))
+            for _ in range(rounds - 1))
         self.node_out = nn.Linear(hidden * (2 if bidirectional else 1), hidden)
         self.edge_decoder = EdgeDecoder(hidden, depth)
         self.reset_parameters()
@@ -597,6 +610,9 @@ class DynamicGraphEncoder(GraphEncoder):
         self.forward_traversal.reset_parameters()
         if self.backward_traversal is not None:
             self.backward_traversal.reset_parameters()
+        for pair in self.later_rounds:
+            for traversal in pair:
+                traversal.reset_parameters()
         self.node_out.reset_parameters()
         self.edge_decoder.reset_parameters()
 
@@ -622,6 +638,9 @@ class DynamicGraphEncoder(GraphEncoder):
         inputs = _LayerInputs(plan, rows)
         fwd = self.forward_traversal(graph, plan, memory, inputs)
         bwd = self.backward_traversal(graph, plan, fwd, inputs) if self.backward_traversal is not None else None
+        for pair in self.later_rounds:  # rounds > 1: each starts from the last round's final memories
+            fwd = pair[0](graph, plan, fwd if bwd is None else bwd, inputs)
+            bwd = pair[1](graph, plan, fwd, inputs) if bwd is not None else None
         return fwd, bwd
 
     def _decoder_input(self, graph: NeuralGraph, edge_feats: torch.Tensor | SlotFeatures) -> torch.Tensor:
@@ -666,6 +685,6 @@ class DynamicGraphEncoder(GraphEncoder):
     def extra_repr(self) -> str:
         return (f"node_in={self.node_in}, edge_in={self.edge_in}, hidden={self.hidden}, depth={self.depth}, "
                 f"kmax={self.kmax}, bidirectional={self.bidirectional}, aggregation={self.aggregation!r}, "
-                f"recurrence={self.recurrence!r}")
+                f"recurrence={self.recurrence!r}" + (f", rounds={self.rounds}" if self.rounds > 1 else ""))
 
 
