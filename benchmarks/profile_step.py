@@ -3,8 +3,9 @@
 Profiles ``--repeats`` steps (after two warm-up steps that create the optimizer state) of the shipped default, or of
 a learned family as shipped (``meta_train/configs/<family>.toml``), on one of ``benchmarks.step_overhead``'s tasks,
 and prints the operators sorted by their own device time (CUDA) or CPU time, with the number of calls per step (on a
-GPU, many small kernels mean launch-bound), plus the step's wall time and, on CUDA, its extra peak memory per
-parameter. Writes the table to ``results/benchmarks/profile_step_<task>[_cuda].md``.
+GPU, many small kernels mean launch-bound), plus the step's wall time, the matrix-product FLOPs of one
+step (``torch.utils.flop_counter``: the arithmetic no implementation of the same encoder avoids) and, on CUDA, its
+extra peak memory per parameter. Writes the table to ``results/benchmarks/profile_step_<task>[_cuda].md``.
 
     python -m benchmarks.profile_step --task cifar10-resnet18 --device cuda [--optimizer default|<family>] [--rows 25]
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import RESULTS, machine, model_fwd_bwd, time_ms
 from benchmarks.step_overhead import CONFIG_FILES, CONFIGS, TASKS, peak_extra_bytes
@@ -54,6 +56,9 @@ def main(argv=None) -> None:
     step_ms = time_ms(opt.step, repeats=5)
     fb_ms = time_ms(fwd_bwd, repeats=5)
     extra = peak_extra_bytes(opt.step, device)
+    with FlopCounterMode(display=False) as flops:  # matmul / conv FLOPs only: the floor the step cannot go below
+        opt.step()
+    gflop = flops.get_total_flops() / 1e9
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
@@ -69,7 +74,8 @@ def main(argv=None) -> None:
             f"{machine()['cuda'] or 'CPU'}\n\n"
             f"Produced by `python -m benchmarks.profile_step --task {args.task} --optimizer {args.optimizer} "
             f"--device {device.type}`. Step {step_ms:.2f} ms, forward+backward {fb_ms:.2f} ms "
-            f"(ratio {step_ms / fb_ms:.2f})"
+            f"(ratio {step_ms / fb_ms:.2f}); {gflop:.2f} GFLOP of matrix products per step "
+            f"({1000 * gflop / step_ms:.0f} GFLOP/s over the whole step)"
             + (f", extra peak {extra / n_params:.0f} bytes/parameter, {launches:.0f} kernel launches per step"
                if cuda else "")
             + f"; the table covers {args.repeats} steps.\n\n")
