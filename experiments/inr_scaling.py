@@ -637,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dropout in the classifier head (default 0; a non-zero value is part of the run label)")
     ap.add_argument("--weight-decay", type=float, default=None,
                     help="AdamW weight decay (default 1e-4; another value is part of the run label)")
+    ap.add_argument("--aux-recon", type=float, default=None,
+                    help="weight of the INR2JLS-style reconstruction loss (an image decoder on the pooled encoding; "
+                         "default 0: plain classification; a positive weight adds +recon to the run label)")
     ap.add_argument("--full-zoo", action="store_true",
                     help="use the zoo of every image (MNIST: 50,000 / 10,000 / 10,000 INRs; fitted first if not "
                          "cached) and test on its whole test split, the official test set as the published figures "
@@ -652,7 +655,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     budget = {"epochs": args.epochs, "val_size": args.val_size, "test_size": args.test_size,
               "hidden": args.hidden, "depth": args.depth, "dropout": args.dropout,
-              "weight_decay": args.weight_decay}
+              "weight_decay": args.weight_decay, "aux_recon": args.aux_recon}
+    if args.aux_recon is not None and not (math.isfinite(args.aux_recon) and args.aux_recon >= 0):
+        ap.error(f"--aux-recon must be a finite weight >= 0, got {args.aux_recon}")
     sizes = sorted(set(args.sizes))
     if args.stage in ("run", "plan"):
         limit = max_train_size(args.dataset)

@@ -59,6 +59,12 @@ def test_regularisation_and_the_full_test_set_are_named():
     spec = study.run_spec("mnist", "dng", 1000, 0, {"dropout": 0.2, "weight_decay": 1e-2})
     assert (spec.dropout, spec.weight_decay, spec.label) == (0.2, 1e-2, "dng+probe128+do0.2+wd0.01+n1000")
     assert study.run_spec("mnist", "dng", 1000, 0, {"dropout": 0.0, "weight_decay": 1e-4}).label == "dng+probe128+n1000"
+    # INR2JLS-style reconstruction (--aux-recon): another model, named; None (the flag not given) is the default.
+    jls = study.run_spec("mnist", "dng", 1000, 0, {"aux_recon": 1.0})
+    assert (jls.aux_recon, jls.label) == (1.0, "dng+probe128+recon+n1000")
+    assert study.run_spec("mnist", "dng", 1000, 0, {"aux_recon": None}).label == "dng+probe128+n1000"
+    with pytest.raises(SystemExit):
+        study.main(["--aux-recon", "-1", "--sizes", "500"])
     for bad in ({"dropout": 1.0}, {"dropout": -0.1}, {"weight_decay": -1.0}):
         with pytest.raises(ValueError, match="dropout|weight_decay"):
             default_spec("classify", "mnist", "dng", 0, **bad)
