@@ -175,10 +175,10 @@ RUNS = {
         "optimizer.category_rates=true", "meta.rate_lr_scale=30", *FAMILY,
         "meta.init_from='results/experiments/relative-steps/checkpoints/default-relative-category-start.pt'",
         "run.out_dir='runs/reference-ng-gnn-32x2-relative-category-family'"]),
-    # ng-gnn-32x2-adapt-from-default (not run yet; for a GPU lease): the shipped default (capped-up0.03: the capped
-    # per-category relative rule with its rates adapted online, upward only) meta-trained 100 outer steps more with
-    # the adaptation on, so the learned rule meets in meta-training the rates it gets in use (it was meta-trained
-    # without them). A 2-outer-step smoke run of this recipe meta-trains on the CPU at about 7 inner steps/s.
+    # ng-gnn-32x2-adapt-from-default: the shipped default (capped-up0.03: the capped per-category relative rule with
+    # its rates adapted online, upward only) meta-trained 100 outer steps more with the adaptation on, so the learned
+    # rule meets in meta-training the rates it gets in use (it was meta-trained without them). 32 min on one CPU
+    # core; validation best at step 50 (88.08 %), CIFAR-10 60.37 +- 0.30 %, 3.67 points below the default.
     "ng-gnn-32x2-adapt-from-default": ("reference.toml", [
         *NG_GNN_WINDOW, "meta.lr=3e-4", "run.validate_every=25", "run.seed=1", "optimizer.relative=true",
         "optimizer.category_rates=true", "optimizer.rate_cap=1.0", "optimizer.rate_adapt=0.03",
