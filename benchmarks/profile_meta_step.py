@@ -65,6 +65,7 @@ def main(argv=None) -> None:
     print(head + table)
     suffix = "_cuda" if cuda else ""
     out = (args.out or RESULTS) / f"profile_meta_step_{args.recipe}_K{args.tasks}{suffix}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(head + "```\n" + table + "\n```\n")
     print(f"wrote {out}", file=sys.stderr)
 
