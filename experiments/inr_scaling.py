@@ -656,8 +656,6 @@ def main(argv: list[str] | None = None) -> None:
     budget = {"epochs": args.epochs, "val_size": args.val_size, "test_size": args.test_size,
               "hidden": args.hidden, "depth": args.depth, "dropout": args.dropout,
               "weight_decay": args.weight_decay, "aux_recon": args.aux_recon}
-    if args.aux_recon is not None and not (math.isfinite(args.aux_recon) and args.aux_recon >= 0):
-        ap.error(f"--aux-recon must be a finite weight >= 0, got {args.aux_recon}")
     sizes = sorted(set(args.sizes))
     if args.stage in ("run", "plan"):
         limit = max_train_size(args.dataset)
@@ -666,7 +664,10 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.devices import device_or_exit
 
         device = str(device_or_exit(ap, args.device))
-        runs = plan(args.dataset, args.encoders, sizes, args.seeds, budget, args.full_zoo)
+        try:  # a bad model setting (RunSpec's checks) is a usage error, before any run
+            runs = plan(args.dataset, args.encoders, sizes, args.seeds, budget, args.full_zoo)
+        except ValueError as exc:
+            ap.error(str(exc))
         zoo = zoo_sizes(args.dataset, sizes, args.full_zoo)
         total, lines = describe_plan(runs, args.out, device, args.force, zoo)
         epochs = runs[0][3].epochs

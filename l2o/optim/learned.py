@@ -202,7 +202,8 @@ class GraphOptimizer(LearnedOptimizer):
         g = ctx.graph
         if g is None:  # a model that cannot be traced, under fallback='per-parameter': own features only
             return None, {}
-        if isinstance(feats, RowSource) and (ctx.graph_index is not None or g.num_param_elements != ctx.num_elements):
+        whole = ctx.graph_index is None and g.num_param_elements == ctx.num_elements  # every element on the graph
+        if isinstance(feats, RowSource) and not whole:
             feats = as_tensor(feats)  # elements off the graph: pick the graph's rows from the tensor
         # Slot-sparse edge features: a linear weight fills 1 of the kmax**2 slots of its edge, so the dense
         # [E, kmax**2, F] form would be mostly zeros that every encoder then multiplies.
@@ -210,7 +211,7 @@ class GraphOptimizer(LearnedOptimizer):
         # The head's projection is applied to nodes and edges before the per-element gather (E rows, not P); the
         # encoder may fold it into its own last linear layer.
         weight = self.head.embed_proj.weight
-        if not torch.is_grad_enabled() and ctx.graph_index is None and g.num_param_elements == ctx.num_elements:
+        if not torch.is_grad_enabled() and whole:
             # The optimizer step: the head gathers each chunk's rows itself (the same values) instead of a [P, hidden]
             # copy of every edge's embedding per element, made once at full size.
             return self.encoder.encode_projected_rows(g, node, edge, weight), {}

@@ -267,6 +267,8 @@ class RunSpec:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.aux_recon) and self.aux_recon >= 0):
+            raise ValueError(f"aux_recon must be a finite weight >= 0, got {self.aux_recon}")
         if self.task == "edit" and self.encoder == "statnn":
             raise ValueError("StatNN has no per-weight output, so it does not apply to editing")
         if self.task == "edit" and _is_colour_dataset(self.dataset):
