@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CNN zoos: batches mixing architectures (fixed composition) instead of one architecture each")
     ws.add_argument("--out", default="runs/weight-space", help="folder of the per-run records")
     ws.add_argument("--results", default="results", help="where report writes weight_space.{md,json} + figures")
+    ws.add_argument("--also-records", nargs="+", default=None, metavar="DIR",
+                    help="report / all: aggregate these record folders too, beside --out (e.g. runs/inr-scaling "
+                         "runs/edit-scale: the scaled studies' runs)")
     ws.add_argument("--force", action="store_true", help="rerun runs whose record exists")
     ws.add_argument("--no-extra", action="store_true",
                     help="`all` without EXTRA_PLAN (longer / no-probe / reconstruction-loss classification runs)")

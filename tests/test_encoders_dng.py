@@ -117,8 +117,11 @@ OPTIONS = [
     {"bidirectional": True, "recurrence": "none", "dense_density": 2.0},
     {"bidirectional": True, "rounds": 2},
     {"bidirectional": False, "rounds": 3},
+    {"bidirectional": True, "heads": "shared"},
+    {"bidirectional": False, "heads": "shared", "dense_density": 2.0},
 ]
-OPT_IDS = ["bi", "uni", "bi-mean-rnn", "bi-none-per-edge", "bi-2-rounds", "uni-3-rounds"]
+OPT_IDS = ["bi", "uni", "bi-mean-rnn", "bi-none-per-edge", "bi-2-rounds", "uni-3-rounds", "bi-shared",
+           "uni-shared-per-edge"]
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=OPT_IDS)
@@ -279,9 +282,11 @@ def test_shapes_and_bad_inputs():
     with pytest.raises(ValueError, match="multiple"):
         DynamicGraphEncoder(F, 7, kmax=3)
     for bad in ({"aggregation": "max"}, {"recurrence": "lstm"}, {"depth": 0}, {"dense_density": -1.0},
-                {"rounds": 0}, {"rounds": 1.5}, {"rounds": True}):
+                {"rounds": 0}, {"rounds": 1.5}, {"rounds": True}, {"heads": "kernel"}, {"heads": None}):
         with pytest.raises(ValueError):
             DynamicGraphEncoder(F, 9 * F, kmax=3, **bad)
+    with pytest.raises(ValueError, match=r"heads must be one of \('slot', 'shared'\), got 'multi'"):
+        DynamicGraphEncoder(F, 9 * F, kmax=3, heads="multi")
 
 
 def test_more_rounds_add_traversals_and_read_the_first_rounds_memories():
@@ -307,3 +312,37 @@ def test_more_rounds_add_traversals_and_read_the_first_rounds_memories():
     torch.testing.assert_close(fwd2, again)
     torch.testing.assert_close(bwd2, two.later_rounds[0][1](g, plan, again, inputs))
     assert not torch.allclose(fwd2, fwd1)
+
+
+@pytest.mark.parametrize("dense_density", [0.0, 2.0], ids=["dense", "per-edge"])
+@pytest.mark.parametrize("model_name", ["mixed_kernel_cnn", "residual_cnn"])
+def test_shared_heads_are_the_slot_message_with_tied_heads(model_name, dense_density):
+    """``heads="shared"`` has one message map ``W`` per traversal (later rounds included) where ``"slot"`` has one
+    per kernel slot; copying ``W`` into every slot of a ``"slot"`` encoder with the same other weights gives the same
+    embeddings, so the ablation changes the message only by untying its heads. Every other parameter keeps its
+    name and shape (a checkpoint of the default encoder is a ``"slot"`` one)."""
+    make, kmax, _ = MODELS[model_name]
+    model = make()
+    g = NeuralGraph.from_module(model, kmax=kmax)
+    node, edge = _features(model, g)
+    K = kmax * kmax
+    shared = _encoder(kmax, seed=1, heads="shared", rounds=2, dense_density=dense_density)
+    slot = _encoder(kmax, seed=2, rounds=2, dense_density=dense_density)
+    assert shared.heads == "shared" and "heads='shared'" in shared.extra_repr() and "heads" not in slot.extra_repr()
+    sources = [k for k in slot.state_dict() if k.endswith("message.source.weight")]
+    assert len(sources) == 4  # forward and backward, two rounds
+    big, small = slot.state_dict(), shared.state_dict()
+    assert big.keys() == small.keys()
+    assert all(big[k].shape == small[k].shape for k in big if k not in sources)
+    assert all(big[k].shape == (K * HIDDEN, HIDDEN) and small[k].shape == (HIDDEN, HIDDEN) for k in sources)
+    # Slot k's map is rows k*d .. (k+1)*d of ``source`` (KernelMessage.project): W repeated K times.
+    slot.load_state_dict({k: v.repeat(K, 1) if k in sources else v for k, v in small.items()})
+    x0, e0 = shared(g, node, edge)
+    x1, e1 = slot(g, node, edge)
+    torch.testing.assert_close(x0, x1, rtol=0, atol=1e-10)
+    torch.testing.assert_close(e0, e1, rtol=0, atol=1e-10)
+    # Untied heads give another message (the comparison is not vacuous): flip the centre slot's map, which every
+    # layer uses.
+    with torch.no_grad():
+        slot.forward_traversal.message.source.weight.view(K, HIDDEN, HIDDEN)[K // 2].mul_(-1.0)
+    assert (slot(g, node, edge)[0] - x0).abs().max() > 1e-4

@@ -21,7 +21,10 @@ Message (:class:`KernelMessage`) -- "weight times activation", never looking at 
   (``B`` being linear, the per-slot shifts are summed before it is applied.)
 * ``W_k``: one linear map per kernel position (multi-head message; heads summed), applied once per *node*
   (``[n, K, d]``) and gathered by edge. Each layer only evaluates the heads of slots occupied in that layer (an MLP
-  layer costs one head, not ``kmax**2``); skipped heads are exactly zero.
+  layer costs one head, not ``kmax**2``); skipped heads are exactly zero. ``heads="shared"`` (the ablation of the
+  paper's multi-head message) ties them: one ``W`` for every slot, ``m_ij = (sum_k A(f_ijk)) * (W s_j) +
+  B(sum_k f_ijk)``; its ``[n, 1, d]`` projection is expanded to ``[n, K, d]``, so every path below is unchanged.
+  With kmax 1 (MLPs, INRs) there is one slot and both are the same message.
 * The GraphInputEmbedding edge state ``e_ij`` (projected edge features + edge-kind embedding) is not needed by the
   message (the slots carry the same information, entry by entry); it feeds the edge decoder.
 
@@ -75,6 +78,7 @@ from .embeddings import GraphInputEmbedding
 
 AGGREGATIONS = ("sum", "mean")
 RECURRENCES = ("gru", "rnn", "none")
+HEADS = ("slot", "shared")  # one message map W_k per kernel slot, or one W for every slot
 
 
 STRUCTURE = 1 + len(EDGE_KINDS)  # per-slot structure channels: fixed kernel value, edge-kind one-hot
@@ -112,9 +116,10 @@ class KernelMessage(nn.Module):
 
     Args:
         hidden: memory size ``d``. slots: ``K = kmax**2`` kernel positions. slot_in: features per slot ``F + 4``.
+        heads: ``"slot"`` (default): one map ``W_k`` per slot; ``"shared"``: one ``W`` for every slot (``W_k = W``).
     Submodules (hand-settable): ``slot_scale`` (A: ``slot_in -> d``), ``slot_shift`` (B), both without bias so
-    empty slots add nothing; ``source`` (``[W_0 .. W_{K-1}]``: ``d -> K * d``, no bias: it would only add a term
-    linear in the edge features, which B already is).
+    empty slots add nothing; ``source`` (``[W_0 .. W_{K-1}]``: ``d -> K * d``, or ``W``: ``d -> d`` when shared; no
+    bias: it would only add a term linear in the edge features, which B already is).
 
     The message is linear in the slot features ``f`` for fixed sender memories, so the sum of the messages a node
     receives can be computed either per edge (:meth:`message`, then a scatter-sum) or, for a dense layer, as one
@@ -122,12 +127,14 @@ class KernelMessage(nn.Module):
     (:meth:`propagate` chooses; :meth:`propagate_block` takes the block itself); both give the same sum.
     """
 
-    def __init__(self, hidden: int, slots: int, slot_in: int):
+    def __init__(self, hidden: int, slots: int, slot_in: int, heads: str = "slot"):
         super().__init__()
-        self.hidden, self.slots, self.slot_in = hidden, slots, slot_in
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
+        self.hidden, self.slots, self.slot_in, self.heads = hidden, slots, slot_in, heads
         self.slot_scale = nn.Linear(slot_in, hidden, bias=False)
         self.slot_shift = nn.Linear(slot_in, hidden, bias=False)
-        self.source = nn.Linear(hidden, slots * hidden, bias=False)
+        self.source = nn.Linear(hidden, (1 if heads == "shared" else slots) * hidden, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -135,8 +142,10 @@ class KernelMessage(nn.Module):
             lin.reset_parameters()
 
     def project(self, memory: torch.Tensor) -> torch.Tensor:
-        """Sender side of every head, once per node: ``[n, d] -> [n, K, d]``."""
-        return self.source(memory).view(memory.shape[0], self.slots, self.hidden)
+        """Sender side of every head, once per node: ``[n, d] -> [n, K, d]`` (shared heads: the one ``[n, 1, d]``
+        projection expanded, a view, so the per-edge, block and slot-selection paths need no case of their own)."""
+        proj = self.source(memory).view(memory.shape[0], -1, self.hidden)
+        return proj.expand(-1, self.slots, -1) if self.heads == "shared" else proj
 
     def message(self, sender: torch.Tensor, slot_feats: torch.Tensor) -> torch.Tensor:
         """Per-edge messages: ``sender [E_t, k, d]`` (projected sender memory, heads in use), ``slot_feats
@@ -421,14 +430,15 @@ class LayerTraversal(nn.Module):
     Forward (``reverse=False``): ``t = 1 .. L-1``, layer ``t`` receives along its incoming edges.
     Backward (``reverse=True``): ``t = L-1 .. 0``, layer ``t`` updates from the messages accumulated from later
     layers, then sends along the reversed edges of layer ``t``.
-    Submodules: ``message`` (:class:`KernelMessage`), ``cell`` (``nn.GRUCell``, ``nn.RNNCell`` or :class:`MemorySum`).
+    Submodules: ``message`` (:class:`KernelMessage`, with ``heads`` message maps), ``cell`` (``nn.GRUCell``,
+    ``nn.RNNCell`` or :class:`MemorySum`).
     """
 
     def __init__(self, hidden: int, slots: int, slot_in: int, aggregation: str = "sum", recurrence: str = "gru",
-                 reverse: bool = False):
+                 reverse: bool = False, heads: str = "slot"):
         super().__init__()
         self.hidden, self.aggregation, self.recurrence, self.reverse = hidden, aggregation, recurrence, reverse
-        self.message = KernelMessage(hidden, slots, slot_in)
+        self.message = KernelMessage(hidden, slots, slot_in, heads)
         self.cell = _make_cell(recurrence, hidden)
 
     def reset_parameters(self) -> None:
@@ -555,6 +565,9 @@ class DynamicGraphEncoder(GraphEncoder):
         bidirectional: add the backward (output -> input) traversal.
         aggregation: ``"sum"`` (default) or ``"mean"`` of the messages a node receives.
         recurrence: ``"gru"`` (default), ``"rnn"`` (tanh RNN cell) or ``"none"`` (memory + message sum; the ablation).
+        heads: ``"slot"`` (default, the paper's multi-head message: one map ``W_k`` per kernel slot) or ``"shared"``
+            (the ablation: one map ``W`` for every slot; the same message as ``"slot"`` with tied heads, and the
+            same as it for kmax 1).
         rounds: traversals per direction (default 1, the paper's); round ``r > 1`` starts from round ``r - 1``'s
             final memories (backward if bidirectional, else forward) with its own message maps and cells.
         dense_density: a layer whose edges fill at least this fraction of its (receivers x senders) block sums its
@@ -573,7 +586,7 @@ class DynamicGraphEncoder(GraphEncoder):
 
     def __init__(self, node_in: int, edge_in: int, hidden: int = 64, depth: int = 4, kmax: int = 3,
                  fourier: int = 0, positional: str = "index", bidirectional: bool = True, aggregation: str = "sum",
-                 recurrence: str = "gru", dense_density: float | None = None, rounds: int = 1):
+                 recurrence: str = "gru", dense_density: float | None = None, rounds: int = 1, heads: str = "slot"):
         super().__init__(node_in, edge_in, hidden, depth, kmax)
         if hidden < 1 or depth < 1:
             raise ValueError(f"hidden and depth must be >= 1, got hidden={hidden}, depth={depth}")
@@ -583,21 +596,24 @@ class DynamicGraphEncoder(GraphEncoder):
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if recurrence not in RECURRENCES:
             raise ValueError(f"recurrence must be one of {RECURRENCES}, got {recurrence!r}")
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
         if dense_density is not None and not dense_density >= 0:
             raise ValueError(f"dense_density must be >= 0, got {dense_density}")
         self.fourier, self.bidirectional = fourier, bidirectional
         slots = kmax * kmax
         slot_in = edge_in // slots + 1 + len(EDGE_KINDS)  # features, fixed kernel value, kind one-hot
-        self.aggregation, self.recurrence = aggregation, recurrence
+        self.aggregation, self.recurrence, self.heads = aggregation, recurrence, heads
         self.dense_density = min(1.0, slot_in / 48) if dense_density is None else float(dense_density)
         self.embed = GraphInputEmbedding(node_in, edge_in, hidden, fourier, positional=positional)
         self.input_memory = nn.Parameter(torch.empty(hidden))
-        self.forward_traversal = LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=False)
-        self.backward_traversal = (LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=True)
-                                   if bidirectional else None)
+        traversal = dict(hidden=hidden, slots=slots, slot_in=slot_in, aggregation=aggregation, recurrence=recurrence,
+                         heads=heads)
+        self.forward_traversal = LayerTraversal(**traversal, reverse=False)
+        self.backward_traversal = LayerTraversal(**traversal, reverse=True) if bidirectional else None
         self.rounds = rounds
         self.later_rounds = nn.ModuleList(
-            nn.ModuleList(LayerTraversal(hidden, slots, slot_in, aggregation, recurrence, reverse=reverse)
+            nn.ModuleList(LayerTraversal(**traversal, reverse=reverse)
                           for reverse in ((False, True) if bidirectional else (False,)))
             for _ in range(rounds - 1))
         self.node_out = nn.Linear(hidden * (2 if bidirectional else 1), hidden)
@@ -685,6 +701,7 @@ class DynamicGraphEncoder(GraphEncoder):
     def extra_repr(self) -> str:
         return (f"node_in={self.node_in}, edge_in={self.edge_in}, hidden={self.hidden}, depth={self.depth}, "
                 f"kmax={self.kmax}, bidirectional={self.bidirectional}, aggregation={self.aggregation!r}, "
-                f"recurrence={self.recurrence!r}" + (f", rounds={self.rounds}" if self.rounds > 1 else ""))
+                f"recurrence={self.recurrence!r}" + (f", rounds={self.rounds}" if self.rounds > 1 else "")
+                + (f", heads={self.heads!r}" if self.heads != "slot" else ""))
 
 

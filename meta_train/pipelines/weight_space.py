@@ -3,9 +3,10 @@
 Each (task, dataset, model, seed) is one run of ``tasks.weight_space.task_runs.run`` writing
 ``<out>/<task>-<dataset>-<model label>-s<seed>.json``; an existing record is skipped unless ``--force`` (so ``all``
 resumes where it stopped). ``report`` aggregates the records into ``<results>/weight_space.{json,md}`` and figures in
-``<results>/weight_space/``. ``all`` runs ``ALL_PLAN`` (every task / data set below x every model x seeds), seeds
-outermost so that an interrupted ``all`` still has every task covered, then ``EXTRA_PLAN`` (one seed each: longer
-runs of the cheapest encoders, no-probe and reconstruction-loss variants), then ``report``.
+``<results>/weight_space/``, with the records of ``--also-records`` folders beside those of ``--out`` (the scaled
+studies: ``runs/inr-scaling``, ``runs/edit-scale``). ``all`` runs ``ALL_PLAN`` (every task / data set below x every
+model x seeds), seeds outermost so that an interrupted ``all`` still has every task covered, then ``EXTRA_PLAN``
+(every seed too: longer runs of the cheapest encoders, no-probe and reconstruction-loss variants), then ``report``.
 
 ``--encoder-option KEY=VALUE`` (repeatable) sets a graph encoder's constructor option (``RunSpec.encoder_options``;
 e.g. ``--encoder dng --encoder-option recurrence=rnn``); runs with options are labelled
@@ -27,7 +28,7 @@ __all__ = ["ALL_PLAN", "run_many", "encoder_options_from", "weight_space_main"]
 # (task, dataset) pairs of `all`. Editing on MNIST (the INR zoo that classification uses too); generalization on the
 # CIFAR-10 and Fashion-MNIST CNN zoos. Every model, every seed.
 ALL_PLAN = (("classify", "mnist"), ("edit", "mnist"), ("generalization", "cifar10"), ("generalization", "fmnist"))
-# Then, after all seeds of ALL_PLAN, one seed each: the two cheapest graph encoders on the whole MNIST INR train split
+# Then, after all seeds of ALL_PLAN, at the same seeds: the two cheapest graph encoders on the whole MNIST INR train split
 # (10,000) for longer, the attempt at the 95 % target that the budget allows (NG-GNN / NG-T cost 5-7x more); the
 # same two without probe features; DNG with the INR2JLS-style reconstruction loss.
 EXTRA_PLAN = (
@@ -107,8 +108,13 @@ def weight_space_main(args: argparse.Namespace) -> None:
                 hint = "" if args.encoder else " (without --encoder every model runs: choose them with --encoder)"
                 raise EncoderOptionError(f"--encoder-option: {exc}{hint}") from None
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
+    sources = [out, *[Path(p) for p in (getattr(args, "also_records", None) or [])]]
+    for folder in sources[1:]:
+        if not folder.is_dir():
+            raise SystemExit(f"--also-records: {folder} is not a folder of run records (e.g. runs/inr-scaling, "
+                             "written by `python -m experiments.inr_scaling`)")
     if args.action == "report":
-        res = write_report(out, args.results, notes=NOTES)
+        res = write_report(sources, args.results, notes=NOTES)
         print(f"{res['records']} records -> {args.results}/weight_space.md, .json; figures {res['figures']}")
         return
     if args.action == "all":
@@ -118,9 +124,9 @@ def weight_space_main(args: argparse.Namespace) -> None:
             for task, dataset, long_models, item in EXTRA_PLAN:
                 if args.dataset and dataset not in args.dataset:
                     continue
-                run_many([(task, dataset)], [m for m in long_models if m in models], seeds[:1], out, overrides,
+                run_many([(task, dataset)], [m for m in long_models if m in models], seeds, out, overrides,
                          args.force, args.data_root, not args.quiet, item_overrides=item, device=args.device)
-        res = write_report(out, args.results, notes=NOTES)
+        res = write_report(sources, args.results, notes=NOTES)
         print(f"{res['records']} records -> {args.results}/weight_space.md, .json; figures {res['figures']}")
         return
     datasets = args.dataset or [DEFAULT_DATASET[args.action]]
