@@ -735,3 +735,52 @@ def test_cli_report_also_records(tmp_path, capsys):
     args = parse(["weight-space", "report", "--out", str(main), "--also-records", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="not a folder of run records"):
         args.handler(args)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("model", ["dng", "mlp"])
+def test_killed_run_resumes_to_the_same_record(tmp_path, inr_zoo, model):
+    """A run killed after its second epoch, started again, ends with the record of an uninterrupted run: same
+    history, selection and test metrics (the resume state holds the model, optimizer, schedule, best state and the
+    augmentation / dropout generators), and the state file is gone once the record is written."""
+    from tasks.weight_space.task_runs import resume_state_path
+
+    data = inr_task_data(inr_zoo, "classify")
+    spec = default_spec("classify", "synthetic", model, seed=3, epochs=4, batch_size=4, probes=3, hidden=8, depth=1,
+                        dropout=0.2)
+    whole = run(spec, data=data, out_dir=tmp_path / "whole", progress=False, log=None)
+
+    def kill_after_epoch_2(line: str) -> None:
+        if "epoch 2:" in line:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(spec, data=data, out_dir=tmp_path / "killed", progress=False, log=kill_after_epoch_2)
+    state = resume_state_path(tmp_path / "killed", spec)
+    assert state.exists() and not record_path(tmp_path / "killed", spec).exists()
+    lines = []
+    resumed = run(spec, data=data, out_dir=tmp_path / "killed", progress=False, log=lines.append)
+    assert any("resuming after epoch 2" in line for line in lines)
+    assert not any(line.startswith(f"{spec.name} epoch 1:") for line in lines)  # epochs 1-2 are not trained again
+    drop = lambda h: [{k: v for k, v in e.items() if k != "sec"} for e in h]  # noqa: E731
+    assert drop(resumed["history"]) == drop(whole["history"])
+    assert resumed["metrics"] == whole["metrics"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert not state.exists()
+
+
+def test_resume_state_of_another_spec_is_not_used(tmp_path, inr_zoo):
+    from tasks.weight_space.task_runs import resume_state_path
+
+    data = inr_task_data(inr_zoo, "classify")
+    spec = default_spec("classify", "synthetic", "mlp", seed=0, epochs=3, batch_size=4)
+    with pytest.raises(_Stop):
+        run(spec, data=data, out_dir=tmp_path, progress=False,
+            log=lambda line: (_ for _ in ()).throw(_Stop) if "epoch 1:" in line else None)
+    other = default_spec("classify", "synthetic", "mlp", seed=0, epochs=3, batch_size=4, lr=0.5)
+    assert resume_state_path(tmp_path, spec) == resume_state_path(tmp_path, other)  # same name, other settings
+    lines = []
+    rec = run(other, data=data, out_dir=tmp_path, progress=False, log=lines.append)
+    assert any("another spec" in line for line in lines) and rec["epochs"] == 3

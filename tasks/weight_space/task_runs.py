@@ -15,7 +15,11 @@ Tasks (``TASKS``):
 
 One run = (task, dataset, encoder, seed) = :class:`RunSpec`; :func:`run` trains with AdamW (cosine schedule, gradient
 clipping), evaluates the val split after every epoch, keeps the best state (early selection on val), evaluates it
-on the test split and writes a record JSON (``<out>/<task>-<dataset>-<label>-s<seed>.json``). Augmentation (INR
+on the test split and writes a record JSON (``<out>/<task>-<dataset>-<label>-s<seed>.json``). With an ``out`` folder,
+the run's whole training state (model, optimizer, schedule, best state, history and the random generators) is saved
+after every epoch to ``<name>.resume.pt`` beside the record and removed when the record is written: a killed run
+started again with the same spec and data goes on from its last finished epoch and ends with the same record as an
+uninterrupted one (timings aside). Augmentation (INR
 tasks, on by default): random hidden-neuron permutations and sign flips (exact symmetries of a SIREN, ``siren.py``).
 Graph encoders are invariant to the permutations anyway; the flattened-weights MLP is not, and all models see the
 sign flips.
@@ -48,6 +52,7 @@ from tqdm import tqdm
 from l2o.schedules import warmup_cosine
 
 from .batching import Batcher, Normalizer, ParamTable, WeightBatch, params_to_rows, rows_to_params
+from .storage import atomic_save
 from .task_models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
                           WeightSpaceClassifier, WeightSpaceEditor, build_features, check_encoder_options,
                           count_parameters)
@@ -338,6 +343,32 @@ def record_path(out_dir: str | Path, spec: RunSpec) -> Path:
     return Path(out_dir) / f"{spec.name}.json"
 
 
+def resume_state_path(out_dir: str | Path, spec: RunSpec) -> Path:
+    """Where :func:`run` keeps the training state of an unfinished run (removed when its record is written)."""
+    return Path(out_dir) / f"{spec.name}.resume.pt"
+
+
+def _load_resume_state(path: Path | None, fingerprint: dict, log: Callable[[str], None] | None) -> dict | None:
+    """The saved state of an interrupted run when it was made with the same spec and data sizes, else None (a state
+    of another spec or data is left alone and the run starts from scratch, saying so; the next epoch overwrites
+    it)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated file cannot come from atomic_save, but a foreign one might be anything
+        if log:
+            log(f"{path.name}: unreadable resume state ({type(exc).__name__}: {exc}); starting from scratch")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        if log:
+            log(f"{path.name}: resume state of another spec or data size; starting from scratch")
+        return None
+    if log:
+        log(f"{path.name}: resuming after epoch {len(state['history'])}")
+    return state
+
+
 # ---------------------------------------------------------------------------------------------------------------- model
 def build_model(spec: RunSpec, data: TaskData, batcher: Batcher) -> nn.Module:
     table = data.train.table
@@ -473,7 +504,20 @@ def run(spec: RunSpec, data: TaskData | None = None, out_dir: str | Path | None 
     best, best_state, best_epoch, history, epoch_secs = None, None, -1, [], []
     augment = spec.augment and data.kind == "inr"
     deadline = t_start + 60 * spec.max_minutes if spec.max_minutes else None
-    for epoch in range(spec.epochs):
+    resume_path = resume_state_path(out_dir, spec) if out_dir is not None else None
+    fingerprint = {"config": asdict(spec), "sizes": [len(data.train), len(data.val), len(data.test)]}
+    state = _load_resume_state(resume_path, fingerprint, log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        best, best_state, best_epoch = state["best"], state["best_state"], state["best_epoch"]
+        history, epoch_secs = state["history"], state["epoch_secs"]
+    for epoch in range(len(history), spec.epochs):
         model.train()
         t0, losses = time.time(), []
         batches = train_b.batches(spec.batch_size, gen)
@@ -499,6 +543,12 @@ def run(spec: RunSpec, data: TaskData | None = None, out_dir: str | Path | None 
             best_state = copy.deepcopy(model.state_dict())
         history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)), "sec": epoch_secs[-1],
                         **{f"val_{k}": v for k, v in val.items()}})
+        if resume_path is not None and epoch + 1 < spec.epochs:
+            atomic_save({"fingerprint": fingerprint, "model": model.state_dict(), "opt": opt.state_dict(),
+                         "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                         "best": best, "best_state": best_state, "best_epoch": best_epoch, "history": history,
+                         "epoch_secs": epoch_secs}, resume_path)
         if log:
             log(f"{spec.name} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} val {metric} {value:.4f} "
                 f"({epoch_secs[-1]:.1f} s)")
@@ -537,6 +587,8 @@ def run(spec: RunSpec, data: TaskData | None = None, out_dir: str | Path | None 
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(path)
+        if resume_path is not None:
+            resume_path.unlink(missing_ok=True)
     if log:
         log(f"{spec.name}: test {json.dumps({k: round(v, 4) for k, v in record['metrics'].items()})} "
             f"({record['sec_per_epoch']:.1f} s/epoch, {record['total_sec']:.0f} s total)")
