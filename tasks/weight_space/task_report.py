@@ -21,44 +21,44 @@ import torch
 __all__ = ["collect", "aggregate", "write_report", "PUBLISHED_TAU", "NOTES"]
 
 NOTES = """
-Set-up (the defaults of `tasks/weight_space/task_runs.py`, chosen so that `all` fits about an hour of one CPU thread):
-every graph encoder is built by `l2o.encoders.build_encoder` with hidden 32, depth 2 and used unchanged; heads are
-2-layer MLPs (128 hidden); baselines are a 2-layer MLP (256 hidden) on the zero-padded normalised flat weights
-(FlatMLP) and on the per-tensor statistics (StatNN: mean, var, quantiles 0/25/50/75/100 of every weight and bias
-tensor). AdamW (weight decay 1e-4), linear warm-up + cosine decay, gradient clipping 1, batch 64; the epoch with the
-best validation metric is evaluated on the test split. Parameters are standardised per (architecture, tensor) with
-train-split statistics.
+Set-up of the main rows (the defaults of `tasks/weight_space/task_runs.py`, chosen so that `all` fits a few hours of
+one CPU thread): every graph encoder is built by `l2o.encoders.build_encoder` with hidden 32, depth 2 and used
+unchanged; heads are 2-layer MLPs (128 hidden); baselines are a 2-layer MLP (256 hidden) on the zero-padded
+normalised flat weights (FlatMLP) and on the per-tensor statistics (StatNN: mean, var, quantiles 0/25/50/75/100 of
+every weight and bias tensor). AdamW (weight decay 1e-4), linear warm-up + cosine decay, gradient clipping 1, batch
+64; the epoch with the best validation metric is evaluated on the test split. Parameters are standardised per
+(architecture, tensor) with train-split statistics. Every row has three seeds unless its seeds column says otherwise.
 
-* INR classification (MNIST SIREN zoo, 2-32-32-1, w0 30, 10,000 / 1,000 / 2,000 INRs, mean PSNR 54 dB): 2,500 train
-  INRs, 500 val, all 2,000 test, 5 epochs, lr 3e-3, random hidden-neuron permutations and sign flips as augmentation,
-  128 learned probe points for the graph encoders (per-neuron activations appended to node features). The `+long`
-  rows: DNG and NFN on all 10,000 train INRs for 10 epochs (one seed), the attempt at the 95 % target the budget
-  allows (NG-GNN and NG-T cost 5-7x more per network). Rows `dng` / `nfn` without `+probe`: the same as the main
-  runs without probe features (one seed); `dng+probe128+recon`: with the INR2JLS-style auxiliary decoder (pooled
-  embedding -> 28x28 image, MSE weight 1; one seed).
-  Context for the 95 % target: a 784-256-10 MLP on the *ground-truth pixels* of the same images (Adam, 20 epochs,
-  val-selected, 3 seeds; `tasks.weight_space.task_runs.pixel_mlp_reference`) reaches 88.7 % on these 2,000 test images
-  with 2,500 train images and 93.2 % with 10,000. The first 2,000 official MNIST test images are harder than the
-  validation images drawn from the training set (that MLP: 93 % val vs 89 % test), which is why the validation
-  accuracies in the curves run 4-6 points above the test accuracies.
+* INR classification (SIREN zoos 2-32-32-1, w0 30; CIFAR-10: 3 outputs): the main MNIST rows use 2,500 of the
+  10,000 train INRs, 500 val, all 2,000 test, 5 epochs, lr 3e-3, random hidden-neuron permutations and sign flips as
+  augmentation, 128 learned probe points for the graph encoders (per-neuron activations appended to node features).
+  The `+long` rows: DNG and NFN on all 10,000 train INRs for 10 epochs; rows `dng` / `nfn` without `+probe`: the
+  same as the main runs without probe features; `dng+probe128+recon`: with the INR2JLS-style auxiliary decoder
+  (pooled embedding -> image, MSE weight 1). This is a reconstruction loss only, not the paper's INR2JLS (which also
+  maps into a joint latent space with an image autoencoder). Rows labelled `+n<size>` come from
+  `python -m experiments.inr_scaling` (records in `runs/inr-scaling`): the published scale, with zoos of one INR per
+  image (MNIST / Fashion-MNIST 50,000 train, CIFAR-10 45,000) and `-t10000` the whole official test set.
+  Context: a 784-256-10 MLP on the *ground-truth pixels* of the same MNIST images (Adam, 20 epochs, val-selected,
+  3 seeds; `tasks.weight_space.task_runs.pixel_mlp_reference`) reaches 88.7 % on the 2,000 test images with 2,500
+  train images and 93.2 % with 10,000. The first 2,000 official MNIST test images are harder than the validation
+  images drawn from the training set, which is why the validation accuracies in the curves run 4-6 points above
+  the test accuracies.
 * INR editing (dilation): 1,000 train INRs, 300 val, 500 test, 5 epochs, lr 1e-3, 32 probe points. The edited INR is
   rendered at 28x28 and compared with the 3x3 grey-scale dilation of the ground-truth image; the test MSE clamps
   renders to [0, 1]. The editor's outputs are per-weight deltas in units of each layer's std, starting at zero.
-  StatNN has no per-weight output and is not applicable.
-* CNN generalization: the Fashion-MNIST and CIFAR-10 zoos (25 random architectures each x 10 runs x 5 snapshots,
-  split by run: 1,050 / 150 / 300 networks), 20 epochs, lr 1e-3, binary cross-entropy on the test accuracy; graph
-  encoders get a second input channel (raw values / one global std) beside the per-tensor standardised values.
+  StatNN has no per-weight output and is not applicable. Rows at `n=10,000`: the same on ten times the training
+  INRs (records in `runs/edit-scale`).
+* CNN generalization: the Fashion-MNIST and CIFAR-10 zoos (25 random architectures each x 20 runs x 6 snapshots =
+  3,000 networks, split by run: 2,100 / 300 / 600), 20 epochs, lr 1e-3, binary cross-entropy on the test accuracy;
+  graph encoders get a second input channel (raw values / one global std) beside the per-tensor standardised values.
   Batches hold one architecture each (the batched graph of each architecture and batch size is built once).
 * Timing: sec/epoch is measured inside the runs, with another job on the second core. NFN (linear
-  equivariant layers of row / column / layer means) is the cheapest graph encoder; DNG is the fastest of NG-GNN / NG-T / DNG. On the CNN
-  zoos that depends on batching: DNG's message has one head per occupied kernel slot (kmax 5: 25 slots, 9 used by
-  3x3 kernels), so batches mixing 3x3 and 5x5 architectures make it evaluate all 25 heads; with one architecture per
-  batch (the default, `RunSpec.mixed_batches=False`) it evaluates only the used ones. Measured on the Fashion-MNIST
-  zoo, s/epoch mixed -> per-architecture batches: DNG 2.30 -> 1.45, NG-GNN 2.38 -> 2.27, NG-T 2.00 -> 1.92. A first
-  complete run of the generalization task with mixed batches (kept in `runs/weight-space-mixed/`, not aggregated
-  here) gave Kendall's tau (3 seeds) within 0.02 of the per-architecture runs for every graph encoder and StatNN
-  (NG-GNN 0.765 / 0.823 on CIFAR-10 / Fashion-MNIST vs 0.767 / 0.814 here; FlatMLP 0.30 / 0.27 vs 0.31 / 0.33),
-  but DNG at NG-GNN's speed.
+  equivariant layers of row / column / layer means) is the cheapest graph encoder; DNG is the fastest of NG-GNN / NG-T /
+  DNG. On the CNN zoos that depends on batching: DNG's message has one head per occupied kernel slot (kmax 5: 25
+  slots, 9 used by 3x3 kernels), so batches mixing 3x3 and 5x5 architectures make it evaluate all 25 heads; with one
+  architecture per batch (the default, `RunSpec.mixed_batches=False`) it evaluates only the used ones.
+* Where DNG stays behind NG-GNN, `python -m experiments.dng_ablation` removes its pieces one at a time:
+  `weight_space/dng_ablation.md` (MNIST INR classification), `weight_space/dng_ablation_generalization_cifar10.md`.
 """
 
 # Published Kendall's tau on the CIFAR10-GS zoo (small CNN zoo of Unterthiner et al.), context only: a different zoo.
