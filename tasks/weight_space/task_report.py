@@ -129,6 +129,8 @@ def encoder_colour(label: str, fallback: int = 0):
 
 # Line style of a run variant in the curves figure: the plain run solid, then by its first extra.
 VARIANT_STYLES = {"long": "--", "recon": ":"}
+# The line styles of an encoder's first, second, ... run in a panel when no variant style applies.
+SECONDARY_STYLES = ("-", (0, (5, 1.5)), (0, (1, 1)), (0, (6, 2, 1, 2)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 3)))
 
 
 def _sort_key(label: str) -> tuple:
@@ -437,24 +439,38 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
     for r in seed0:
         curves[(r["task"], r["dataset"])].append(r)
     if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 5.4), squeeze=False)
-        for ax, ((task, dataset), recs) in zip(axes[0], sorted(curves.items())):
+        # A grid of at most three panels per row; each panel's legend below it (the panels hold different runs).
+        ncols = min(3, len(curves))
+        nrows = -(-len(curves) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 6.4 * nrows), squeeze=False)
+        for ax in axes.flat[len(curves):]:
+            ax.set_visible(False)
+        for ax, ((task, dataset), recs) in zip(axes.flat, sorted(curves.items())):
             metric = "val_" + recs[0]["primary_metric"]
+            same_base: dict[str, int] = defaultdict(int)  # runs of one encoder so far in this panel
+            repeated = {r["encoder"] for r in recs if sum(x["encoder"] == r["encoder"] for x in recs) > 1}
             for i, r in enumerate(sorted(recs, key=lambda r: _sort_key(r["encoder"]))):
                 label = r["encoder"]
                 extras = label.split("+")[1:]
-                style = next((VARIANT_STYLES[e] for e in extras if e in VARIANT_STYLES), "-")
-                if base_encoder(label) in GRAPH and task != "generalization" and not extras:
+                base = base_encoder(label)
+                k = same_base[base]
+                same_base[base] += 1
+                style = next((VARIANT_STYLES[e] for e in extras if e in VARIANT_STYLES), None)
+                if style is None and base in GRAPH and task != "generalization" and not extras:
                     style = "-."  # a graph encoder without the probe features the INR tasks give it
+                # Further runs of the same encoder (sizes, options) cycle through line styles and darken, so that
+                # no two lines of a panel look alike.
+                style = style or SECONDARY_STYLES[k % len(SECONDARY_STYLES)]
+                colour = tuple(c * (1 - 0.12 * min(k, 5)) for c in encoder_colour(label, i)[:3])
                 ys = [h.get(metric) for h in r["history"]]
-                ax.plot(range(1, len(ys) + 1), ys, lw=1.6, ls=style, color=encoder_colour(label, i),
-                        label=display_name(label))
+                name = display_name(label) + (f", n={r['train_size']:,}" if label in repeated else "")
+                ax.plot(range(1, len(ys) + 1), ys, lw=1.6, ls=style, color=colour, label=name)
             ax.set_title(f"{TASK_NAMES.get(task, task)}, {dataset}", fontsize=11)
             ax.set_xlabel("epoch", fontsize=10)
             ax.set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=10)
             ax.tick_params(labelsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8, frameon=False)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7, frameon=False)
         fig.tight_layout()
         made.append(_save(fig, fig_dir / "curves.png"))
     return made
