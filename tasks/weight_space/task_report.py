@@ -293,7 +293,7 @@ def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Pat
     fig_dir = results_dir / "weight_space"
     fig_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "weight_space.json").write_text(json.dumps(rows, indent=1))
-    figures = _figures(records, fig_dir)
+    figures = _figures(records, rows, fig_dir)
     md = _markdown(records, rows, figures, fig_dir.name, notes, [str(x) for x in sources])
     (results_dir / "weight_space.md").write_text(md)
     return {"rows": rows, "figures": figures, "records": len(records)}
@@ -337,7 +337,8 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
                       str(first["epochs"]), str(len(first["seeds"])), f"{first['sec_per_epoch']:.1f}",
                       f"{first['params']:,}", first.get("device", "cpu")]
             out.append("| " + " | ".join(cells) + " |")
-        out += ["", f"Batch {rs[0]['batch_size']} in every run unless its label says otherwise.", ""]
+        batches = sorted({str(r["batch_size"]) for r in rs})
+        out += ["", f"Batch {' / '.join(batches)} in {'every run' if len(batches) == 1 else 'these runs'}.", ""]
         if task == "edit":
             out += ["`mse_no_edit`: the unedited INR's render against the dilated target (what editing must improve "
                     "on). StatNN has no per-weight output and does not apply to editing.", ""]
@@ -359,7 +360,7 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
     return "\n".join(out)
 
 
-def _figures(records: list[dict], fig_dir: Path) -> list[str]:
+def _figures(records: list[dict], table_rows: list[dict], fig_dir: Path) -> list[str]:
     try:
         import matplotlib
 
@@ -414,15 +415,17 @@ def _figures(records: list[dict], fig_dir: Path) -> list[str]:
         fig.suptitle(f"CNN generalization prediction, {dataset} zoo (held-out networks)", fontsize=9)
         fig.tight_layout()
         made.append(_save(fig, fig_dir / f"generalization_{dataset}.png"))
-    # Seconds per epoch.
-    groups = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        groups[f"{r['task']}/{r['dataset']}"][r["encoder"]].append(r["sec_per_epoch"])
+    # Seconds per epoch: one bar per table row (the aggregated rows keep runs of one label at two training sizes
+    # apart), from the row of each task's first metric.
+    groups = defaultdict(dict)
+    for r in table_rows:
+        if r["metric"] == METRIC_ORDER[r["task"]][0]:
+            groups[f"{r['task']}/{r['dataset']}"][r["name"]] = r["sec_per_epoch"]
     if groups:
         fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.0), squeeze=False)
         for ax, (key, encs) in zip(axes[0], sorted(groups.items())):
             names = sorted(encs, key=_sort_key)
-            vals = [sum(encs[n]) / len(encs[n]) for n in names]
+            vals = [encs[n] for n in names]
             colors = ["tab:blue" if base_encoder(n) in GRAPH else "tab:gray" for n in names]
             ax.bar(range(len(names)), vals, color=colors)
             ax.set_xticks(range(len(names)))
