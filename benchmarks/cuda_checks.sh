@@ -5,14 +5,17 @@
 #      benchmarks/step_grids.py --device cuda (the NG-GNN step with dense blocks as grids against row chunks);
 #   3. benchmarks/meta_train_throughput.py --tasks 1 4 16 64 --device cuda (inner steps/s against K).
 # Everything it prints goes to $OUT/checks.log; the benchmark tables and every log are packed into
-# $OUT/cuda_results.tar.gz (results/benchmarks/*_cuda.* inside). Each stage has its own time limit, so one that
-# hangs or fails does not cost the others.
+# $OUT/cuda_results.tar.gz (with the results/benchmarks/**/*_cuda.* that this run wrote). Each stage has its own
+# time limit, so one that hangs or fails does not cost the others.
 #
 #   OUT=/tmp/out L2O_DATA=/path/with/FashionMNIST bash benchmarks/cuda_checks.sh
 #
 # Options (environment): FAMILIES / CHECKPOINTS (LABEL=PATH ...) narrow or extend the step-overhead stage and
 # STEP_EXTRA passes it more arguments (e.g. "--eager-too --tasks cifar10-resnet18"); CLI=0 skips the CLI checks of
-# stage 1, GRIDS=0 the grid comparison and THROUGHPUT=0 stage 3 (for a lease too short for all of them).
+# stage 1, GRIDS=0 the grid comparison and THROUGHPUT=0 stage 3 (for a lease too short for all of them);
+# TP_TASKS / TP_FAMILIES set stage 3's K values and recipes (default "1 4 16 64", all three; e.g. "1 64 256" to see
+# whether the vmapped throughput still grows past 64) and TP_OUT its output folder (default results/benchmarks);
+# LIMIT_TESTS, LIMIT_STEP, LIMIT_GRIDS, LIMIT_TP: each stage's time limit in seconds (240, 180, 120, 200).
 #
 # Needs only Fashion-MNIST under $L2O_DATA (the benchmarks use random batches; tests that need CIFAR-10 skip).
 set -u
@@ -27,9 +30,10 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, output to logs/NA
   local rc=$?
   log "end $name: rc=$rc"; tail -n 25 "$OUT/logs/$name.log" >> "$OUT/checks.log"
 }
-pack() {  # the logs, and the CUDA tables once a benchmark has written them
-  local tables=(results/benchmarks/*_cuda.*)
-  [ -e "${tables[0]}" ] || tables=()
+touch /tmp/cuda_checks.start
+pack() {  # the logs, and the CUDA tables the benchmarks have written since the start
+  local tables
+  mapfile -t tables < <(find results/benchmarks -name '*_cuda.*' -newer /tmp/cuda_checks.start)
   tar czf "$OUT/cuda_results.tar.gz" -C "$OUT" logs ${tables[@]+-C "$PWD" "${tables[@]}"}
 }
 
@@ -37,7 +41,7 @@ pack() {  # the logs, and the CUDA tables once a benchmark has written them
 torch.cuda.get_device_name(), torch_geometric.__version__, accelerate.__version__)"; nproc; } >> "$OUT/checks.log" 2>&1
 
 # 1. correctness: the CUDA test cases (in parallel with the CLI checks; they are small)
-stage tests_cuda 240 python3 -m pytest -q -k cuda -p no:cacheprovider tests &
+stage tests_cuda "${LIMIT_TESTS:-240}" python3 -m pytest -q -k cuda -p no:cacheprovider tests &
 tests_pid=$!
 if [ "${CLI:-1}" != 0 ]; then
 stage cli_quick 60 python3 -m meta_train train --config meta_train/configs/quick.toml --device cuda \
@@ -56,16 +60,18 @@ step_args=(--device cuda --repeats 10)
 [ -n "${FAMILIES:-}" ] && step_args+=(--families $FAMILIES)
 [ -n "${CHECKPOINTS:-}" ] && step_args+=(--checkpoints $CHECKPOINTS)
 [ -n "${STEP_EXTRA:-}" ] && step_args+=($STEP_EXTRA)
-stage step_overhead 180 python3 -m benchmarks.step_overhead "${step_args[@]}"
+stage step_overhead "${LIMIT_STEP:-180}" python3 -m benchmarks.step_overhead "${step_args[@]}"
 pack
 # 2b. the NG-GNN step's dense blocks as grids against plain row chunks (GRIDS=0 skips it)
-[ "${GRIDS:-1}" != 0 ] && stage step_grids 120 python3 -m benchmarks.step_grids --device cuda \
+[ "${GRIDS:-1}" != 0 ] && stage step_grids "${LIMIT_GRIDS:-120}" python3 -m benchmarks.step_grids --device cuda \
   --tasks cifar10-conv cifar10-conv-1M cifar10-resnet18
 pack
 [ "${THROUGHPUT:-1}" = 0 ] && { log done; exit 0; }
 
 # 3. meta-training throughput against tasks per process, alone on the GPU
-stage throughput 200 python3 -m benchmarks.meta_train_throughput --tasks 1 4 16 64 --vectorize on --device cuda \
-  --families ng-gnn dng tensor-lstm --outer-steps 3
+tp_out=${TP_OUT:-results/benchmarks}
+mkdir -p "$tp_out"
+stage throughput "${LIMIT_TP:-200}" python3 -m benchmarks.meta_train_throughput --tasks ${TP_TASKS:-1 4 16 64} \
+  --vectorize on --device cuda --families ${TP_FAMILIES:-ng-gnn dng tensor-lstm} --outer-steps 3 --out "$tp_out"
 pack
 log done
