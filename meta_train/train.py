@@ -362,7 +362,7 @@ def _meta_update(params: list[torch.nn.Parameter], meta_opt, clip_norm: float) -
     state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in inner.state[p].items()}
              for p in params if p in inner.state}
     meta_opt.step()
-    if all(bool(torch.isfinite(p).all()) for p in params):
+    if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one host sync, not one per tensor
         return True
     with torch.no_grad():
         for p, b in zip(params, before):

@@ -149,11 +149,23 @@ def loss_ok(loss: torch.Tensor, clip: float) -> bool:
 def host_checks(losses: list[torch.Tensor], tensors: list[torch.Tensor]) -> tuple[list[float], list[bool]]:
     """``([float(L) for L in losses], [bool(isfinite(x).all()) for x in tensors])`` with one device-to-host copy
     for all of them: on a GPU each ``float()`` is a synchronisation that stalls the device, K times per check."""
-    parts = [L.detach().reshape(()).double() for L in losses] + [torch.isfinite(x).all().double() for x in tensors]
+    parts = [torch.stack([L.detach().reshape(()) for L in losses]).double()] if losses else []
+    # Tensors of one shape (the tasks of one architecture) are checked in one stacked call, not one per tensor: at
+    # K tasks per process on a GPU the per-tensor kernels were hundreds of launches per inner step.
+    by_shape: dict[tuple, list[int]] = {}
+    for i, x in enumerate(tensors):
+        by_shape.setdefault((tuple(x.shape), x.device), []).append(i)
+    order = [i for group in by_shape.values() for i in group]
+    for group in by_shape.values():
+        stacked = torch.stack([tensors[i].detach() for i in group])
+        parts.append(torch.isfinite(stacked).reshape(len(group), -1).all(1).double())
     if not parts:
         return [], []
-    values = torch.stack(parts).tolist()
-    return values[: len(losses)], [v > 0 for v in values[len(losses):]]
+    values = torch.cat(parts).tolist()
+    finite = [False] * len(tensors)
+    for i, v in zip(order, values[len(losses):]):
+        finite[i] = v > 0
+    return values[: len(losses)], finite
 
 
 def _usable(value: float, clip: float) -> bool:

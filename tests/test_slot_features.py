@@ -318,3 +318,51 @@ def test_streamed_features_give_the_held_features_update(model, family, device, 
         streamed, _ = opt.to(device).update(ctx.to(device), p.to(device), g.to(device), on)
     tol = 1e-12 if device.type == "cpu" else 1e-9
     torch.testing.assert_close(streamed.cpu(), held, rtol=tol, atol=tol)
+
+
+def _graph_nodes(root) -> list[str]:
+    """Names of every autograd node reachable from ``root`` (a grad_fn)."""
+    seen, stack, names = set(), [root], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack += [n for n, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("graph_name", list(GRAPHS))
+def test_autograd_paths_match_the_definitions_without_slice_writes(graph_name):
+    """Under autograd (meta-training) ``project``, ``dense`` and ``gather_flat`` take one op per kernel slot instead
+    of one in-place slice write per parameter tensor: same values and gradients as the dense definitions, and no
+    ``CopySlices`` node (each would clone the whole gradient in the backward: quadratic in a batch's tasks)."""
+    graph, _ = GRAPHS[graph_name]()
+    flat = _flat(graph).requires_grad_(True)
+    node_s, slots = graph.scatter_slots(flat)
+    dense_ref = graph.scatter_flat(flat)[1].reshape(graph.num_edges, -1)
+    weight = torch.randn(5, dense_ref.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    n_emb = torch.randn(graph.num_nodes, 4, dtype=torch.float64, requires_grad=True)
+    e_emb = torch.randn(graph.num_edges, 4, dtype=torch.float64, requires_grad=True)
+    outs = {"dense": (slots.dense(), dense_ref),
+            "project": (slots.project(weight, bias), dense_ref @ weight.t() + bias),
+            "gather_flat": (graph.gather_flat(n_emb, e_emb),
+                            torch.cat([n_emb, e_emb]).index_select(0, graph.elem_owner))}
+    with torch.no_grad():  # the optimizer step's path: the same values
+        outs["project"] += (graph.scatter_slots(flat)[1].project(weight, bias),)
+        outs["gather_flat"] += (graph.gather_flat(n_emb, e_emb),)
+    leaves = [flat, weight, bias, n_emb, e_emb]
+    for name, (got, want, *no_grad) in outs.items():
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+        for other in no_grad:
+            torch.testing.assert_close(other, want, rtol=1e-12, atol=1e-12, msg=name)
+        assert "CopySlices" not in _graph_nodes(got.grad_fn), name
+        cot = torch.randn_like(want)
+        g_got = torch.autograd.grad((got * cot).sum(), leaves, allow_unused=True, retain_graph=True)
+        g_want = torch.autograd.grad((want * cot).sum(), leaves, allow_unused=True, retain_graph=True)
+        for a, b in zip(g_got, g_want):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)

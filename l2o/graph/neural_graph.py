@@ -367,6 +367,10 @@ class NeuralGraph:
                              f"{list(node_emb.shape)} and {list(edge_emb.shape)}")
         if self.num_edges == 0:
             return node_emb.index_select(0, self.elem_owner)
+        if _autograd_records(node_emb, edge_emb):
+            # One gather from the stacked table: filling `out` piece by piece in place (below) would record a
+            # CopySlices node per parameter tensor, each cloning the whole [P, D] gradient in the backward.
+            return torch.cat([node_emb, edge_emb]).index_select(0, self.elem_owner)
         index = self.slot_index()
         # Filled piece by piece (no cat([node_emb, edge_emb]) copy of all E rows first): a weight tensor's rows are
         # its edges' rows in order, each repeated once per occupied slot (a broadcast copy, no index reads); other
@@ -459,6 +463,11 @@ class NeuralGraph:
         return self.edge_index.flip(0)
 
 
+def _autograd_records(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records operations on these tensors (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 @dataclass(frozen=True, eq=False)
 class SlotIndex:
     """Where the rows of a per-element feature tensor ``[P, F]`` sit on the graph (structure only, cached per graph).
@@ -494,6 +503,32 @@ class SlotIndex:
                     runs.append([r, r + 1])
             object.__setattr__(self, "_runs", [tuple(run) for run in runs])
         return self.__dict__["_runs"]
+
+    def by_slot(self) -> tuple:
+        """Every edge-held row by kernel slot, the segments' rows included (``groups`` holds only the rest):
+        ``((k, rows [n_k], edges [n_k]), ...)`` in ascending ``k``, cached.
+
+        The form of the linear maps used under autograd: one gather, product and ``index_add`` per occupied slot,
+        however many parameter tensors there are. Writing each segment in place into a slice of one output instead
+        records a ``CopySlices`` node per segment whose backward clones the whole gradient, so a batched graph of
+        T tasks (T times the segments, T times the rows) pays T^2 copies (``benchmarks/profile_meta_step``).
+        Built on first use only: the optimizer step (no autograd) does not keep these ``2 x P`` indices."""
+        if "_by_slot" not in self.__dict__:
+            parts: dict[int, tuple[list, list]] = {}
+            dev = self.node_rows.device
+            for r0, r1, e0, e1, slots in self.segments:  # row r0 + i * m + j: edge e0 + i, slot slots[j]
+                edges = torch.arange(e0, e1, device=dev)
+                for j, k in enumerate(slots):
+                    rows, eds = parts.setdefault(k, ([], []))
+                    rows.append(torch.arange(r0 + j, r1, len(slots), device=dev))
+                    eds.append(edges)
+            for k, rows, edges in self.groups:
+                r, e = parts.setdefault(k, ([], []))
+                r.append(rows)
+                e.append(edges)
+            object.__setattr__(self, "_by_slot", tuple((k, torch.cat(r), torch.cat(e))
+                                                       for k, (r, e) in sorted(parts.items())))
+        return self.__dict__["_by_slot"]
 
     @staticmethod
     def for_elements(graph: NeuralGraph) -> "SlotIndex":
@@ -588,13 +623,19 @@ class SlotFeatures:
     def dense(self) -> torch.Tensor:
         """The dense edge features ``[E, K * F]`` (zeros in empty slots)."""
         E, K, F = self.num_edges, self.kernel_slots, self.feature_dim
-        out = self.values.new_zeros(E * K, F)
-        dev = self.values.device
+        values = self.values
+        # Written in place into a fresh tensor (an out-of-place index_copy would copy the whole table per tensor).
+        out = values.new_zeros(E * K, F)
+        if _autograd_records(values):  # one write per slot, not per parameter tensor: see SlotIndex.by_slot
+            for k, rows, edges in self.index.by_slot():
+                out.index_copy_(0, edges * K + k, values.index_select(0, rows))
+            return out.view(E, K * F)
+        dev = values.device
         for r0, r1, e0, e1, slots in self.index.segments:
             pos = torch.arange(e0, e1, device=dev)[:, None] * K + device_constant(slots, torch.long, dev)
-            out = out.index_copy(0, pos.flatten(), self.values[r0:r1])
+            out.index_copy_(0, pos.flatten(), values[r0:r1])
         for k, rows, edges in self.index.groups:
-            out = out.index_copy(0, edges * K + k, self.values.index_select(0, rows))
+            out.index_copy_(0, edges * K + k, values.index_select(0, rows))
         return out.view(E, K * F)
 
     def project(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, into: torch.Tensor | None = None
@@ -619,6 +660,13 @@ class SlotFeatures:
         # In-place accumulation into `out`, a fresh tensor whose producers (embedding, clone) do not need it for
         # their backward: autograd-safe, and it saves an [E, d] copy per product.
         out = self._fresh(bias, d) if into is None else into
+        if _autograd_records(weight, out, None if self.lazy else self._values):
+            # One product per occupied slot: in-place products on slices of `out` would each record a CopySlices
+            # node whose backward clones all of out's gradient (see SlotIndex.by_slot).
+            values = self.values
+            for k, rows, edges in self.index.by_slot():
+                out.index_add_(0, edges, values.index_select(0, rows) @ w[:, k].t())
+            return out
         lazy = self.lazy and not self.index.groups  # irregular rows (groups) are gathered: make the tensor then
         step = chunk_size(w.device)
         for r0, r1, e0, e1, slots in self.index.segments:  # one product per weight tensor, on a view of its rows
