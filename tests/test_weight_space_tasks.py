@@ -602,7 +602,7 @@ def test_dng_ablation_on_cnn_generalization_from_hand_made_records(tmp_path):
                       "recurrence=none": "dng[recurrence=none]", "bidirectional=False": "dng[bidirectional=False]",
                       "aggregation=mean": "dng[aggregation=mean]", "heads=shared": "dng[heads=shared]",
                       "rounds=2": "dng[rounds=2]"}
-    for bad in (("edit", "mnist"), ("generalization", "mnist")):
+    for bad in (("edit", "cifar10"), ("generalization", "mnist"), ("regress", "mnist")):
         with pytest.raises(ValueError):
             study.study_of(*bad)
     rec = _generalization_record
@@ -656,6 +656,41 @@ def test_dng_ablation_on_cnn_generalization_from_hand_made_records(tmp_path):
     assert "1050 train / 150 val" in table2["note"].split("its set-up: ")[1]
 
 
+def test_dng_ablation_on_inr_editing_ranks_lower_mse_as_better():
+    """The editing study: test MSE (lower is better, 4 decimals), the INR variants (probes=0 included); the closest
+    DNG variant is the one with the lowest MSE, and a gap is judged in that direction."""
+    from experiments import dng_ablation as study
+
+    edit = study.study_of("edit")
+    assert edit == study.Study("edit", "mnist") and edit.stem == "dng_ablation_edit_mnist"
+    assert edit.title == "MNIST INR dilation editing" and edit.metric.key == "mse" and not edit.metric.higher
+    labels = study.variant_labels(study=edit)
+    assert list(labels) == [v.name for v in study.VARIANTS] and labels["probes=0"] == "dng"
+    assert labels["dng"] == "dng+probe32" and labels["ng-gnn"] == "ng-gnn+probe32"
+
+    def rec(label, seed, mse):
+        return {"task": "edit", "dataset": "mnist", "encoder": label, "seed": seed, "metrics": {"mse": mse},
+                "epochs": 2, "sec_per_epoch": 1.0, "total_sec": 3.0, "params": 1000, "train_size": 1000,
+                "val_size": 300, "test_size": 500, "config": {"probes": 32, "hidden": 32, "depth": 2}}
+
+    records = [rec("ng-gnn+probe32", 0, 0.0370), rec("ng-gnn+probe32", 1, 0.0380),
+               rec("dng+probe32", 0, 0.0460), rec("dng+probe32", 1, 0.0470),
+               rec(labels["recurrence=rnn"], 0, 0.0420), rec(labels["recurrence=rnn"], 1, 0.0430),
+               rec(labels["aggregation=mean"], 0, 0.0500), rec(labels["aggregation=mean"], 1, 0.0500)]
+    table = study.summarize(records, labels, study=edit)
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert rows["dng"]["mses"] == [0.046, 0.047] and rows["dng"]["gap_to_reference"] == pytest.approx(0.009)
+    assert table["verdict"] == ("DNG as shipped is +0.0090 from NG-GNN. Closest DNG variant: recurrence=rnn (0.0425, "
+                                "+0.0050 from NG-GNN, -0.0040 vs DNG as shipped): not within one seed std (0.0007) "
+                                "of NG-GNN.")
+    assert table["note"].startswith("MNIST INR dilation editing: 1000 train / 300 val / 500 test INRs")
+    md = study.markdown(table)
+    assert "Test MSE of the edited images" in md and "| dng | `dng+probe32` | 0.0465 ± 0.0007 | 2 | +0.0090 |" in md
+    better = [rec("ng-gnn+probe32", 0, 0.05), rec("ng-gnn+probe32", 1, 0.05), rec("dng+probe32", 0, 0.04),
+              rec("dng+probe32", 1, 0.04)]
+    assert study.summarize(better, labels, study=edit)["verdict"].endswith("): at or below NG-GNN.")
+
+
 def test_dng_ablation_command_line_takes_the_task_and_its_variants(tmp_path):
     from experiments import dng_ablation as study
 
@@ -671,7 +706,8 @@ def test_dng_ablation_command_line_takes_the_task_and_its_variants(tmp_path):
                                 "heads=shared", "dng"])
     assert args.study.stem == "dng_ablation_generalization_fmnist" and names(args) == ["dng", "heads=shared"]
     for argv in (["--task", "generalization", "--variants", "probes=0"], ["--task", "generalization", "--dataset",
-                                                                           "mnist"], ["--task", "edit"]):
+                                                                           "mnist"], ["--task", "edit", "--dataset",
+                                                                                      "cifar10"]):
         with pytest.raises(SystemExit) as exc:
             study.parse_args(argv)
         assert exc.value.code == 2
