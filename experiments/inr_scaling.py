@@ -640,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--aux-recon", type=float, default=None,
                     help="weight of the INR2JLS-style reconstruction loss (an image decoder on the pooled encoding; "
                          "default 0: plain classification; a positive weight adds +recon to the run label)")
+    ap.add_argument("--jls", action="store_true",
+                    help="INR2JLS: train in a latent space shared with the images (an image CNN, one head and one "
+                         "decoder for both; the test sees the weights only); adds +jls to the run label")
     ap.add_argument("--full-zoo", action="store_true",
                     help="use the zoo of every image (MNIST: 50,000 / 10,000 / 10,000 INRs; fitted first if not "
                          "cached) and test on its whole test split, the official test set as the published figures "
@@ -655,7 +658,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     budget = {"epochs": args.epochs, "val_size": args.val_size, "test_size": args.test_size,
               "hidden": args.hidden, "depth": args.depth, "dropout": args.dropout,
-              "weight_decay": args.weight_decay, "aux_recon": args.aux_recon}
+              "weight_decay": args.weight_decay, "aux_recon": args.aux_recon,
+              "jls": args.jls or None}
     sizes = sorted(set(args.sizes))
     if args.stage in ("run", "plan"):
         limit = max_train_size(args.dataset)

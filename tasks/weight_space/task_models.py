@@ -6,6 +6,11 @@ Graph models use the ``l2o.encoders`` modules unchanged (built with ``build_enco
   decoder (Wu et al.'s DNG paper: a decoder reconstructs the image from the encoding, an extra loss that shapes the
   embedding; here an MLP from the pooled features to the ``H x W`` pixels, trained with MSE beside the
   cross-entropy).
+* :class:`JointLatentClassifier`: INR2JLS (the DNG paper's joint latent space): the weights and, in training, the
+  image the INR was fitted to are mapped into one latent space (the pooled features through an MLP; the image
+  through a small CNN, :class:`ImageEncoder`), where one classifier head and one image decoder serve both. The
+  image branch teaches the head and decoder what the latent should hold; an alignment loss pulls each INR's latent
+  onto its image's. At test time only the weights are seen.
 * :class:`AccuracyPredictor`: pooled features -> MLP -> one logit; ``sigmoid`` of it is the predicted accuracy.
 * :class:`WeightSpaceEditor`: per-edge / per-node outputs of the encoder -> ``unscatter`` -> one delta per
   parameter element (equivariant to hidden-neuron permutations); edited parameters = parameters + delta.
@@ -51,7 +56,7 @@ from .batching import WeightBatch, rows_to_params
 
 __all__ = ["MLP", "EncoderOptionError", "encoder_option_names", "check_encoder_options", "ProbeFeatures",
            "Readout", "GraphBackbone", "PooledGraph", "FlatMLP", "StatNN",
-           "WeightSpaceClassifier", "AccuracyPredictor", "WeightSpaceEditor", "FlatEditor", "build_features",
+           "WeightSpaceClassifier", "ImageEncoder", "JointLatentClassifier", "AccuracyPredictor", "WeightSpaceEditor", "FlatEditor", "build_features",
            "GRAPH_ENCODERS", "BASELINES"]
 
 GRAPH_ENCODERS = ("ng-gnn", "ng-t", "dng", "nfn")
@@ -308,6 +313,64 @@ class WeightSpaceClassifier(nn.Module):
         out = {"logits": self.head(z)}
         if self.decoder is not None:
             out["recon"] = torch.sigmoid(self.decoder(z))
+        return out
+
+
+class ImageEncoder(nn.Module):
+    """Images ``[B, C, H, W]`` in [0, 1] -> ``[B, out_dim]``: three 3x3 convolutions (32, 64, 128 channels, ReLU,
+    2x2 max-pooling after the first two), a global average pool and a linear map. Any image size."""
+
+    def __init__(self, channels: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(128, out_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images - 0.5)
+
+
+class JointLatentClassifier(nn.Module):
+    """INR2JLS: a latent space shared by the INRs' weights and their images (module docstring).
+
+    ``z = LayerNorm(MLP(features(batch)))`` and, for images, ``LayerNorm(ImageEncoder(images))``, both ``[B, latent]``
+    (the layer norm, without affine parameters, fixes the latent's scale, so that pulling two latents together
+    cannot shrink both to zero). One head (latent -> logits) and one decoder (latent -> ``C x H x W`` pixels in
+    [0, 1]) serve both branches.
+
+    ``forward(batch, images=None) -> {"logits": [B, n_classes], "recon": [B, C*H*W], "z": [B, latent]}`` from the
+    weights; with ``images`` (``[B, C, H, W]`` or ``[B, H, W]``, in [0, 1]) also ``"image_logits"``,
+    ``"image_recon"`` and ``"image_z"`` from the images. The test prediction is ``"logits"``: weights only.
+    """
+
+    def __init__(self, features: nn.Module, num_classes: int, image_channels: int, image_shape: tuple[int, int],
+                 latent: int = 128, head_hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        if image_channels < 1 or len(image_shape) != 2 or min(image_shape) < 4:
+            raise ValueError(f"INR2JLS needs the images of the INRs (channels >= 1, H, W >= 4), got "
+                             f"{image_channels} channels of {tuple(image_shape)}")
+        self.features = features
+        self.image_channels = image_channels
+        self.weight_to_latent = MLP(features.out_dim, 256, latent, 2)
+        self.image_to_latent = ImageEncoder(image_channels, latent)
+        self.norm = nn.LayerNorm(latent, elementwise_affine=False)
+        self.head = MLP(latent, head_hidden, num_classes, 2, dropout)
+        self.decoder = MLP(latent, 256, image_channels * image_shape[0] * image_shape[1], 2)
+
+    def _decode(self, z: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}logits": self.head(z), f"{prefix}recon": torch.sigmoid(self.decoder(z)), f"{prefix}z": z}
+
+    def forward(self, batch: WeightBatch, images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = self._decode(self.norm(self.weight_to_latent(self.features(batch))), "")
+        if images is not None:
+            if images.dim() == 3:
+                images = images[:, None]
+            if images.dim() != 4 or images.shape[1] != self.image_channels:
+                raise ValueError(f"images must be [B, {self.image_channels}, H, W] (or [B, H, W] gray-scale), "
+                                 f"got {tuple(images.shape)}")
+            out.update(self._decode(self.norm(self.image_to_latent(images)), "image_"))
         return out
 
 

@@ -34,8 +34,9 @@ every weight and bias tensor). AdamW (weight decay 1e-4), linear warm-up + cosin
   augmentation, 128 learned probe points for the graph encoders (per-neuron activations appended to node features).
   The `+long` rows: DNG and NFN on all 10,000 train INRs for 10 epochs; rows `dng` / `nfn` without `+probe`: the
   same as the main runs without probe features; `dng+probe128+recon`: with the INR2JLS-style auxiliary decoder
-  (pooled embedding -> image, MSE weight 1). This is a reconstruction loss only, not the paper's INR2JLS (which also
-  maps into a joint latent space with an image autoencoder). Rows labelled `+n<size>` come from
+  (pooled embedding -> image, MSE weight 1), a reconstruction loss only; rows with `+jls`: INR2JLS, a latent space
+  shared with the training images (an image CNN, one head and one decoder for both, the latents pulled together;
+  the test sees the weights only). Rows labelled `+n<size>` come from
   `python -m experiments.inr_scaling` (records in `runs/inr-scaling`): the published scale, with zoos of one INR per
   image (MNIST / Fashion-MNIST 50,000 train, CIFAR-10 45,000) and `-t10000` the whole official test set.
   Context: a 784-256-10 MLP on the *ground-truth pixels* of the same MNIST images (Adam, 20 epochs, val-selected,

@@ -4,7 +4,9 @@ Tasks (``TASKS``):
 
 * ``classify``: INR classification (MNIST / Fashion-MNIST SIREN zoos, and CIFAR-10 zoos of 3-output RGB SIRENs).
   Cross-entropy (+ ``aux_recon`` x the MSE of the INR2JLS-style image decoder, which then reconstructs all
-  ``C x H x W`` values); metric: test accuracy.
+  ``C x H x W`` values); metric: test accuracy. With ``jls`` (INR2JLS, ``task_models.JointLatentClassifier``):
+  cross-entropy + reconstruction MSE from the weights' latent, and in training the same two from the image's latent
+  plus the MSE between the two latents (every term weight 1); the test accuracy uses the weights only.
 * ``edit``: INR style editing. The editor outputs a delta per weight; the edited INR is rendered on the image grid
   and compared with the *dilated* ground-truth image (3x3 grey-scale dilation: max-pool, stride 1, padding 1) by
   MSE in [0, 1] pixel units (INR outputs are mapped from [-1, 1] to [0, 1], as the zoo fits them); metric: test MSE
@@ -53,9 +55,9 @@ from l2o.schedules import warmup_cosine
 
 from .batching import Batcher, Normalizer, ParamTable, WeightBatch, params_to_rows, rows_to_params
 from .storage import atomic_save
-from .task_models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone, ProbeFeatures,
-                          WeightSpaceClassifier, WeightSpaceEditor, build_features, check_encoder_options,
-                          count_parameters)
+from .task_models import (BASELINES, GRAPH_ENCODERS, AccuracyPredictor, FlatEditor, GraphBackbone,
+                          JointLatentClassifier, ProbeFeatures, WeightSpaceClassifier, WeightSpaceEditor,
+                          build_features, check_encoder_options, count_parameters)
 
 __all__ = ["TASKS", "DATASETS", "MODELS", "RunSpec", "Split", "TaskData", "kendall_tau", "r2_score", "dilate",
            "run", "load_task_data", "inr_task_data", "cnn_task_data", "record_path", "default_spec"]
@@ -244,6 +246,7 @@ class RunSpec:
     baseline_hidden: int = 256
     probes: int = 0  # probe points (INR tasks, graph encoders only)
     aux_recon: float = 0.0  # weight of the INR2JLS-style reconstruction loss (classify)
+    jls: bool = False  # INR2JLS: a latent space shared with the images (classify, INR zoos)
     augment: bool = True  # INR tasks: permutations + sign flips
     train_size: int | None = None
     val_size: int | None = None
@@ -274,6 +277,10 @@ class RunSpec:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not (math.isfinite(self.aux_recon) and self.aux_recon >= 0):
             raise ValueError(f"aux_recon must be a finite weight >= 0, got {self.aux_recon}")
+        if self.jls and self.task != "classify":
+            raise ValueError(f"jls (INR2JLS) is an INR classification objective; task {self.task!r} cannot use it")
+        if self.jls and self.aux_recon > 0:
+            raise ValueError("jls (INR2JLS) has its own reconstruction loss; leave aux_recon at 0 with it")
         if self.task == "edit" and self.encoder == "statnn":
             raise ValueError("StatNN has no per-weight output, so it does not apply to editing")
         if self.task == "edit" and _is_colour_dataset(self.dataset):
@@ -305,6 +312,8 @@ class RunSpec:
             s += f"+probe{self.probes}"
         if self.task == "classify" and self.aux_recon > 0:
             s += "+recon"
+        if self.jls:
+            s += "+jls"
         if self.dropout:  # regularisation that is not the default is part of the model's name
             s += f"+do{self.dropout:g}"
         if self.weight_decay != _DEFAULT_WEIGHT_DECAY:
@@ -386,6 +395,11 @@ def build_model(spec: RunSpec, data: TaskData, batcher: Batcher) -> nn.Module:
                            stat_dim=batcher.stats.shape[1], hidden=spec.hidden, depth=spec.depth,
                            baseline_hidden=spec.baseline_hidden, probes=probes, channels=batcher.channels,
                            **spec.encoder_options)
+    if spec.task == "classify" and spec.jls:
+        if data.kind != "inr" or not data.image_shape:
+            raise ValueError(f"jls (INR2JLS) needs an INR zoo with its images; {spec.dataset!r} has none")
+        return JointLatentClassifier(feats, data.num_classes, data.image_channels, data.image_shape,
+                                     head_hidden=spec.head_hidden, dropout=spec.dropout)
     if spec.task == "classify":
         pixels = (data.image_channels * int(math.prod(data.image_shape))
                   if spec.aux_recon > 0 and data.image_shape else 0)  # C x H x W values per image
@@ -413,12 +427,20 @@ class _Task:
         return (render(arch_table.templates[0], params, self.coords)[..., 0] + 1.0) * 0.5
 
     def loss(self, model: nn.Module, batch: WeightBatch, split: Split) -> tuple[torch.Tensor, dict]:
-        out = model(batch)
         idx = batch.index
 
         def rows(table: torch.Tensor) -> torch.Tensor:  # this batch's labels / targets, moved to the device
             return table[idx].to(self.device)
 
+        if self.spec.jls:  # the images enter in training only: the evaluation sees the weights alone
+            out = model(batch, rows(split.images) if model.training else None)
+            labels, images = rows(split.labels), rows(split.images).flatten(1)
+            loss = F.cross_entropy(out["logits"], labels) + F.mse_loss(out["recon"], images)
+            if "image_z" in out:
+                loss = (loss + F.cross_entropy(out["image_logits"], labels) + F.mse_loss(out["image_recon"], images)
+                        + F.mse_loss(out["z"], out["image_z"]))
+            return loss, {"logits": out["logits"].detach()}
+        out = model(batch)
         if self.spec.task == "classify":
             loss = F.cross_entropy(out["logits"], rows(split.labels))
             if "recon" in out:
