@@ -649,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "do (default: the first 2,000 test images; the label gets +test<N>)")
     for flag in ("--val-size", "--test-size"):
         ap.add_argument(flag, type=_positive, default=None,
-                        help="smoke runs only (use another --out: the records are not named by it)")
+                        help="cap the split (the records are not named by it: use another --out; the report keeps "
+                             "two val sizes apart)")
     return ap
 
 

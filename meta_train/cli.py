@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CNN zoos: batches mixing architectures (fixed composition) instead of one architecture each")
     ws.add_argument("--out", default="runs/weight-space", help="folder of the per-run records")
     ws.add_argument("--results", default="results", help="where report writes weight_space.{md,json} + figures")
+    ws.add_argument("--no-carry", action="store_true",
+                    help="report: the table from these records only (default: the existing table's rows that no "
+                         "record covers are kept, marked *)")
     ws.add_argument("--also-records", nargs="+", default=None, metavar="DIR",
                     help="report / all: aggregate these record folders too, beside --out (e.g. runs/inr-scaling "
                          "runs/edit-scale: the scaled studies' runs)")

@@ -756,6 +756,29 @@ def test_report_merges_record_folders_and_names_sizes_and_devices(tmp_path):
     assert "dng+probe128 (n=100) 71.00 ± 1.00 is behind ng-gnn+probe128 81.00 ± 1.00" in md
 
 
+def test_report_carries_rows_that_no_record_covers_and_keeps_val_sizes_apart(tmp_path):
+    from tasks.weight_space.task_report import write_report
+
+    first, second, results = tmp_path / "first", tmp_path / "second", tmp_path / "results"
+    first.mkdir(), second.mkdir()
+    (first / "ng.json").write_text(json.dumps(_record("ng-gnn+probe128", 0, 0.80)))
+    (first / "dng.json").write_text(json.dumps(_record("dng+probe128", 0, 0.70)))
+    write_report(first, results)
+    # the second report's records: the DNG model again (new numbers), and the same label with a larger val split
+    (second / "dng.json").write_text(json.dumps(_record("dng+probe128", 0, 0.75)))
+    (second / "dng-v.json").write_text(json.dumps({**_record("dng+probe128", 1, 0.60), "val_size": 50}))
+    rows = {r["name"]: r for r in write_report(second, results)["rows"] if r["metric"] == "accuracy"}
+    assert set(rows) == {"ng-gnn+probe128", "dng+probe128 (val=10)", "dng+probe128 (val=50)"}
+    assert rows["ng-gnn+probe128"].get("carried") and rows["ng-gnn+probe128"]["mean"] == pytest.approx(0.80)
+    assert rows["dng+probe128 (val=10)"]["mean"] == pytest.approx(0.75) and not rows["dng+probe128 (val=10)"].get("carried")
+    assert rows["dng+probe128 (val=50)"]["seeds"] == [1]  # two val sizes are never averaged into one row
+    md = (results / "weight_space.md").read_text()
+    assert "| ng-gnn+probe128 * | 80.00 ± 0.00 |" in md and "`*`: carried over" in md
+    # without carry the table holds this folder's records only
+    rows = write_report(second, results, carry=False)["rows"]
+    assert {r["name"] for r in rows} == {"dng+probe128 (val=10)", "dng+probe128 (val=50)"}
+
+
 def test_cli_report_also_records(tmp_path, capsys):
     from meta_train.cli import build_parser
 

@@ -116,7 +116,7 @@ def weight_space_main(args: argparse.Namespace) -> None:
             raise SystemExit(f"--also-records: {folder} is not a folder of run records (e.g. runs/inr-scaling, "
                              "written by `python -m experiments.inr_scaling`)")
     if args.action == "report":
-        res = write_report(sources, args.results, notes=NOTES)
+        res = write_report(sources, args.results, notes=NOTES, carry=not args.no_carry)
         print(f"{res['records']} records -> {args.results}/weight_space.md, .json; figures {res['figures']}")
         return
     if args.action == "all":
@@ -128,7 +128,7 @@ def weight_space_main(args: argparse.Namespace) -> None:
                     continue
                 run_many([(task, dataset)], [m for m in long_models if m in models], seeds, out, overrides,
                          args.force, args.data_root, not args.quiet, item_overrides=item, device=args.device)
-        res = write_report(sources, args.results, notes=NOTES)
+        res = write_report(sources, args.results, notes=NOTES, carry=not args.no_carry)
         print(f"{res['records']} records -> {args.results}/weight_space.md, .json; figures {res['figures']}")
         return
     datasets = args.dataset or [DEFAULT_DATASET[args.action]]

@@ -150,19 +150,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(records: list[dict]) -> list[dict]:
-    """One row per (task, dataset, encoder, training size, epochs, metric) with mean/std over seeds and the run
-    sizes. ``name`` is the encoder label, with `` (n=<train size>)`` added where the same label ran at several
-    training-set sizes (e.g. the main editing runs and the same model on ten times the data)."""
+    """One row per (task, dataset, encoder, training size, validation size, epochs, metric) with mean/std over seeds
+    and the run sizes. ``name`` is the encoder label, with `` (n=<train size>)`` added where the same label ran at
+    several training-set sizes (e.g. the main editing runs and the same model on ten times the data), and
+    `` (val=<val size>)`` where it ran with several validation sizes (the epoch is chosen on the val split)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["task"], r["dataset"], r["encoder"], r["train_size"], r["epochs"])].append(r)
-    sizes = defaultdict(set)
-    for task, dataset, enc, n, _ in groups:
+        groups[(r["task"], r["dataset"], r["encoder"], r["train_size"], r["val_size"], r["epochs"])].append(r)
+    sizes, vals = defaultdict(set), defaultdict(set)
+    for task, dataset, enc, n, v, _ in groups:
         sizes[(task, dataset, enc)].add(n)
+        vals[(task, dataset, enc)].add(v)
     rows = []
-    for (task, dataset, enc, n, _), recs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _sort_key(kv[0][2]), kv[0][3], kv[0][4])):
-        name = enc if len(sizes[(task, dataset, enc)]) == 1 else f"{enc} (n={n:,})"
+    for (task, dataset, enc, n, v, _), recs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _sort_key(kv[0][2]), kv[0][3], kv[0][5], kv[0][4])):
+        suffix = [f"n={n:,}"] if len(sizes[(task, dataset, enc)]) > 1 else []
+        suffix += [f"val={v:,}"] if len(vals[(task, dataset, enc)]) > 1 else []
+        name = f"{enc} ({', '.join(suffix)})" if suffix else enc
         recs = sorted(recs, key=lambda r: r["seed"])
         metrics = [m for m in METRIC_ORDER.get(task, ()) if any(m in r["metrics"] for r in recs)]
         metrics += sorted({m for r in recs for m in r["metrics"]} - set(metrics))
@@ -198,7 +202,7 @@ def _fmt(mean: float, std: float, metric: str) -> str:
 def _is_main(task: str, label: str) -> bool:
     """The task's main configuration: the plain encoder (INR tasks: with probe features), no other label part (no
     size, tag, reconstruction loss or encoder option)."""
-    parts = label.split(" (n=")[0].split("+")
+    parts = label.split(" (")[0].split("+")
     if "[" in parts[0] or any(not p.startswith("probe") for p in parts[1:]):
         return False
     if task in ("classify", "edit") and parts[0] in GRAPH:
@@ -283,13 +287,21 @@ def _targets(rows: list[dict]) -> list[str]:
 
 
 def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Path = "results",
-                 notes: str | None = None) -> dict:
+                 notes: str | None = None, carry: bool = True) -> dict:
     """Aggregate the records under ``runs_dir`` (one folder or several, see :func:`collect`); write
-    ``weight_space.json`` / ``.md`` and the figures."""
+    ``weight_space.json`` / ``.md`` and the figures.
+
+    With ``carry``, the rows of the existing ``weight_space.json`` whose model (task, dataset, label, training size)
+    no record covers are kept as they were, with ``"carried": true`` (marked ``*`` in the table): run records do not
+    outlive the machine they ran on, and a report of new runs should not silently drop the table's other rows."""
     sources = [runs_dir] if isinstance(runs_dir, (str, Path)) else list(runs_dir)
     results_dir = Path(results_dir)
     records = collect(sources)
     rows = aggregate(records)
+    previous = results_dir / "weight_space.json"
+    if carry and previous.is_file():
+        covered = {_row_key(r) for r in rows}
+        rows += [{**r, "carried": True} for r in json.loads(previous.read_text()) if _row_key(r) not in covered]
     results_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = results_dir / "weight_space"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -298,6 +310,11 @@ def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Pat
     md = _markdown(records, rows, figures, fig_dir.name, notes, [str(x) for x in sources])
     (results_dir / "weight_space.md").write_text(md)
     return {"rows": rows, "figures": figures, "records": len(records)}
+
+
+def _row_key(row: dict) -> tuple:
+    """What makes two table rows the same: task, data set, label, data sizes, epochs and metric."""
+    return tuple(row[k] for k in ("task", "dataset", "encoder", "train_size", "val_size", "epochs", "metric"))
 
 
 def _size_cell(row: dict) -> str:
@@ -330,7 +347,7 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
         for enc in names:
             er = {r["metric"]: r for r in rs if r["name"] == enc}
             first = next(iter(er.values()))
-            cells = [enc] + [_fmt(er[m]["mean"], er[m]["std"], m) if m in er else "" for m in metrics]
+            cells = [enc + (" *" if first.get("carried") else "")] + [_fmt(er[m]["mean"], er[m]["std"], m) if m in er else "" for m in metrics]
             if task == "generalization":
                 pub = PUBLISHED_TAU.get(base_encoder(enc))
                 cells.append(f"{pub:.3f}" if pub else "–")
@@ -347,6 +364,9 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
             out += ["Published figures: NG-GNN / NG-T / DNG on CIFAR10-GS (the small-CNN zoo of Unterthiner et al. 2020, "
                     "far more networks and one fixed architecture), as reported by Kofinas et al. and Wu et al.; "
                     "context only: these zoos are smaller, heterogeneous (25 architectures each) and built here.", ""]
+    if any(r.get("carried") for r in rows):
+        out += ["`*`: carried over from the previous table; no record of it in the folders above (its runs' records "
+                "are gone; rerun it to refresh the row).", ""]
     total = sum(r.get("total_sec", 0.0) for r in records)
     if records:
         out += [f"Compute: {len(records)} runs, {total / 60:.1f} min of run time in total (training + evaluation; "
