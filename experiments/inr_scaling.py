@@ -150,6 +150,13 @@ def _settings(size: int, budget: dict | None, full_test: int | None = None) -> d
     return {**budget, "train_size": size, "tag": size_tag(size, budget.get("epochs"), full_test)}
 
 
+def _tested(n_test: int, budget: dict | None) -> int:
+    """The test INRs a full-zoo run evaluates: the zoo's test split, or ``--test-size`` of it when that is smaller
+    (the ``-t<N>`` tag names what was tested)."""
+    cap = (budget or {}).get("test_size")
+    return min(n_test, cap) if cap else n_test
+
+
 def _cache_key(spec) -> tuple:
     """The key under which ``run_many`` keeps a spec's task data in its ``data_cache`` (checked by the tests)."""
     return (spec.task, spec.dataset, spec.train_size, spec.val_size, spec.test_size)
@@ -240,7 +247,7 @@ def plan(dataset: str = "mnist", encoders=ENCODERS, sizes=SIZES, seeds=SEEDS, bu
          full: bool = False) -> list:
     """``(size, seed, encoder, spec)`` of every run, sizes ascending (outermost), then seeds, then encoders.
     ``full``: every run uses the full zoo and is tested on all its test INRs (the official test set)."""
-    full_test = full_zoo_sizes(dataset)["n_test"] if full else None
+    full_test = _tested(full_zoo_sizes(dataset)["n_test"], budget) if full else None
     return [(size, seed, enc, run_spec(dataset, enc, size, seed, budget, full_test))
             for size in sorted(set(sizes)) for seed in seeds for enc in encoders]
 
@@ -304,7 +311,7 @@ def run_study(dataset: str = "mnist", encoders=ENCODERS, sizes=SIZES, seeds=SEED
     runs = plan(dataset, encoders, sizes, seeds, budget, full)  # bad settings fail here, before any data is loaded
     zoo = zoo_sizes(dataset, sizes, full)
     default_n, big_n = (0 if full else zoo_defaults()["n_train"]), zoo["n_train"]
-    full_test = zoo["n_test"] if full else None  # named in the tag: run_many makes its spec (and record name) again
+    full_test = _tested(zoo["n_test"], budget) if full else None  # named in the tag: run_many makes its spec (and record name) again
     cache: dict = {}  # the task data of the current size, loaded once for its runs
     big_zoo, current, noted = None, None, set()
     paths = []

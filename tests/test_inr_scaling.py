@@ -72,6 +72,9 @@ def test_regularisation_and_the_full_test_set_are_named():
     assert study.full_zoo_sizes("cifar10") == {"n_train": 45000, "n_val": 5000, "n_test": 10000}
     full = [spec for *_, spec in study.plan("mnist", ("dng",), (500, 50000), (0,), {"epochs": 10}, full=True)]
     assert [s.tag for s in full] == ["n500-e10-t10000", "n50000-e10-t10000"]
+    # --test-size caps the full zoo's test split, and the tag names what is tested
+    capped = study.plan("cifar10", ("dng",), (10000,), (0,), {"test_size": 2000}, full=True)[0][3]
+    assert (capped.tag, capped.test_size) == ("n10000-t2000", 2000)
     assert study.zoo_sizes("mnist", (500,), full=True)["n_test"] == 10000
     assert study.zoo_sizes("mnist", (500, 20000)) == {**study.zoo_defaults(), "n_train": 20000}
     # The full test set is another row than the first 2,000 test INRs of the same model.
