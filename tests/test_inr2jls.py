@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tasks.weight_space.batching import Batcher, Normalizer
 from tasks.weight_space.synthetic import synthetic_cnn_zoo, synthetic_inr_zoo
@@ -61,8 +62,6 @@ def test_images_enter_training_only_and_every_branch_learns(zoo):
 
 
 def test_training_loss_is_the_sum_of_its_five_terms(zoo):
-    import torch.nn.functional as F
-
     data = inr_task_data(zoo, "classify")
     spec = default_spec("classify", "synthetic", "dng", epochs=1, batch_size=4, probes=3, hidden=8, depth=1, jls=True)
     batcher = Batcher(data.train.table, Normalizer(data.train.table))
@@ -77,6 +76,33 @@ def test_training_loss_is_the_sum_of_its_five_terms(zoo):
                 + F.cross_entropy(out["image_logits"], y) + F.mse_loss(out["image_recon"], img)
                 + F.mse_loss(out["z"], out["image_z"]))
     torch.testing.assert_close(loss, expected)
+
+
+def test_distill_variant_stops_the_alignment_at_the_image_latent(zoo):
+    """With ``jls_distill`` the alignment term moves the weights' branch only; the image branch gets the same
+    gradient as without the alignment (its own cross-entropy and reconstruction)."""
+    data = inr_task_data(zoo, "classify")
+    grads = {}
+    for distill in (False, True):
+        spec = default_spec("classify", "synthetic", "dng", epochs=1, batch_size=4, probes=3, hidden=8, depth=1,
+                            jls=True, jls_distill=distill)
+        assert spec.label.endswith("+jlsd" if distill else "+jls")
+        batcher = Batcher(data.train.table, Normalizer(data.train.table))
+        torch.manual_seed(0)
+        model = build_model(spec, data, batcher).train()
+        _Task(spec, data).loss(model, batcher.make(torch.arange(4)), data.train)[0].backward()
+        grads[distill] = [p.grad.clone() for p in model.image_to_latent.parameters()]
+        # the image branch's gradient without the alignment term, from the same model
+        model.zero_grad()
+        idx = torch.arange(4)
+        out = model(batcher.make(idx), data.train.images[idx])
+        y, img = data.train.labels[idx], data.train.images[idx].flatten(1)
+        (F.cross_entropy(out["image_logits"], y) + F.mse_loss(out["image_recon"], img)).backward()
+        own = [p.grad for p in model.image_to_latent.parameters()]
+        same = all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[distill], own))
+        assert same == distill
+    with pytest.raises(ValueError, match="set jls=True"):
+        default_spec("classify", "mnist", "dng", jls_distill=True)
 
 
 def test_jls_run_end_to_end_on_rgb_inrs(tmp_path, rgb_zoo):

@@ -95,8 +95,10 @@ def weight_space_main(args: argparse.Namespace) -> None:
                                                "aux_recon", "train_size", "val_size", "test_size", "max_minutes")}
     if args.no_augment:
         overrides["augment"] = False
-    if args.jls:
+    if args.jls or args.jls_distill:
         overrides["jls"] = True
+    if args.jls_distill:
+        overrides["jls_distill"] = True
     if args.mixed_batches:
         overrides["mixed_batches"] = True
     models = args.encoder or list(GRAPH_ENCODERS + BASELINES)

@@ -6,7 +6,8 @@ Tasks (``TASKS``):
   Cross-entropy (+ ``aux_recon`` x the MSE of the INR2JLS-style image decoder, which then reconstructs all
   ``C x H x W`` values); metric: test accuracy. With ``jls`` (INR2JLS, ``task_models.JointLatentClassifier``):
   cross-entropy + reconstruction MSE from the weights' latent, and in training the same two from the image's latent
-  plus the MSE between the two latents (every term weight 1); the test accuracy uses the weights only.
+  plus the MSE between the two latents (every term weight 1); the test accuracy uses the weights only. With
+  ``jls_distill`` the alignment does not move the image branch (its latent is a fixed target for the weights').
 * ``edit``: INR style editing. The editor outputs a delta per weight; the edited INR is rendered on the image grid
   and compared with the *dilated* ground-truth image (3x3 grey-scale dilation: max-pool, stride 1, padding 1) by
   MSE in [0, 1] pixel units (INR outputs are mapped from [-1, 1] to [0, 1], as the zoo fits them); metric: test MSE
@@ -247,6 +248,7 @@ class RunSpec:
     probes: int = 0  # probe points (INR tasks, graph encoders only)
     aux_recon: float = 0.0  # weight of the INR2JLS-style reconstruction loss (classify)
     jls: bool = False  # INR2JLS: a latent space shared with the images (classify, INR zoos)
+    jls_distill: bool = False  # INR2JLS with the alignment's gradient stopped at the image latent (label +jlsd)
     augment: bool = True  # INR tasks: permutations + sign flips
     train_size: int | None = None
     val_size: int | None = None
@@ -279,6 +281,8 @@ class RunSpec:
             raise ValueError(f"aux_recon must be a finite weight >= 0, got {self.aux_recon}")
         if self.jls and self.task != "classify":
             raise ValueError(f"jls (INR2JLS) is an INR classification objective; task {self.task!r} cannot use it")
+        if self.jls_distill and not self.jls:
+            raise ValueError("jls_distill is a variant of INR2JLS: set jls=True with it")
         if self.jls and self.aux_recon > 0:
             raise ValueError("jls (INR2JLS) has its own reconstruction loss; leave aux_recon at 0 with it")
         if self.task == "edit" and self.encoder == "statnn":
@@ -313,7 +317,7 @@ class RunSpec:
         if self.task == "classify" and self.aux_recon > 0:
             s += "+recon"
         if self.jls:
-            s += "+jls"
+            s += "+jlsd" if self.jls_distill else "+jls"
         if self.dropout:  # regularisation that is not the default is part of the model's name
             s += f"+do{self.dropout:g}"
         if self.weight_decay != _DEFAULT_WEIGHT_DECAY:
@@ -437,8 +441,9 @@ class _Task:
             labels, images = rows(split.labels), rows(split.images).flatten(1)
             loss = F.cross_entropy(out["logits"], labels) + F.mse_loss(out["recon"], images)
             if "image_z" in out:
+                target = out["image_z"].detach() if self.spec.jls_distill else out["image_z"]
                 loss = (loss + F.cross_entropy(out["image_logits"], labels) + F.mse_loss(out["image_recon"], images)
-                        + F.mse_loss(out["z"], out["image_z"]))
+                        + F.mse_loss(out["z"], target))
             return loss, {"logits": out["logits"].detach()}
         out = model(batch)
         if self.spec.task == "classify":
