@@ -774,6 +774,13 @@ def test_report_carries_rows_that_no_record_covers_and_keeps_val_sizes_apart(tmp
     assert rows["dng+probe128 (val=50)"]["seeds"] == [1]  # two val sizes are never averaged into one row
     md = (results / "weight_space.md").read_text()
     assert "| ng-gnn+probe128 * | 80.00 ± 0.00 |" in md and "`*`: carried over" in md
+    # a carried row and a new one of the same label, apart only by the val size, get names that tell them apart
+    third = tmp_path / "third"
+    third.mkdir()
+    (third / "ng-v.json").write_text(json.dumps({**_record("ng-gnn+probe128", 0, 0.85), "val_size": 50}))
+    rows = {r["name"]: r for r in write_report(third, results)["rows"] if r["metric"] == "accuracy"}
+    assert {"ng-gnn+probe128 (val=10)", "ng-gnn+probe128 (val=50)"} <= set(rows)
+    assert rows["ng-gnn+probe128 (val=10)"]["carried"] and not rows["ng-gnn+probe128 (val=50)"].get("carried")
     # without carry the table holds this folder's records only
     rows = write_report(second, results, carry=False)["rows"]
     assert {r["name"] for r in rows} == {"dng+probe128 (val=10)", "dng+probe128 (val=50)"}

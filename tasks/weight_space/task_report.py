@@ -7,7 +7,10 @@ seeds, 0 for one seed). Figures (``results/weight_space/``):
   for a few test INRs;
 * ``generalization_<dataset>.png``: predicted vs true test accuracy per model (seed 0), Kendall's tau in the title;
 * ``sec_per_epoch.png``: training seconds per epoch of every model, per task / data set;
-* ``curves.png``: the validation metric per epoch (seed 0).
+* ``curves.png``: the validation metric per epoch (seed 0); kept as it is when the table carries rows over.
+
+Carried rows (:func:`write_report`): run records live in ``runs/``, which does not outlive the machine; a report of
+new records keeps the existing table's other rows, marked ``*``.
 """
 from __future__ import annotations
 
@@ -151,28 +154,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def aggregate(records: list[dict]) -> list[dict]:
     """One row per (task, dataset, encoder, training size, validation size, epochs, metric) with mean/std over seeds
-    and the run sizes. ``name`` is the encoder label, with `` (n=<train size>)`` added where the same label ran at
-    several training-set sizes (e.g. the main editing runs and the same model on ten times the data), and
-    `` (val=<val size>)`` where it ran with several validation sizes (the epoch is chosen on the val split)."""
+    and the run sizes. ``name`` is the encoder label, with what tells rows of one label apart (:func:`_named`), e.g.
+    the main editing runs and the same model on ten times the data: ``dng+probe32 (n=10,000)``."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["task"], r["dataset"], r["encoder"], r["train_size"], r["val_size"], r["epochs"])].append(r)
-    sizes, vals = defaultdict(set), defaultdict(set)
-    for task, dataset, enc, n, v, _ in groups:
-        sizes[(task, dataset, enc)].add(n)
-        vals[(task, dataset, enc)].add(v)
     rows = []
     for (task, dataset, enc, n, v, _), recs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _sort_key(kv[0][2]), kv[0][3], kv[0][5], kv[0][4])):
-        suffix = [f"n={n:,}"] if len(sizes[(task, dataset, enc)]) > 1 else []
-        suffix += [f"val={v:,}"] if len(vals[(task, dataset, enc)]) > 1 else []
-        name = f"{enc} ({', '.join(suffix)})" if suffix else enc
         recs = sorted(recs, key=lambda r: r["seed"])
         metrics = [m for m in METRIC_ORDER.get(task, ()) if any(m in r["metrics"] for r in recs)]
         metrics += sorted({m for r in recs for m in r["metrics"]} - set(metrics))
         for metric in metrics:
             mean, std = mean_std([r["metrics"].get(metric) for r in recs])
-            row = {"task": task, "dataset": dataset, "encoder": enc, "name": name, "metric": metric, "mean": mean,
+            row = {"task": task, "dataset": dataset, "encoder": enc, "name": enc, "metric": metric, "mean": mean,
                    "std": std,
                    "seeds": [r["seed"] for r in recs], "epochs": max(r["epochs"] for r in recs),
                    "train_size": recs[0]["train_size"], "val_size": recs[0]["val_size"],
@@ -186,6 +181,21 @@ def aggregate(records: list[dict]) -> list[dict]:
             if task == "generalization" and metric == "kendall_tau" and base in PUBLISHED_TAU:
                 row["published_cifar10_gs"] = PUBLISHED_TAU[base]
             rows.append(row)
+    return _named(rows)
+
+
+def _named(rows: list[dict]) -> list[dict]:
+    """Set each row's ``name``: the encoder label, plus what tells it apart from other rows of the same label (task
+    and data set): `` (n=<train size>)``, `` (val=<val size>)``, `` (epochs=<epochs>)``, each only where the label has
+    rows that differ in it."""
+    seen: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        seen[(r["task"], r["dataset"], r["encoder"])].append(r)
+    for group in seen.values():
+        parts = [(key, fmt) for key, fmt in (("train_size", "n={:,}"), ("val_size", "val={:,}"), ("epochs", "epochs={}"))
+                 if len({r[key] for r in group}) > 1]
+        for r in group:
+            r["name"] = r["encoder"] + (f" ({', '.join(fmt.format(r[key]) for key, fmt in parts)})" if parts else "")
     return rows
 
 
@@ -301,12 +311,13 @@ def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Pat
     previous = results_dir / "weight_space.json"
     if carry and previous.is_file():
         covered = {_row_key(r) for r in rows}
-        rows += [{**r, "carried": True} for r in json.loads(previous.read_text()) if _row_key(r) not in covered]
+        rows = _named(rows + [{**r, "carried": True} for r in json.loads(previous.read_text())
+                              if _row_key(r) not in covered])
     results_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = results_dir / "weight_space"
     fig_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "weight_space.json").write_text(json.dumps(rows, indent=1))
-    figures = _figures(records, rows, fig_dir)
+    figures = _figures(records, rows, fig_dir, keep_curves=any(r.get("carried") for r in rows))
     md = _markdown(records, rows, figures, fig_dir.name, notes, [str(x) for x in sources])
     (results_dir / "weight_space.md").write_text(md)
     return {"rows": rows, "figures": figures, "records": len(records)}
@@ -381,7 +392,9 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
     return "\n".join(out)
 
 
-def _figures(records: list[dict], table_rows: list[dict], fig_dir: Path) -> list[str]:
+def _figures(records: list[dict], table_rows: list[dict], fig_dir: Path, keep_curves: bool = False) -> list[str]:
+    """Draw the figures into ``fig_dir``; returns their file names. ``keep_curves``: leave an existing
+    ``curves.png`` as it is (a report with carried rows has only some of the runs' histories)."""
     try:
         import matplotlib
 
@@ -462,7 +475,9 @@ def _figures(records: list[dict], table_rows: list[dict], fig_dir: Path) -> list
     curves = defaultdict(list)
     for r in seed0:
         curves[(r["task"], r["dataset"])].append(r)
-    if curves:
+    if keep_curves and (fig_dir / "curves.png").is_file():
+        made.append("curves.png")
+    elif curves:
         # A grid of at most three panels per row; each panel's legend below it (the panels hold different runs).
         ncols = min(3, len(curves))
         nrows = -(-len(curves) // ncols)
