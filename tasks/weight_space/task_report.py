@@ -317,7 +317,11 @@ def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Pat
     fig_dir = results_dir / "weight_space"
     fig_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "weight_space.json").write_text(json.dumps(rows, indent=1))
-    figures = _figures(records, rows, fig_dir, keep_curves=any(r.get("carried") for r in rows))
+    carried = any(r.get("carried") for r in rows)
+    figures = _figures(records, rows, fig_dir, keep_curves=carried)
+    if carried:  # the carried rows' figures stay as they were drawn, and listed
+        figures += sorted(p.name for pattern in ("edit_*.png", "generalization_*.png") for p in fig_dir.glob(pattern)
+                          if p.name not in figures)
     md = _markdown(records, rows, figures, fig_dir.name, notes, [str(x) for x in sources])
     (results_dir / "weight_space.md").write_text(md)
     return {"rows": rows, "figures": figures, "records": len(records)}
@@ -381,7 +385,8 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
     total = sum(r.get("total_sec", 0.0) for r in records)
     if records:
         out += [f"Compute: {len(records)} runs, {total / 60:.1f} min of run time in total (training + evaluation; "
-                "devices as in the tables).", ""]
+                "devices as in the tables" + ("; carried rows not counted" if any(r.get("carried") for r in rows)
+                                              else "") + ").", ""]
     checks = _targets(rows)
     if checks:
         out += ["## Targets", ""] + checks + [""]
