@@ -311,7 +311,8 @@ def run_study(dataset: str = "mnist", encoders=ENCODERS, sizes=SIZES, seeds=SEED
     runs = plan(dataset, encoders, sizes, seeds, budget, full)  # bad settings fail here, before any data is loaded
     zoo = zoo_sizes(dataset, sizes, full)
     default_n, big_n = (0 if full else zoo_defaults()["n_train"]), zoo["n_train"]
-    full_test = _tested(zoo["n_test"], budget) if full else None  # named in the tag: run_many makes its spec (and record name) again
+    # named in the tag: run_many makes its spec (and record name) again
+    full_test = _tested(zoo["n_test"], budget) if full else None
     cache: dict = {}  # the task data of the current size, loaded once for its runs
     big_zoo, current, noted = None, None, set()
     paths = []

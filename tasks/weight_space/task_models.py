@@ -56,7 +56,8 @@ from .batching import WeightBatch, rows_to_params
 
 __all__ = ["MLP", "EncoderOptionError", "encoder_option_names", "check_encoder_options", "ProbeFeatures",
            "Readout", "GraphBackbone", "PooledGraph", "FlatMLP", "StatNN",
-           "WeightSpaceClassifier", "ImageEncoder", "JointLatentClassifier", "AccuracyPredictor", "WeightSpaceEditor", "FlatEditor", "build_features",
+           "WeightSpaceClassifier", "ImageEncoder", "JointLatentClassifier", "AccuracyPredictor", "WeightSpaceEditor",
+           "FlatEditor", "build_features",
            "GRAPH_ENCODERS", "BASELINES"]
 
 GRAPH_ENCODERS = ("ng-gnn", "ng-t", "dng", "nfn")

@@ -184,6 +184,9 @@ def aggregate(records: list[dict]) -> list[dict]:
     return _named(rows)
 
 
+_NAME_PARTS = (("train_size", "n={:,}"), ("val_size", "val={:,}"), ("epochs", "epochs={}"))
+
+
 def _named(rows: list[dict]) -> list[dict]:
     """Set each row's ``name``: the encoder label, plus what tells it apart from other rows of the same label (task
     and data set): `` (n=<train size>)``, `` (val=<val size>)``, `` (epochs=<epochs>)``, each only where the label has
@@ -192,8 +195,7 @@ def _named(rows: list[dict]) -> list[dict]:
     for r in rows:
         seen[(r["task"], r["dataset"], r["encoder"])].append(r)
     for group in seen.values():
-        parts = [(key, fmt) for key, fmt in (("train_size", "n={:,}"), ("val_size", "val={:,}"), ("epochs", "epochs={}"))
-                 if len({r[key] for r in group}) > 1]
+        parts = [(key, fmt) for key, fmt in _NAME_PARTS if len({r[key] for r in group}) > 1]
         for r in group:
             r["name"] = r["encoder"] + (f" ({', '.join(fmt.format(r[key]) for key, fmt in parts)})" if parts else "")
     return rows
@@ -301,8 +303,8 @@ def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Pat
     """Aggregate the records under ``runs_dir`` (one folder or several, see :func:`collect`); write
     ``weight_space.json`` / ``.md`` and the figures.
 
-    With ``carry``, the rows of the existing ``weight_space.json`` whose model (task, dataset, label, training size)
-    no record covers are kept as they were, with ``"carried": true`` (marked ``*`` in the table): run records do not
+    With ``carry``, the rows of the existing ``weight_space.json`` that no new row matches (:func:`_row_key`: task,
+    data set, label, data sizes, epochs, metric) are kept as they were, with ``"carried": true`` (marked ``*`` in the table): run records do not
     outlive the machine they ran on, and a report of new runs should not silently drop the table's other rows."""
     sources = [runs_dir] if isinstance(runs_dir, (str, Path)) else list(runs_dir)
     results_dir = Path(results_dir)
@@ -362,7 +364,8 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
         for enc in names:
             er = {r["metric"]: r for r in rs if r["name"] == enc}
             first = next(iter(er.values()))
-            cells = [enc + (" *" if first.get("carried") else "")] + [_fmt(er[m]["mean"], er[m]["std"], m) if m in er else "" for m in metrics]
+            cells = [enc + (" *" if first.get("carried") else "")]
+            cells += [_fmt(er[m]["mean"], er[m]["std"], m) if m in er else "" for m in metrics]
             if task == "generalization":
                 pub = PUBLISHED_TAU.get(base_encoder(enc))
                 cells.append(f"{pub:.3f}" if pub else "–")
@@ -379,14 +382,14 @@ def _markdown(records, rows, figures, fig_folder, notes, sources: list[str] | No
             out += ["Published figures: NG-GNN / NG-T / DNG on CIFAR10-GS (the small-CNN zoo of Unterthiner et al. 2020, "
                     "far more networks and one fixed architecture), as reported by Kofinas et al. and Wu et al.; "
                     "context only: these zoos are smaller, heterogeneous (25 architectures each) and built here.", ""]
-    if any(r.get("carried") for r in rows):
+    carried = any(r.get("carried") for r in rows)
+    if carried:
         out += ["`*`: carried over from the previous table; no record of it in the folders above (its runs' records "
                 "are gone; rerun it to refresh the row).", ""]
     total = sum(r.get("total_sec", 0.0) for r in records)
     if records:
         out += [f"Compute: {len(records)} runs, {total / 60:.1f} min of run time in total (training + evaluation; "
-                "devices as in the tables" + ("; carried rows not counted" if any(r.get("carried") for r in rows)
-                                              else "") + ").", ""]
+                "devices as in the tables" + ("; carried rows not counted" if carried else "") + ").", ""]
     checks = _targets(rows)
     if checks:
         out += ["## Targets", ""] + checks + [""]

@@ -437,8 +437,9 @@ class _Task:
             return table[idx].to(self.device)
 
         if self.spec.jls:  # the images enter in training only: the evaluation sees the weights alone
-            out = model(batch, rows(split.images) if model.training else None)
-            labels, images = rows(split.labels), rows(split.images).flatten(1)
+            labels, images = rows(split.labels), rows(split.images)
+            out = model(batch, images if model.training else None)
+            images = images.flatten(1)
             loss = F.cross_entropy(out["logits"], labels) + F.mse_loss(out["recon"], images)
             if "image_z" in out:
                 target = out["image_z"].detach() if self.spec.jls_distill else out["image_z"]
