@@ -654,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jls-distill", action="store_true",
                     help="INR2JLS with the alignment's gradient stopped at the image latent (the weights distil it; "
                          "implies --jls; label +jlsd)")
+    ap.add_argument("--jls-align", type=float, default=None,
+                    help="with --jls: weight of the alignment MSE between the weights' and the images' latents "
+                         "(default 1; another value adds +align<w> to the run label)")
     ap.add_argument("--full-zoo", action="store_true",
                     help="use the zoo of every image (MNIST: 50,000 / 10,000 / 10,000 INRs; fitted first if not "
                          "cached) and test on its whole test split, the official test set as the published figures "
@@ -671,7 +674,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = {"epochs": args.epochs, "val_size": args.val_size, "test_size": args.test_size,
               "hidden": args.hidden, "depth": args.depth, "dropout": args.dropout,
               "weight_decay": args.weight_decay, "aux_recon": args.aux_recon,
-              "jls": (args.jls or args.jls_distill) or None, "jls_distill": args.jls_distill or None}
+              "jls": (args.jls or args.jls_distill) or None, "jls_distill": args.jls_distill or None,
+              "jls_align": args.jls_align}
     sizes = sorted(set(args.sizes))
     if args.stage in ("run", "plan"):
         limit = max_train_size(args.dataset)

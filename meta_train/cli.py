@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classify: INR2JLS, a latent space shared with the images (labels get +jls)")
     ws.add_argument("--jls-distill", action="store_true",
                     help="classify: INR2JLS with the alignment's gradient stopped at the image latent (+jlsd)")
+    ws.add_argument("--jls-align", type=float, default=None,
+                    help="classify, with --jls: weight of the alignment MSE between the two latents (default 1; "
+                         "another value adds +align<w> to the labels)")
     ws.add_argument("--encoder-option", action="append", default=None, type=_encoder_option, metavar="KEY=VALUE",
                     help="a graph encoder's constructor option (repeatable), VALUE read as a Python literal (True, 3, "
                          "0.5; anything else is a string), e.g. --encoder dng --encoder-option recurrence=rnn "

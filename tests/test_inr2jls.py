@@ -61,9 +61,13 @@ def test_images_enter_training_only_and_every_branch_learns(zoo):
     torch.testing.assert_close(before["logits"], after["logits"], atol=0, rtol=0)
 
 
-def test_training_loss_is_the_sum_of_its_five_terms(zoo):
+@pytest.mark.parametrize("align", [1.0, 4.0])
+def test_training_loss_is_the_sum_of_its_five_terms(zoo, align):
+    """Cross-entropy and reconstruction from both latents, weight 1, plus ``jls_align`` x the latents' MSE."""
     data = inr_task_data(zoo, "classify")
-    spec = default_spec("classify", "synthetic", "dng", epochs=1, batch_size=4, probes=3, hidden=8, depth=1, jls=True)
+    spec = default_spec("classify", "synthetic", "dng", epochs=1, batch_size=4, probes=3, hidden=8, depth=1, jls=True,
+                        jls_align=align)
+    assert spec.label.endswith("+jls" if align == 1.0 else "+jls+align4")
     batcher = Batcher(data.train.table, Normalizer(data.train.table))
     model = build_model(spec, data, batcher).train()
     batch, idx = batcher.make(torch.arange(4)), torch.arange(4)
@@ -74,7 +78,7 @@ def test_training_loss_is_the_sum_of_its_five_terms(zoo):
     y, img = data.train.labels[idx], data.train.images[idx].flatten(1)
     expected = (F.cross_entropy(out["logits"], y) + F.mse_loss(out["recon"], img)
                 + F.cross_entropy(out["image_logits"], y) + F.mse_loss(out["image_recon"], img)
-                + F.mse_loss(out["z"], out["image_z"]))
+                + align * F.mse_loss(out["z"], out["image_z"]))
     torch.testing.assert_close(loss, expected)
 
 
@@ -120,6 +124,11 @@ def test_jls_bad_settings_fail_clearly():
         default_spec("edit", "mnist", "dng", jls=True)
     with pytest.raises(ValueError, match="own reconstruction loss"):
         default_spec("classify", "mnist", "dng", jls=True, aux_recon=1.0)
+    with pytest.raises(ValueError, match="set jls=True"):
+        default_spec("classify", "mnist", "dng", jls_align=4.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="jls_align must be a finite weight > 0"):
+            default_spec("classify", "mnist", "dng", jls=True, jls_align=bad)
     data = cnn_task_data(synthetic_cnn_zoo(n_archs=2, per_arch=4, seed=3))
     spec = default_spec("generalization", "cifar10", "dng")
     spec.task, spec.jls = "classify", True  # past the spec's own checks: the data must still refuse it

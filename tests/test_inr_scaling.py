@@ -65,6 +65,12 @@ def test_regularisation_and_the_full_test_set_are_named():
     assert study.run_spec("mnist", "dng", 1000, 0, {"aux_recon": None}).label == "dng+probe128+n1000"
     with pytest.raises(SystemExit):
         study.main(["--aux-recon", "-1", "--sizes", "500"])
+    # INR2JLS's alignment weight: named when not 1; refused without --jls (before any data is loaded)
+    align = study.run_spec("mnist", "dng", 1000, 0, {"jls": True, "jls_align": 4.0})
+    assert (align.jls_align, align.label) == (4.0, "dng+probe128+jls+align4+n1000")
+    assert study.run_spec("mnist", "dng", 1000, 0, {"jls": True, "jls_align": 1.0}).label == "dng+probe128+jls+n1000"
+    with pytest.raises(SystemExit):
+        study.main(["plan", "--jls-align", "4", "--sizes", "500"])
     for bad in ({"dropout": 1.0}, {"dropout": -0.1}, {"weight_decay": -1.0}):
         with pytest.raises(ValueError, match="dropout|weight_decay"):
             default_spec("classify", "mnist", "dng", 0, **bad)

@@ -99,6 +99,8 @@ def weight_space_main(args: argparse.Namespace) -> None:
         overrides["jls"] = True
     if args.jls_distill:
         overrides["jls_distill"] = True
+    if args.jls_align is not None:
+        overrides["jls_align"] = args.jls_align
     if args.mixed_batches:
         overrides["mixed_batches"] = True
     models = args.encoder or list(GRAPH_ENCODERS + BASELINES)

@@ -6,8 +6,9 @@ Tasks (``TASKS``):
   Cross-entropy (+ ``aux_recon`` x the MSE of the INR2JLS-style image decoder, which then reconstructs all
   ``C x H x W`` values); metric: test accuracy. With ``jls`` (INR2JLS, ``task_models.JointLatentClassifier``):
   cross-entropy + reconstruction MSE from the weights' latent, and in training the same two from the image's latent
-  plus the MSE between the two latents (every term weight 1); the test accuracy uses the weights only. With
-  ``jls_distill`` the alignment does not move the image branch (its latent is a fixed target for the weights').
+  plus ``jls_align`` x the MSE between the two latents (every other term weight 1); the test accuracy uses the
+  weights only. With ``jls_distill`` the alignment does not move the image branch (its latent is a fixed target for
+  the weights').
 * ``edit``: INR style editing. The editor outputs a delta per weight; the edited INR is rendered on the image grid
   and compared with the *dilated* ground-truth image (3x3 grey-scale dilation: max-pool, stride 1, padding 1) by
   MSE in [0, 1] pixel units (INR outputs are mapped from [-1, 1] to [0, 1], as the zoo fits them); metric: test MSE
@@ -249,6 +250,7 @@ class RunSpec:
     aux_recon: float = 0.0  # weight of the INR2JLS-style reconstruction loss (classify)
     jls: bool = False  # INR2JLS: a latent space shared with the images (classify, INR zoos)
     jls_distill: bool = False  # INR2JLS with the alignment's gradient stopped at the image latent (label +jlsd)
+    jls_align: float = 1.0  # INR2JLS: weight of the latents' alignment MSE (another value adds +align<w>)
     augment: bool = True  # INR tasks: permutations + sign flips
     train_size: int | None = None
     val_size: int | None = None
@@ -283,6 +285,10 @@ class RunSpec:
             raise ValueError(f"jls (INR2JLS) is an INR classification objective; task {self.task!r} cannot use it")
         if self.jls_distill and not self.jls:
             raise ValueError("jls_distill is a variant of INR2JLS: set jls=True with it")
+        if not (math.isfinite(self.jls_align) and self.jls_align > 0):
+            raise ValueError(f"jls_align must be a finite weight > 0, got {self.jls_align}")
+        if self.jls_align != 1.0 and not self.jls:
+            raise ValueError("jls_align weighs INR2JLS's alignment term: set jls=True with it")
         if self.jls and self.aux_recon > 0:
             raise ValueError("jls (INR2JLS) has its own reconstruction loss; leave aux_recon at 0 with it")
         if self.task == "edit" and self.encoder == "statnn":
@@ -318,6 +324,8 @@ class RunSpec:
             s += "+recon"
         if self.jls:
             s += "+jlsd" if self.jls_distill else "+jls"
+            if self.jls_align != 1.0:
+                s += f"+align{self.jls_align:g}"
         if self.dropout:  # regularisation that is not the default is part of the model's name
             s += f"+do{self.dropout:g}"
         if self.weight_decay != _DEFAULT_WEIGHT_DECAY:
@@ -444,7 +452,7 @@ class _Task:
             if "image_z" in out:
                 target = out["image_z"].detach() if self.spec.jls_distill else out["image_z"]
                 loss = (loss + F.cross_entropy(out["image_logits"], labels) + F.mse_loss(out["image_recon"], images)
-                        + F.mse_loss(out["z"], target))
+                        + self.spec.jls_align * F.mse_loss(out["z"], target))
             return loss, {"logits": out["logits"].detach()}
         out = model(batch)
         if self.spec.task == "classify":
