@@ -33,6 +33,10 @@ heads=shared                  ``encoder_options={"heads": "shared"}`` (one messa
                               of one per slot: the paper's multi-head message)
 rounds=2                      ``encoder_options={"rounds": 2}`` (the traversals twice: every node updated
                               twice per direction, as NG-GNN's two layers update it twice)
+aggregation=mean+             editing only: ``{"aggregation": "mean", "recurrence": "none"}``, the two pieces
+recurrence=none               whose removal came closest to NG-GNN on editing, together
+depth=4                       editing only: ``depth=4``, a 4-layer edge decoder (DNG never updates edges; the
+                              per-weight edit is read off the decoder)
 ============================  ==============================================================
 
 The multi-head message matters on the CNN zoos (kmax 5: a 5x5 kernel has 25 slots, a 3x3 one 9, each with its own
@@ -132,9 +136,13 @@ GENERALIZATION_VARIANTS = (
 _MEAN_NO_CELL = Variant("aggregation=mean+recurrence=none", "dng",
                         {"encoder_options": {"aggregation": "mean", "recurrence": "none"}},
                         "mean of the messages and no recurrent cell, together (the two closest on editing)")
-# INR editing: the classification variants (probe features exist on INRs; 32 probes, the task's default) and the
-# combination of its two closest ones.
-EDIT_VARIANTS = VARIANTS + (_MEAN_NO_CELL,)
+# Editing outputs one value per weight, read off DNG's edge decoder: DNG never updates an edge, NG-GNN updates every
+# edge from both of its nodes once per layer. A deeper decoder is DNG's cheap place for that capacity.
+_DEEP_DECODER = Variant("depth=4", "dng", {"depth": 4}, "a 4-layer edge decoder instead of 2 (edges are never "
+                        "updated by DNG's traversals; NG-GNN updates them once per layer)")
+# INR editing: the classification variants (probe features exist on INRs; 32 probes, the task's default), the
+# combination of its two closest ones and the deeper edge decoder.
+EDIT_VARIANTS = VARIANTS + (_MEAN_NO_CELL, _DEEP_DECODER)
 VARIANTS_BY_TASK = {"classify": VARIANTS, "edit": EDIT_VARIANTS, "generalization": GENERALIZATION_VARIANTS}
 
 

@@ -665,7 +665,8 @@ def test_dng_ablation_on_inr_editing_ranks_lower_mse_as_better():
     assert edit == study.Study("edit", "mnist") and edit.stem == "dng_ablation_edit_mnist"
     assert edit.title == "MNIST INR dilation editing" and edit.metric.key == "mse" and not edit.metric.higher
     labels = study.variant_labels(study=edit)
-    assert list(labels) == [v.name for v in study.VARIANTS] + ["aggregation=mean+recurrence=none"]
+    assert list(labels) == [v.name for v in study.VARIANTS] + ["aggregation=mean+recurrence=none", "depth=4"]
+    assert labels["depth=4"] == "dng+h32d4+probe32"
     assert labels["probes=0"] == "dng"
     # the two pieces closest to NG-GNN on editing, together: both options in one label
     assert labels["aggregation=mean+recurrence=none"] == "dng[aggregation=mean,recurrence=none]+probe32"
