@@ -9,7 +9,7 @@
 # zoo's PSNR table). The records' names contain '+', which a lease's file transfer refuses alone: hence one archive.
 # Unpack it and point `python -m experiments.inr_scaling report --out` (or `meta_train weight-space report
 # --also-records`) at a folder holding the records. Measured on an H200 on 2026-11-28: the zoo in 19 s, all six runs
-# in 420-460 s (40 s per epoch plain, 44 s with --jls; `results/weight_space/inr_scaling_mnist_h200.md`).
+# in 420-460 s (40 s per epoch plain, 44 s with --jls; `results/weight_space/h200_mnist_50k/`).
 # DEVICE=cpu tries the script here (slowly: about 4 min per epoch and run on one core).
 set -u
 OUT=${OUT:?set OUT to a folder for the packed records}

@@ -304,8 +304,9 @@ def write_report(runs_dir: str | Path | list[str | Path], results_dir: str | Pat
     ``weight_space.json`` / ``.md`` and the figures.
 
     With ``carry``, the rows of the existing ``weight_space.json`` that no new row matches (:func:`_row_key`: task,
-    data set, label, data sizes, epochs, metric) are kept as they were, with ``"carried": true`` (marked ``*`` in the table): run records do not
-    outlive the machine they ran on, and a report of new runs should not silently drop the table's other rows."""
+    data set, label, data sizes, epochs, metric) are kept as they were, with ``"carried": true`` (marked ``*`` in the
+    table): run records do not outlive the machine they ran on, and a report of new runs should not silently drop the
+    table's other rows."""
     sources = [runs_dir] if isinstance(runs_dir, (str, Path)) else list(runs_dir)
     results_dir = Path(results_dir)
     records = collect(sources)
